@@ -1,0 +1,19 @@
+// her2kit._C: the Python module that carries the native ops.
+// The ops themselves are registered with TORCH_LIBRARY in csrc/cpu and
+// csrc/cuda; importing this module is what loads those registrations.
+#include <pybind11/pybind11.h>
+
+namespace {
+bool cuda_built() {
+#ifdef HER2KIT_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "her2kit native ops (TLSTM, SPP); see torch.ops.her2kit";
+  m.def("cuda_built", &cuda_built, "True when the CUDA kernels were compiled in");
+}

@@ -1,0 +1,159 @@
+"""Plugin manager: built-ins and third-party plugins through the same hooks.
+
+Third-party plugins are modules named by entry points in the group
+``her2kit``. They are loaded lazily, on the first lookup. A plugin that fails
+to import is a warning naming it; two plugins claiming one name is a
+:class:`PluginError` naming both. Set ``HER2KIT_DISABLE_PLUGINS=1`` to load
+built-ins only.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from her2kit import hookspecs
+from her2kit.errors import PluginError
+
+ENTRY_POINT_GROUP = "her2kit"
+DISABLE_ENV = "HER2KIT_DISABLE_PLUGINS"
+BUILTIN = "builtin"
+
+
+class PluginWarning(UserWarning):
+    """A third-party plugin could not be loaded."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A record with the kind it belongs to and the plugin that gave it."""
+
+    kind: str
+    record: Any
+    origin: str  # "builtin" or the distribution's name
+    plugin: str  # the plugin's registration name
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+
+class Registry:
+    """All records of all plugins, indexed by kind and name."""
+
+    def __init__(self, load_entry_points: bool | None = None):
+        self.pm = pluggy.PluginManager("her2kit")
+        self.pm.add_hookspecs(hookspecs)
+        self._origins: dict[str, str] = {}
+        self._records: dict[str, dict[str, Registered]] | None = None
+        self.failed: list[tuple[str, str]] = []
+        if load_entry_points is None:
+            load_entry_points = os.environ.get(DISABLE_ENV, "").strip() in ("", "0")
+        self._load_entry_points = load_entry_points
+        self._discovered = False
+
+    def register(self, plugin: object, name: str, origin: str) -> None:
+        """Register a plugin module or object under ``name``."""
+        self.pm.register(plugin, name=name)
+        self._origins[name] = origin
+        self._records = None
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        from her2kit import builtins
+
+        for module in builtins.MODULES:
+            self.register(module, name=f"builtin:{module.__name__}", origin=BUILTIN)
+        if not self._load_entry_points:
+            return
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else ep.value
+            try:
+                plugin = ep.load()
+                self.register(plugin, name=f"{dist}:{ep.name}", origin=dist)
+            except Exception as exc:  # a broken plugin must not break the rest
+                self.failed.append((dist, f"{type(exc).__name__}: {exc}"))
+                warnings.warn(
+                    f"her2kit plugin {ep.name!r} from {dist} failed to load: "
+                    f"{type(exc).__name__}: {exc}",
+                    PluginWarning,
+                    stacklevel=2,
+                )
+
+    def _collect(self) -> dict[str, dict[str, Registered]]:
+        self._discover()
+        if self._records is not None:
+            return self._records
+        records: dict[str, dict[str, Registered]] = {kind: {} for kind in hookspecs.KINDS}
+        for kind, hook_name in hookspecs.HOOK_OF_KIND.items():
+            hook = getattr(self.pm.hook, hook_name)
+            # pluggy calls the newest registration first; reverse for stable order
+            for impl in reversed(hook.get_hookimpls()):
+                origin = self._origins.get(impl.plugin_name, impl.plugin_name)
+                try:
+                    returned = impl.function() or []
+                except Exception as exc:
+                    self.failed.append((origin, f"{type(exc).__name__}: {exc}"))
+                    warnings.warn(
+                        f"her2kit plugin {impl.plugin_name} failed in {hook_name}: "
+                        f"{type(exc).__name__}: {exc}",
+                        PluginWarning,
+                        stacklevel=2,
+                    )
+                    continue
+                for record in returned:
+                    expected = hookspecs.KINDS[kind]
+                    if not isinstance(record, expected):
+                        raise PluginError(
+                            f"plugin {impl.plugin_name} returned {type(record).__name__} "
+                            f"from {hook_name}, expected {expected.__name__}"
+                        )
+                    entry = Registered(kind, record, origin, impl.plugin_name)
+                    other = records[kind].get(record.name)
+                    if other is not None:
+                        raise PluginError(
+                            f"{kind} {record.name!r} is claimed by two plugins: "
+                            f"{other.plugin} ({other.origin}) and "
+                            f"{impl.plugin_name} ({origin})"
+                        )
+                    records[kind][record.name] = entry
+        self._records = records
+        return records
+
+    def list(self, kind: str | None = None) -> list[Registered]:
+        """Every registered record, optionally of one kind."""
+        records = self._collect()
+        kinds = [kind] if kind else list(records)
+        return [entry for k in kinds for entry in records[k].values()]
+
+    def get(self, kind: str, name: str) -> Any:
+        """The record of ``kind`` called ``name``; a PluginError lists the known ones."""
+        records = self._collect()[kind]
+        if name not in records:
+            known = ", ".join(sorted(records)) or "none"
+            raise PluginError(f"unknown {kind} {name!r} (known: {known})")
+        return records[name].record
+
+
+_registry: Registry | None = None
+
+
+def registry() -> Registry:
+    """The process-wide registry, created on first use."""
+    global _registry
+    if _registry is None:
+        _registry = Registry()
+    return _registry
+
+
+def reset() -> None:
+    """Forget the process-wide registry (tests, or after installing a plugin)."""
+    global _registry
+    _registry = None

@@ -1,0 +1,127 @@
+"""One Slide interface over every image and whole-slide format.
+
+Readers are plugins (hook ``her2kit_readers``); :func:`open_slide` picks the
+one that accepts a path. This module stays light: numpy only at import.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from her2kit.errors import InputError
+
+
+class Slide(ABC):
+    """An RGB image pyramid with a known (or unknown) resolution.
+
+    Level 0 is full resolution. Coordinates are pixels of the level asked for,
+    rows (y) before columns (x). Pixel data are always uint8 RGB, (h, w, 3).
+    """
+
+    path: str
+
+    @property
+    @abstractmethod
+    def level_count(self) -> int:
+        """Number of pyramid levels (1 for a plain image)."""
+
+    @abstractmethod
+    def level_shape(self, level: int = 0) -> tuple[int, int]:
+        """(height, width) of a level, in pixels."""
+
+    @property
+    @abstractmethod
+    def mpp(self) -> float | None:
+        """Microns per pixel at level 0, or None when the file does not say."""
+
+    @abstractmethod
+    def read_region(self, y: int, x: int, h: int, w: int, level: int = 0) -> np.ndarray:
+        """Pixels [y, y+h) x [x, x+w) of a level as uint8 (h, w, 3).
+
+        Parts outside the image are filled with white (255), as glass.
+        """
+
+    @abstractmethod
+    def to_dask(self, level: int = 0) -> Any:
+        """A level as a lazy dask array, uint8 (H, W, 3)."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of level 0."""
+        return self.level_shape(0)
+
+    def level_downsample(self, level: int) -> float:
+        """Level-0 pixels per pixel of ``level`` (along the height)."""
+        return self.level_shape(0)[0] / self.level_shape(level)[0]
+
+    def level_mpp(self, level: int) -> float | None:
+        """Microns per pixel of ``level``, or None."""
+        return None if self.mpp is None else self.mpp * self.level_downsample(level)
+
+    def best_level_for_mpp(self, target_mpp: float) -> int:
+        """The coarsest level whose resolution is at least as fine as ``target_mpp``."""
+        if self.mpp is None:
+            return 0
+        best = 0
+        for level in range(self.level_count):
+            lm = self.level_mpp(level)
+            if lm is not None and lm <= target_mpp * 1.001:
+                best = level
+        return best
+
+    def close(self) -> None:  # noqa: B027 - optional for readers holding handles
+        """Release file handles."""
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, shape={self.shape}, levels={self.level_count}, mpp={self.mpp})"
+
+
+def _suffix_match(path: str, suffixes: tuple[str, ...] | list[str]) -> int:
+    lower = path.lower().rstrip("/")
+    return max((len(s) for s in suffixes if lower.endswith(s)), default=0)
+
+
+def open_slide(path: str | os.PathLike, reader: str | None = None) -> Slide:
+    """Open ``path`` with the named reader, or with the best one that accepts it.
+
+    Raises InputError (naming the file) when the path is missing or no reader
+    accepts it.
+    """
+    from her2kit.plugins import registry
+
+    path = os.fspath(path)
+    is_url = "://" in path
+    if not is_url and not os.path.exists(path):
+        raise InputError(path, "no such file or directory")
+    if reader is not None:
+        return registry().get("reader", reader).factory(path)
+    candidates = []
+    for entry in registry().list("reader"):
+        spec = entry.record
+        match = _suffix_match(path, tuple(spec.suffixes))
+        if spec.can_open is not None:
+            try:
+                accepted = spec.can_open(path)
+            except Exception:
+                accepted = False
+            if not accepted:
+                continue
+            match = max(match, 1)
+        if match:
+            candidates.append((spec.priority, match, spec))
+    if not candidates:
+        if not is_url and os.path.isdir(path):
+            raise InputError(path, "is a directory, not an image or a Zarr store")
+        raise InputError(path, "no reader for this kind of file")
+    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    return candidates[0][2].factory(path)
