@@ -12,6 +12,18 @@ def her2kit_models():
             factory=lazy("her2kit.models.her2net:Her2Net"),
         ),
         ModelSpec(
+            name="her2net-no-tlstm",
+            description="Her2Net ablation: without the TLSTM layers",
+            factory=lazy("her2kit.models.her2net:Her2Net"),
+            options={"tlstm": False},
+        ),
+        ModelSpec(
+            name="her2net-no-spp",
+            description="Her2Net ablation: without the SPP pyramid context modules",
+            factory=lazy("her2kit.models.her2net:Her2Net"),
+            options={"spp": False},
+        ),
+        ModelSpec(
             name="unet",
             description="U-Net baseline",
             factory=lazy("her2kit.models.unet:UNet"),

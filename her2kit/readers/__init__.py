@@ -104,7 +104,7 @@ def open_slide(path: str | os.PathLike, reader: str | None = None) -> Slide:
     if not is_url and not os.path.exists(path):
         raise InputError(path, "no such file or directory")
     if reader is not None:
-        return registry().get("reader", reader).factory(path)
+        return _open_with(registry().get("reader", reader), path)
     candidates = []
     for entry in registry().list("reader"):
         spec = entry.record
@@ -124,4 +124,19 @@ def open_slide(path: str | os.PathLike, reader: str | None = None) -> Slide:
             raise InputError(path, "is a directory, not an image or a Zarr store")
         raise InputError(path, "no reader for this kind of file")
     candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    return candidates[0][2].factory(path)
+    return _open_with(candidates[0][2], path)
+
+
+def _open_with(spec: Any, path: str) -> Slide:
+    """Call a reader's factory; what a reader lets escape still ends as one line naming the file."""
+    from her2kit.errors import Her2kitError, PluginError
+
+    try:
+        return spec.factory(path)
+    except Her2kitError:
+        raise
+    except ImportError as exc:
+        raise PluginError(f"reader {spec.name!r} cannot load: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        raise InputError(path, f"{spec.name} reader cannot read it: {type(exc).__name__}: {text}") from exc

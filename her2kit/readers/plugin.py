@@ -3,6 +3,13 @@
 from her2kit.hookspecs import ReaderSpec, hookimpl, lazy
 
 
+def _zarr_can_open(path: str) -> bool:
+    """A Zarr store, whatever its name (a directory with Zarr metadata, or a .zarr URL)."""
+    from her2kit.readers.zarr import can_open
+
+    return can_open(path)
+
+
 @hookimpl
 def her2kit_readers():
     return [
@@ -22,6 +29,7 @@ def her2kit_readers():
             name="zarr",
             description="Zarr arrays and OME-Zarr multiscale images (NGFF 0.4 and 0.5)",
             factory=lazy("her2kit.readers.zarr:ZarrSlide"),
+            can_open=_zarr_can_open,
             suffixes=(".zarr", ".ome.zarr", ".zarr/", ".ome.zarr/"),
         ),
     ]

@@ -1,0 +1,226 @@
+"""Run a trained segmentation network on an RGB image of any size.
+
+:func:`load_segmenter` finds the network (the shipped default, a model
+plugin's shipped weights, or a checkpoint path) and wraps it in a
+:class:`Segmenter`, which pads small inputs and tiles large ones with
+overlapping, Gaussian-weighted tiles (as MONAI's sliding-window inference)
+so memory stays bounded and tiles leave no seams.
+
+Resampling the input to the model's resolution is the caller's job:
+:attr:`Segmenter.mpp` says which microns-per-pixel the model was trained at.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2kit.errors import Her2kitError, InputError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "her2net"
+# uint8 RGB -> network input: (rgb / 255 - mean) / std, per channel.
+DEFAULT_NORMALISATION = {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+DEFAULT_MPP = 0.5
+
+
+def shipped_weights(name: str = DEFAULT_MODEL) -> Path:
+    """Path (.json) of the shipped weights of model plugin ``name`` (may not exist)."""
+    return WEIGHTS_DIR / f"{name}-default.json"
+
+
+def default_device() -> str:
+    """"cuda" when a GPU is visible to torch, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def normalise(batch: Any, normalisation: dict[str, Any] | None = None) -> Any:
+    """uint8-valued (B, 3, H, W) tensor -> float network input (see DEFAULT_NORMALISATION)."""
+    import torch
+
+    norm = normalisation or DEFAULT_NORMALISATION
+    mean = torch.tensor(norm["mean"], dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    std = torch.tensor(norm["std"], dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    return (batch.float() * float(norm["scale"]) - mean) / std
+
+
+def gaussian_weight(size: tuple[int, int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian importance map for a tile (h, w), peak 1, floor 1e-3."""
+    axes = []
+    for n in size:
+        c = (n - 1) / 2
+        sigma = max(n * sigma_scale, 1.0)
+        axes.append(np.exp(-((np.arange(n) - c) ** 2) / (2 * sigma**2)))
+    return np.maximum(np.outer(axes[0], axes[1]), 1e-3).astype(np.float32)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering [0, length) with tiles of ``tile`` px overlapping by >= ``overlap``."""
+    if length <= tile:
+        return [0]
+    stride = max(tile - overlap, 1)
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+class Segmenter:
+    """A network ready to segment RGB images into background/membrane/nucleus.
+
+    Attributes: ``name`` (model name or checkpoint stem), ``mpp`` (microns per
+    pixel it was trained at), ``device`` (torch device string), ``metadata``
+    (the checkpoint JSON), ``model`` (the torch module, eval mode).
+    """
+
+    def __init__(self, model: Any, metadata: dict[str, Any], name: str, device: str,
+                 tile: int = 512, overlap: int = 128, batch: int = 4):
+        self.model = model
+        self.metadata = metadata
+        self.name = name
+        self.device = device
+        self.mpp = float(metadata.get("mpp") or DEFAULT_MPP)
+        self.normalisation = metadata.get("normalisation") or DEFAULT_NORMALISATION
+        self.classes = tuple(metadata.get("classes") or ("background", "membrane", "nucleus"))
+        self.tile = int(tile)
+        self.overlap = int(overlap)
+        self.batch = int(batch)
+
+    def __repr__(self) -> str:
+        return f"Segmenter({self.name!r}, mpp={self.mpp}, device={self.device!r})"
+
+    @staticmethod
+    def _check(rgb: np.ndarray) -> np.ndarray:
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise Her2kitError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
+        if rgb.dtype != np.uint8:
+            raise Her2kitError(f"expected uint8 RGB, got {rgb.dtype}")
+        if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+            raise Her2kitError(f"empty image of shape {rgb.shape}")
+        return rgb
+
+    def _tensor(self, tiles: list[np.ndarray]) -> Any:
+        import torch
+
+        batch = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).to(self.device)
+        return normalise(batch, self.normalisation)
+
+    def _sliding(self, rgb: np.ndarray, fn: Any, channels: int) -> np.ndarray:
+        """Apply ``fn`` (normalised batch -> (B, channels, h, w) tensor) over tiles, blended."""
+        import torch
+
+        rgb = self._check(rgb)
+        h, w = rgb.shape[:2]
+        th, tw = min(self.tile, h), min(self.tile, w)
+        ys, xs = tile_starts(h, th, self.overlap), tile_starts(w, tw, self.overlap)
+        if len(ys) == 1 and len(xs) == 1:
+            with torch.inference_mode():
+                return fn(self._tensor([rgb]))[0].float().cpu().numpy()
+        weight = gaussian_weight((th, tw))
+        out = np.zeros((channels, h, w), np.float32)
+        norm = np.zeros((h, w), np.float32)
+        boxes = [(y, x) for y in ys for x in xs]
+        with torch.inference_mode():
+            for i in range(0, len(boxes), self.batch):
+                chunk = boxes[i:i + self.batch]
+                result = fn(self._tensor([rgb[y:y + th, x:x + tw] for y, x in chunk])).float().cpu().numpy()
+                for (y, x), r in zip(chunk, result, strict=True):
+                    out[:, y:y + th, x:x + tw] += r * weight
+                    norm[y:y + th, x:x + tw] += weight
+        return out / norm
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (3, H, W) float32 (background, membrane, nucleus) for uint8 RGB (H, W, 3)."""
+        import torch
+
+        def fn(x):
+            return torch.softmax(self.model(x)["pixel"], dim=1)
+
+        return self._sliding(rgb, fn, 3)
+
+    def predict_pattern(self, rgb: np.ndarray) -> np.ndarray:
+        """Staining-pattern probabilities (4,) float32 for ("0", "1+", "2+", "3+"), Her2Net only.
+
+        Large images are cut into tiles whose probabilities are averaged,
+        weighted by tile area.
+        """
+        import torch
+
+        if not self._has_pattern_head():
+            raise Her2kitError(f"model {self.name!r} has no staining-pattern head (only Her2Net has one)")
+        rgb = self._check(rgb)
+        h, w = rgb.shape[:2]
+        th, tw = min(self.tile, h), min(self.tile, w)
+        boxes = [(y, x) for y in tile_starts(h, th, 0) for x in tile_starts(w, tw, 0)]
+        total = np.zeros(4, np.float64)
+        with torch.inference_mode():
+            for i in range(0, len(boxes), self.batch):
+                chunk = boxes[i:i + self.batch]
+                out = self.model(self._tensor([rgb[y:y + th, x:x + tw] for y, x in chunk]))
+                if "pattern" not in out:
+                    raise Her2kitError(f"model {self.name!r} has no staining-pattern head")
+                total += torch.softmax(out["pattern"].float(), dim=1).sum(0).cpu().numpy()
+        return (total / len(boxes)).astype(np.float32)
+
+    def _has_pattern_head(self) -> bool:
+        return hasattr(self.model, "pattern")
+
+    def predict_mc(self, rgb: np.ndarray, samples: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Bayesian SegNet only: mean probabilities (3, H, W) and predictive entropy (H, W), nats."""
+        import torch
+
+        if not hasattr(self.model, "predict_mc"):
+            raise Her2kitError(f"model {self.name!r} has no Monte-Carlo dropout (use bayesian-segnet)")
+
+        def fn(x):
+            mean, entropy = self.model.predict_mc(x, samples)
+            return torch.cat([mean, entropy[:, None]], dim=1)
+
+        out = self._sliding(rgb, fn, 4)
+        return out[:3], out[3]
+
+
+def load_segmenter(model: str | os.PathLike | None = None, device: str | None = None) -> Segmenter:
+    """The segmenter for ``model``.
+
+    ``None``: the shipped default (Her2Net, her2kit/weights/her2net-default.*).
+    A model plugin name: that model's shipped weights (an untrained network is
+    useless, so a name without shipped weights is an error saying how to
+    train it). Otherwise a checkpoint path (NAME.safetensors with NAME.json
+    beside it, or the .json). ``device`` defaults to cuda when available.
+    """
+    from her2kit.checkpoint import load_checkpoint
+
+    device = device or default_device()
+    if model is None:
+        model = DEFAULT_MODEL
+    text = os.fspath(model)
+    path = Path(text)
+    looks_like_path = path.suffix or os.sep in text or "/" in text or path.exists()
+    if not looks_like_path:
+        from her2kit.plugins import registry
+
+        registry().get("model", text)  # unknown names: PluginError listing the known ones
+        meta = shipped_weights(text)
+        if not meta.is_file():
+            raise Her2kitError(
+                f"no shipped weights at {meta.with_suffix('.*')}; make them with: "
+                f"her2kit train --data DIR --model {text} --out RUN (then use --model RUN/best.json)"
+            )
+        net, metadata = load_checkpoint(meta, device=device)
+        return Segmenter(net, metadata, name=text, device=device)
+    if path.is_dir():
+        for candidate in ("best.json", "last.json"):
+            if (path / candidate).is_file():
+                path = path / candidate
+                break
+        else:
+            raise InputError(path, "folder holds no checkpoint (best.json or last.json)")
+    net, metadata = load_checkpoint(path, device=device)
+    stem = path.name.rsplit(".", 1)[0] if path.suffix in (".json", ".safetensors") else path.name
+    return Segmenter(net, metadata, name=str(metadata.get("name") or stem), device=device)

@@ -1,0 +1,456 @@
+"""From pixel probabilities to cells: nuclei, territories, membrane rings, categories.
+
+The input is the segmentation network's output, probabilities (3, H, W) of
+background, membrane and nucleus, plus the RGB image for the DAB stain and
+its resolution (microns per pixel). Nothing here knows about files, so the
+whole-slide pipeline can call :func:`find_cells` block by block.
+
+Steps (lengths are in microns in :class:`CellParams` and turned into pixels
+with ``mpp``):
+
+1. Nuclei: pixels with nucleus probability >= ``nucleus_threshold``; touching
+   nuclei split by a watershed on the distance map, seeded by its h-maxima.
+2. Cell territories: a watershed on the membrane probability seeded by the
+   nuclei, limited to ``max_cell_radius_um`` from a nucleus; the part of a
+   territory that lies beyond a membrane (seen from its nucleus) is cut off,
+   so edge cells stop at their own membrane.
+3. Membrane ring: the cell's membrane pixels plus a band of
+   ``ring_width_um`` inside its outline (where no membrane is seen, the outline
+   is where a membrane would be).
+4. Staining: DAB optical density (colour deconvolution), smoothed, taken in
+   ``n_sectors`` angular sectors around the nucleus; a sector is stained when
+   the mean DAB OD of its ring pixels reaches ``stain_od``. Completeness = stained
+   sectors / all sectors; intensity = mean DAB OD of the stained sectors.
+5. Category (DESIGN.md): see :func:`categorise`.
+6. Tumour cells: see :func:`tumour_rule`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+#: Columns of :attr:`CellResult.table`, in cells.csv order.
+COLUMNS = (
+    "id", "y", "x", "category", "tumour", "completeness", "intensity",
+    "area_um2", "nucleus_area_um2", "dab_od_mean", "membrane_fraction",
+    "nucleus_elongation", "nucleus_h_od",
+)
+
+
+@dataclass
+class CellParams:
+    """Parameters of :func:`find_cells`. Lengths in microns, areas in square microns, OD in log10 units.
+
+    The staining thresholds (``stain_od`` .. ``moderate_od``) are fitted on
+    synthetic ground truth by :mod:`her2kit.scoring.calibrate`; see
+    docs/scoring.md for the fitted values and their accuracy.
+    """
+
+    # segmentation
+    nucleus_threshold: float = 0.5      # probability
+    membrane_threshold: float = 0.5     # probability
+    min_nucleus_area_um2: float = 6.0   # smaller nucleus blobs are noise
+    nucleus_split_um: float = 0.75      # h of the h-maxima of the nucleus distance map
+    max_cell_radius_um: float = 5.0     # territory limit, from the nucleus edge
+    membrane_width_um: float = 2.0      # membrane pixels this close to the interior join the cell
+    ring_width_um: float = 1.5          # band inside the outline that counts as ring
+    smooth_um: float = 0.0              # Gaussian sigma on DAB OD before the sector statistic
+    n_sectors: int = 16
+    sector_stat: str = "mean"           # DAB OD of a sector: "mean" or "max" of its ring pixels
+    # staining -> category
+    stain_od: float = 0.12              # sector counts as stained at this DAB OD
+    complete_fraction: float = 0.85     # completeness at or above: complete
+    any_fraction: float = 0.1           # completeness below: unstained (category 0)
+    intense_od: float = 0.55            # complete and intensity >= : category 3
+    weak_od: float = 0.2                # complete and intensity < : category 1 (faint)
+    moderate_od: float = 0.5            # incomplete and intensity >= : category 2
+    # tumour rule
+    min_tumour_nucleus_um2: float = 12.0  # smaller nuclei (debris) are not tumour
+    max_elongation: float = 2.2           # major/minor axis above (fibroblasts) not tumour
+    lymphocyte_area_um2: float = 30.0     # small ...
+    lymphocyte_h_od: float = 0.45         # ... and dark (haematoxylin OD): lymphocyte
+    stroma_rim_um: float = 0.75           # a stromal cell's outline: its nucleus plus this rim
+    compactness: float = 0.01             # of the territory watershed (per pixel of distance)
+    extra: dict = field(default_factory=dict)  # room for plugins' own parameters
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CellParams:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def with_(self, **changes) -> CellParams:
+        return replace(self, **changes)
+
+
+@dataclass
+class CellResult:
+    """Cells found in one image or block.
+
+    ``table``: dict of equal-length numpy columns (see :data:`COLUMNS`); y, x
+    are the cell centroid in pixels of the input, areas in square microns, OD
+    in log10 units. ``cell_labels`` and ``nucleus_labels``: uint32 (H, W),
+    0 = none, value = the cell's id (a cell and its nucleus share it).
+    ``semantic``: uint8 (H, W), 0 background, 1 membrane, 2 nucleus.
+    """
+
+    table: dict[str, np.ndarray]
+    cell_labels: np.ndarray
+    nucleus_labels: np.ndarray
+    semantic: np.ndarray
+    mpp: float = 0.5
+
+    def __len__(self) -> int:
+        return int(len(self.table["id"]))
+
+    @property
+    def tumour(self) -> np.ndarray:
+        """Boolean mask over rows: cells that count for the score."""
+        return self.table["tumour"].astype(bool)
+
+    def tumour_categories(self) -> np.ndarray:
+        """Categories (int) of the tumour cells, the input of the scorers."""
+        return self.table["category"][self.tumour].astype(np.int64)
+
+    def select(self, keep: np.ndarray) -> CellResult:
+        """A result with only the rows where ``keep`` is True; other cells vanish from the labels."""
+        keep = np.asarray(keep, dtype=bool)
+        ids = self.table["id"]
+        lut = np.zeros(int(ids.max(initial=0)) + 1, dtype=np.uint32)
+        lut[ids[keep]] = ids[keep]
+        return CellResult(
+            table={k: v[keep] for k, v in self.table.items()},
+            cell_labels=lut[self.cell_labels],
+            nucleus_labels=lut[self.nucleus_labels],
+            semantic=self.semantic,
+            mpp=self.mpp,
+        )
+
+
+def empty_table() -> dict[str, np.ndarray]:
+    """A cell table with no rows and the right dtypes."""
+    ints = {"id": np.int64, "category": np.int64, "tumour": bool}
+    return {c: np.zeros(0, dtype=ints.get(c, np.float64)) for c in COLUMNS}
+
+
+def _px(um: float, mpp: float) -> float:
+    return float(um) / float(mpp)
+
+
+def segment_nuclei(nucleus_prob: np.ndarray, mpp: float, params: CellParams) -> np.ndarray:
+    """Nucleus instances, uint32 (H, W), from the nucleus probability (H, W)."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    mask = nucleus_prob >= params.nucleus_threshold
+    mask = ndi.binary_fill_holes(mask)
+    min_px = max(1, int(round(params.min_nucleus_area_um2 / mpp**2)))
+    comp, _ = ndi.label(mask)
+    mask = (np.bincount(comp.ravel()) >= min_px)[comp] & mask
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=np.uint32)
+    dist = ndi.distance_transform_edt(mask).astype(np.float32)
+    dist = ndi.gaussian_filter(dist, 1.0)
+    h = max(_px(params.nucleus_split_um, mpp), 0.5)
+    peaks = h_maxima(dist, h) & mask
+    markers, _ = ndi.label(peaks)
+    # a component with no marker (a flat, tiny blob) still becomes a nucleus
+    comp, n_comp = ndi.label(mask)
+    has = np.zeros(n_comp + 1, dtype=bool)
+    has[comp[markers > 0]] = True
+    orphan = ~has[comp] & mask
+    if orphan.any():
+        orphan_lab, _ = ndi.label(orphan)
+        markers = np.where(orphan_lab > 0, orphan_lab + markers.max(), markers)
+    labels = watershed(-dist, markers, mask=mask)
+    return labels.astype(np.uint32)
+
+
+def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
+                     params: CellParams) -> np.ndarray:
+    """Cell instances, uint32 (H, W), grown from ``nuclei`` up to their membranes.
+
+    A compact watershed on the membrane probability, seeded at the nucleus
+    centroids: where membranes are seen they bound the cells; where none is
+    seen (unstained cells) the split follows the distance to the centroids, a
+    Voronoi partition like the tissue's own.
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import label
+    from skimage.segmentation import expand_labels, watershed
+
+    n = int(nuclei.max(initial=0))
+    if n == 0:
+        return np.zeros(nuclei.shape, dtype=np.uint32)
+    near = ndi.distance_transform_edt(nuclei == 0) <= _px(params.max_cell_radius_um, mpp)
+    elevation = ndi.gaussian_filter(membrane_prob.astype(np.float32), 1.0)
+    ids = np.arange(1, n + 1)
+    centres = ndi.center_of_mass(np.ones(nuclei.shape, np.uint8), nuclei, ids)
+    markers = np.zeros(nuclei.shape, dtype=np.int64)
+    for i, (cy, cx) in zip(ids, centres, strict=True):
+        if np.isfinite(cy):
+            markers[int(round(cy)), int(round(cx))] = i
+    territory = watershed(elevation, markers=markers, mask=near,
+                          compactness=params.compactness)
+    territory = np.where(nuclei > 0, nuclei, territory)
+    membrane = membrane_prob >= params.membrane_threshold
+    membrane &= nuclei == 0
+    # pieces of a territory cut off from its nucleus by membrane lie outside the cell
+    inside = np.where(membrane, 0, territory)
+    pieces = label(inside, background=0, connectivity=1)
+    keep = np.zeros(int(pieces.max()) + 1, dtype=bool)
+    keep[np.unique(pieces[nuclei > 0])] = True
+    keep[0] = False
+    interior = np.where(keep[pieces], territory, 0)
+    grown = expand_labels(interior, distance=_px(params.membrane_width_um, mpp))
+    cells = np.where(interior > 0, interior,
+                     np.where(membrane & (grown == territory), territory, 0))
+    return cells.astype(np.uint32)
+
+
+def nucleus_features(nuclei: np.ndarray, haematoxylin: np.ndarray, mpp: float) -> dict[str, np.ndarray]:
+    """Per nucleus id 1..max: area (um^2), elongation (major/minor axis), mean haematoxylin OD, centroid (px).
+
+    Arrays are indexed by id (row 0 unused); missing ids have area 0.
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import regionprops_table
+
+    n = int(nuclei.max(initial=0))
+    out = {k: np.zeros(n + 1) for k in ("area_um2", "elongation", "h_od", "y", "x")}
+    if n == 0:
+        return out
+    props = regionprops_table(nuclei.astype(np.int64), properties=(
+        "label", "area", "centroid", "axis_major_length", "axis_minor_length"))
+    lab = props["label"]
+    out["area_um2"][lab] = props["area"] * mpp**2
+    out["elongation"][lab] = props["axis_major_length"] / np.maximum(props["axis_minor_length"], 1.0)
+    out["y"][lab] = props["centroid-0"]
+    out["x"][lab] = props["centroid-1"]
+    out["h_od"][lab] = np.asarray(ndi.mean(haematoxylin, labels=nuclei, index=lab))
+    return out
+
+
+def stromal_outline(cells: np.ndarray, nuclei: np.ndarray, stromal: np.ndarray, mpp: float,
+                    params: CellParams) -> np.ndarray:
+    """Cells whose id is flagged in ``stromal`` (bool by id) become their nucleus plus a thin rim."""
+    from skimage.segmentation import expand_labels
+
+    if not stromal.any():
+        return cells
+    flagged = stromal[cells]
+    rim = expand_labels(np.where(stromal[nuclei], nuclei, 0), distance=_px(params.stroma_rim_um, mpp))
+    keep_rim = (rim > 0) & ((cells == rim) | (cells == 0))
+    out = np.where(flagged, 0, cells)
+    return np.where(keep_rim, rim, out).astype(np.uint32)
+
+
+def categorise(completeness: np.ndarray, intensity: np.ndarray, params: CellParams) -> np.ndarray:
+    """Membrane category 0-3 (DESIGN.md) from completeness (0-1) and intensity (DAB OD).
+
+    - completeness < ``any_fraction``: 0 (no staining)
+    - complete (>= ``complete_fraction``): 3 if intensity >= ``intense_od``,
+      2 if >= ``weak_od``, else 1 (faint even when complete)
+    - incomplete: 2 if intensity >= ``moderate_od`` (moderate or intense but
+      incomplete counts toward 2), else 1 (faint, incomplete)
+    """
+    c = np.asarray(completeness, dtype=np.float64)
+    i = np.asarray(intensity, dtype=np.float64)
+    complete = c >= params.complete_fraction
+    cat = np.where(
+        complete,
+        np.where(i >= params.intense_od, 3, np.where(i >= params.weak_od, 2, 1)),
+        np.where(i >= params.moderate_od, 2, 1),
+    )
+    cat = np.where(c < params.any_fraction, 0, cat)
+    return cat.astype(np.int64)
+
+
+def tumour_rule(nucleus_area_um2: np.ndarray, elongation: np.ndarray, h_od: np.ndarray,
+                params: CellParams) -> np.ndarray:
+    """Which cells count as invasive tumour cells (bool), from nuclear size, shape and darkness.
+
+    Stroma is excluded: elongated nuclei (fibroblasts, endothelium: major /
+    minor axis above ``max_elongation``), nuclei smaller than
+    ``min_tumour_nucleus_um2`` (debris, lymphocytes), and small dark round
+    nuclei (lymphocytes: below ``lymphocyte_area_um2`` and haematoxylin OD at
+    or above ``lymphocyte_h_od``). Membrane staining is not used: unstained
+    tumour cells show no membrane either.
+    """
+    area = np.asarray(nucleus_area_um2)
+    lymph = (area < params.lymphocyte_area_um2) & (np.asarray(h_od) >= params.lymphocyte_h_od)
+    return (area >= params.min_tumour_nucleus_um2) & (np.asarray(elongation) <= params.max_elongation) & ~lymph
+
+
+def _sector_stat(values: np.ndarray, cell_of: np.ndarray, sector_of: np.ndarray,
+                 n_cells: int, n_sectors: int, stat: str) -> np.ndarray:
+    """Mean or max of ``values`` per (cell, sector), 0 where a sector has no pixel; (n_cells+1, n_sectors)."""
+    group = cell_of * n_sectors + sector_of
+    size = (n_cells + 1) * n_sectors
+    if stat == "max":
+        out = np.zeros(size, dtype=np.float64)
+        np.maximum.at(out, group, values)
+    else:
+        total = np.bincount(group, weights=values, minlength=size)
+        out = total / np.maximum(np.bincount(group, minlength=size), 1)
+    return out.reshape(n_cells + 1, n_sectors)
+
+
+def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
+                  nuclei: np.ndarray, mpp: float, params: CellParams,
+                  nuc: dict[str, np.ndarray] | None = None, tumour_by_id: np.ndarray | None = None,
+                  dab: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-cell table (see :data:`COLUMNS`) for labelled ``cells`` and ``nuclei`` (same ids).
+
+    ``nuc`` (from :func:`nucleus_features`) and ``tumour_by_id`` are computed
+    when not given; ``dab`` is the DAB OD image (computed from ``rgb`` if None).
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import regionprops_table
+    from skimage.segmentation import find_boundaries
+
+    from her2kit.preprocess.stain import HedDeconvolver
+
+    ids = np.unique(nuclei[nuclei > 0]).astype(np.int64)
+    ids = ids[np.isin(ids, np.unique(cells))]
+    if ids.size == 0:
+        return empty_table()
+    n = int(max(ids.max(), cells.max(), nuclei.max()))
+    deconv = HedDeconvolver()
+    if nuc is None:
+        nuc = nucleus_features(nuclei, deconv.haematoxylin(rgb), mpp)
+    if tumour_by_id is None:
+        tumour_by_id = tumour_rule(nuc["area_um2"], nuc["elongation"], nuc["h_od"], params)
+    if dab is None:
+        dab = deconv.dab(rgb)
+    if params.smooth_um > 0:
+        dab = ndi.gaussian_filter(dab, _px(params.smooth_um, mpp))
+
+    cprops = regionprops_table(cells.astype(np.int64), properties=("label", "area", "centroid"))
+    crow = np.full(n + 1, -1)
+    crow[cprops["label"]] = np.arange(len(cprops["label"]))
+    ci = crow[ids]
+
+    # ring pixels: membrane pixels of the cell, or within ring_width of its outline
+    edge = find_boundaries(cells, mode="inner")
+    to_edge = ndi.distance_transform_edt(~edge)
+    membrane = membrane_prob >= params.membrane_threshold
+    ring = (cells > 0) & (membrane | (to_edge <= _px(params.ring_width_um, mpp)))
+    ring &= nuclei == 0
+    ry, rx = np.nonzero(ring)
+    rc = cells[ry, rx].astype(np.int64)
+    angle = np.arctan2(ry - nuc["y"][rc], rx - nuc["x"][rc])
+    k = params.n_sectors
+    sector = np.minimum(((angle + np.pi) / (2 * np.pi) * k).astype(np.int64), k - 1)
+    values = dab[ry, rx].astype(np.float64)
+    mem_px = membrane[ry, rx]
+    # a sector's value comes from its membrane pixels; from the band only where none is seen
+    on_mem = _sector_stat(values[mem_px], rc[mem_px], sector[mem_px], n, k, params.sector_stat)[ids]
+    on_band = _sector_stat(values, rc, sector, n, k, params.sector_stat)[ids]
+    msec = np.zeros((n + 1) * k, dtype=bool)
+    msec[(rc * k + sector)[mem_px]] = True
+    msec = msec.reshape(n + 1, k)[ids]
+    membrane_fraction = msec.mean(axis=1)
+    sector_od = np.where(msec, on_mem, on_band)
+
+    stained = sector_od >= params.stain_od
+    completeness = stained.mean(axis=1)
+    intensity = np.where(stained, sector_od, 0.0).sum(axis=1) / np.maximum(stained.sum(axis=1), 1)
+    ring_sum = np.bincount(rc, weights=values, minlength=n + 1)
+    ring_n = np.bincount(rc, minlength=n + 1)
+    dab_mean = ring_sum[ids] / np.maximum(ring_n[ids], 1)
+    return {
+        "id": ids,
+        "y": cprops["centroid-0"][ci],
+        "x": cprops["centroid-1"][ci],
+        "category": categorise(completeness, intensity, params),
+        "tumour": tumour_by_id[ids].astype(bool),
+        "completeness": completeness,
+        "intensity": intensity,
+        "area_um2": cprops["area"][ci] * mpp**2,
+        "nucleus_area_um2": nuc["area_um2"][ids],
+        "dab_od_mean": dab_mean,
+        "membrane_fraction": membrane_fraction,
+        "nucleus_elongation": nuc["elongation"][ids],
+        "nucleus_h_od": nuc["h_od"][ids],
+    }
+
+
+def _relabel(table: dict[str, np.ndarray], cells: np.ndarray, nuclei: np.ndarray):
+    """Make ids 1..n in table order; labels of cells not in the table become 0."""
+    old = table["id"]
+    size = int(max(cells.max(initial=0), nuclei.max(initial=0), old.max(initial=0))) + 1
+    lut = np.zeros(size, dtype=np.uint32)
+    lut[old] = np.arange(1, old.size + 1, dtype=np.uint32)
+    table = dict(table)
+    table["id"] = np.arange(1, old.size + 1, dtype=np.int64)
+    return table, lut[cells], lut[nuclei]
+
+
+def find_cells(rgb: np.ndarray, probs: np.ndarray, mpp: float,
+               params: CellParams | None = None) -> CellResult:
+    """Cells of one image or block, with their staining category.
+
+    Args:
+        rgb: uint8 (H, W, 3) image at resolution ``mpp``.
+        probs: float32 (3, H, W) probabilities of background, membrane, nucleus
+            (the segmentation network's softmax) on the same grid.
+        mpp: microns per pixel of ``rgb`` and ``probs``.
+        params: thresholds and sizes (defaults: :class:`CellParams`).
+
+    Returns:
+        :class:`CellResult` with ids 1..n in raster order of the nuclei.
+        Coordinates are pixels of this image; the caller adds block offsets.
+    """
+    if params is None:
+        params = CellParams()
+    elif isinstance(params, dict):
+        params = CellParams.from_dict(params)
+    rgb = np.asarray(rgb)
+    probs = np.asarray(probs, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if probs.shape != (3, *rgb.shape[:2]):
+        raise ValueError(f"probs must be (3, {rgb.shape[0]}, {rgb.shape[1]}), got {probs.shape}")
+    if not (mpp > 0):
+        raise ValueError(f"mpp must be positive, got {mpp}")
+    semantic = np.argmax(probs, axis=0).astype(np.uint8)
+    from her2kit.preprocess.stain import HedDeconvolver
+
+    deconv = HedDeconvolver()
+    nuclei = segment_nuclei(probs[2], mpp, params)
+    nuc = nucleus_features(nuclei, deconv.haematoxylin(rgb), mpp)
+    tumour_by_id = tumour_rule(nuc["area_um2"], nuc["elongation"], nuc["h_od"], params)
+    tumour_by_id[0] = False
+    cells = cell_territories(probs[1], nuclei, mpp, params)
+    cells = stromal_outline(cells, nuclei, ~tumour_by_id & (nuc["area_um2"] > 0), mpp, params)
+    table = measure_cells(rgb, probs[1], cells, nuclei, mpp, params, nuc=nuc,
+                          tumour_by_id=tumour_by_id, dab=deconv.dab(rgb))
+    table, cells, nuclei = _relabel(table, cells, nuclei)
+    return CellResult(table=table, cell_labels=cells, nucleus_labels=nuclei,
+                      semantic=semantic, mpp=float(mpp))
+
+
+def probabilities_from_mask(mask: np.ndarray, blur_px: float = 1.0, noise: float = 0.05,
+                            seed: int = 0) -> np.ndarray:
+    """One-hot probabilities (3, H, W) float32 from a semantic mask, blurred and noised like a network's.
+
+    For tests and calibration without the model: ``mask`` uint8 (H, W) with
+    0 background, 1 membrane, 2 nucleus.
+    """
+    from scipy import ndimage as ndi
+
+    onehot = np.stack([(mask == c) for c in range(3)]).astype(np.float32)
+    if blur_px > 0:
+        onehot = np.stack([ndi.gaussian_filter(p, blur_px) for p in onehot])
+    if noise > 0:
+        rng = np.random.default_rng(seed)
+        onehot += rng.normal(0.0, noise, onehot.shape).astype(np.float32)
+        np.clip(onehot, 1e-4, None, out=onehot)
+    onehot /= onehot.sum(axis=0, keepdims=True)
+    return onehot

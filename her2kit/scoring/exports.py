@@ -1,0 +1,368 @@
+"""Writers of the scoring outputs: score.json, cells.csv, cells.geojson, labels.zarr, overlay.png, report.html.
+
+Every writer writes to a temporary name beside the target and renames it
+into place when complete, so a reader never sees half a file. Coordinates
+in cells.csv and cells.geojson are full-resolution pixels of the input
+(origin top-left; GeoJSON vertices are [x, y] on pixel corners, as QuPath
+reads them).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+CATEGORY_NAMES = {0: "HER2 0", 1: "HER2 1+", 2: "HER2 2+", 3: "HER2 3+"}
+#: RGB colours of the categories (blue, yellow, orange, red) and of non-tumour cells (grey).
+CATEGORY_COLOURS = {0: (70, 130, 230), 1: (250, 220, 60), 2: (245, 140, 30), 3: (215, 40, 40)}
+STROMA_COLOUR = (150, 150, 150)
+STROMA_NAME = "Stroma"
+
+
+def _temp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file."""
+    path = Path(path)
+    tmp = _temp(path)
+    tmp.write_text(text, encoding="utf-8")
+    _replace(tmp, path)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def write_score_json(path: str | os.PathLike, summary: Mapping) -> None:
+    """score.json: ``summary`` (score, subcategory, cells_total, percent, ...) as indented JSON."""
+    atomic_write_text(path, json.dumps(_jsonable(dict(summary)), indent=2) + "\n")
+
+
+def write_cells_csv(path: str | os.PathLike, table: Mapping[str, np.ndarray]) -> None:
+    """cells.csv: one row per cell, the columns of ``table`` (id, y, x first; pixels, microns, OD)."""
+    from her2kit.scoring.cells import COLUMNS
+
+    path = Path(path)
+    names = [c for c in COLUMNS if c in table] + [c for c in table if c not in COLUMNS]
+    cols = [np.asarray(table[c]) for c in names]
+    n = len(cols[0]) if cols else 0
+    tmp = _temp(path)
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        fmt = []
+        for c in cols:
+            if c.dtype == bool:
+                fmt.append(lambda v: int(v))
+            elif c.dtype.kind in "iu":
+                fmt.append(int)
+            elif c.dtype.kind == "f":
+                fmt.append(lambda v: f"{v:.6g}")
+            else:
+                fmt.append(str)
+        for i in range(n):
+            w.writerow([f(c[i]) for f, c in zip(fmt, cols, strict=True)])
+    _replace(tmp, path)
+
+
+# --- polygons and GeoJSON -------------------------------------------------------------
+
+
+def _ring(mask: np.ndarray, y0: int, x0: int, scale: tuple[float, float],
+          offset: tuple[float, float], tolerance: float) -> list[list[float]] | None:
+    from skimage.measure import approximate_polygon, find_contours
+
+    contours = find_contours(np.pad(mask, 1).astype(np.uint8), 0.5)
+    if not contours:
+        return None
+    c = max(contours, key=len)
+    if tolerance > 0:
+        c = approximate_polygon(c, tolerance=tolerance)
+    if len(c) < 4:
+        return None
+    # contour coordinates are pixel centres of the padded crop; +0.5 turns them
+    # into pixel-corner coordinates, which scale exactly to the full-res grid
+    ys = offset[0] + (c[:, 0] - 1 + y0 + 0.5) * scale[0]
+    xs = offset[1] + (c[:, 1] - 1 + x0 + 0.5) * scale[1]
+    ring = [[round(float(x), 2), round(float(y), 2)] for y, x in zip(ys, xs, strict=True)]
+    if ring[0] != ring[-1]:
+        ring.append(list(ring[0]))
+    return ring
+
+
+def cell_polygons(cell_labels: np.ndarray, nucleus_labels: np.ndarray, ids: Iterable[int],
+                  scale: float | tuple[float, float] = 1.0,
+                  offset: tuple[float, float] = (0.0, 0.0), tolerance: float = 0.5,
+                  ) -> dict[int, tuple[list | None, list | None]]:
+    """Outline rings of cells and their nuclei, {id: (cell ring, nucleus ring)}.
+
+    Rings are closed lists of [x, y] in output pixels: label pixels times
+    ``scale`` (output pixels per label pixel, (y, x)) plus ``offset`` (y, x).
+    ``tolerance`` simplifies the outline (label pixels; 0 keeps every vertex).
+    """
+    from scipy import ndimage as ndi
+
+    sc = (float(scale), float(scale)) if np.isscalar(scale) else tuple(float(s) for s in scale)
+    cells_obj = ndi.find_objects(cell_labels.astype(np.int64, copy=False))
+    out: dict[int, tuple[list | None, list | None]] = {}
+    for i in ids:
+        i = int(i)
+        sl = cells_obj[i - 1] if 0 < i <= len(cells_obj) else None
+        if sl is None:
+            out[i] = (None, None)
+            continue
+        y0, x0 = sl[0].start, sl[1].start
+        cell = _ring(cell_labels[sl] == i, y0, x0, sc, offset, tolerance)
+        nmask = nucleus_labels[sl] == i
+        nucleus = _ring(nmask, y0, x0, sc, offset, tolerance) if nmask.any() else None
+        out[i] = (cell, nucleus)
+    return out
+
+
+def cell_features(table: Mapping[str, np.ndarray],
+                  polygons: Mapping[int, tuple[list | None, list | None]]) -> list[dict]:
+    """QuPath cell Features for the rows of ``table`` that have a polygon."""
+    skip = {"id", "y", "x", "category", "tumour"}
+    numeric = [k for k, v in table.items() if np.asarray(v).dtype.kind in "fiub" and k not in skip]
+    ids = np.asarray(table["id"])
+    cats = np.asarray(table["category"])
+    tumour = np.asarray(table.get("tumour", np.ones(len(ids), bool))).astype(bool)
+    features = []
+    for row, cid in enumerate(ids):
+        cell, nucleus = polygons.get(int(cid), (None, None))
+        if cell is None:
+            continue
+        cat = int(cats[row])
+        name, colour = ((CATEGORY_NAMES[cat], CATEGORY_COLOURS[cat]) if tumour[row]
+                        else (STROMA_NAME, STROMA_COLOUR))
+        measurements = {k: float(np.asarray(table[k])[row]) for k in numeric}
+        measurements["Category"] = float(cat)
+        measurements["Tumour"] = float(tumour[row])
+        feature = {
+            "type": "Feature",
+            "id": f"cell-{int(cid)}",
+            "geometry": {"type": "Polygon", "coordinates": [cell]},
+            "properties": {
+                "objectType": "cell",
+                "name": f"cell {int(cid)}",
+                "classification": {"name": name, "color": list(colour)},
+                "measurements": measurements,
+            },
+        }
+        if nucleus is not None:
+            feature["nucleusGeometry"] = {"type": "Polygon", "coordinates": [nucleus]}
+        features.append(feature)
+    return features
+
+
+def write_cells_geojson(path: str | os.PathLike, features: Iterable[dict]) -> int:
+    """cells.geojson: a FeatureCollection of ``features``, streamed; returns how many."""
+    path = Path(path)
+    tmp = _temp(path)
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write('{"type": "FeatureCollection", "features": [\n')
+        for feat in features:
+            if n:
+                f.write(",\n")
+            f.write(json.dumps(_jsonable(feat), separators=(",", ":")))
+            n += 1
+        f.write("\n]}\n")
+    _replace(tmp, path)
+    return n
+
+
+# --- labels.zarr ------------------------------------------------------------------------
+
+
+def write_labels_zarr(path: str | os.PathLike, semantic: np.ndarray, cells: np.ndarray,
+                      mpp: float | None, chunk: int = 1024) -> None:
+    """labels.zarr: OME-Zarr (NGFF 0.4) labels ``semantic`` (uint8) and ``cells`` (uint32), multiscale.
+
+    Level 0 is the input's full resolution; coarser levels take every second
+    pixel (labels must not be averaged).
+    """
+    from her2kit.wsi import labelstore
+
+    path = Path(path)
+    tmp = _temp(path)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    labelstore.create(tmp, semantic.shape, chunk, mpp)
+    labelstore.write_region(tmp, 0, 0, semantic, cells)
+    for level in range(1, labelstore.level_count(tmp)):
+        for _, y, x, h, w in labelstore.pyramid_regions(tmp, level, chunk):
+            labelstore.downsample_region(tmp, level, y, x, h, w)
+    _replace(tmp, path)
+
+
+# --- pictures ---------------------------------------------------------------------------
+
+
+def category_lut(table: Mapping[str, np.ndarray], size: int | None = None) -> np.ndarray:
+    """uint8 (max id + 1, 3) colour of each cell id by category (grey: non-tumour, black: none)."""
+    ids = np.asarray(table["id"], dtype=np.int64)
+    size = int(max(ids.max(initial=0) + 1, size or 0))
+    lut = np.zeros((size, 3), dtype=np.uint8)
+    cats = np.asarray(table["category"], dtype=np.int64)
+    tumour = np.asarray(table.get("tumour", np.ones(ids.size, bool))).astype(bool)
+    palette = np.array([CATEGORY_COLOURS[k] for k in range(4)], dtype=np.uint8)
+    lut[ids] = np.where(tumour[:, None], palette[np.clip(cats, 0, 3)], STROMA_COLOUR)
+    return lut
+
+
+def overlay_image(rgb: np.ndarray, cell_labels: np.ndarray, table: Mapping[str, np.ndarray],
+                  fill: float = 0.25) -> np.ndarray:
+    """RGB uint8 picture: each cell's outline (and a light tint) coloured by category."""
+    from skimage.segmentation import find_boundaries
+
+    lut = category_lut(table, int(cell_labels.max(initial=0)) + 1)
+    colour = lut[cell_labels]
+    inside = cell_labels > 0
+    out = rgb.astype(np.float32)
+    out[inside] = (1 - fill) * out[inside] + fill * colour[inside]
+    edge = find_boundaries(cell_labels, mode="inner") & inside
+    out[edge] = colour[edge]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _fit(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    step = int(np.ceil(max(rgb.shape[:2]) / max_side)) if max(rgb.shape[:2]) > max_side else 1
+    return rgb[::step, ::step] if step > 1 else rgb
+
+
+def write_overlay_png(path: str | os.PathLike, overlay: np.ndarray, max_side: int = 8192) -> None:
+    """overlay.png from an RGB uint8 picture (subsampled to at most ``max_side`` pixels a side)."""
+    path = Path(path)
+    tmp = _temp(path)
+    tmp.write_bytes(_png_bytes(_fit(overlay, max_side)))
+    _replace(tmp, path)
+
+
+def _histogram_png(values: np.ndarray, categories: np.ndarray, title: str, xlabel: str,
+                   bins: np.ndarray) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2, 2.8), dpi=100)
+    ax = fig.add_subplot()
+    stacks = [values[categories == k] for k in range(4)]
+    ax.hist(stacks, bins=bins, stacked=True, label=[CATEGORY_NAMES[k] for k in range(4)],
+            color=[np.array(CATEGORY_COLOURS[k]) / 255 for k in range(4)])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("tumour cells")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _img(data: bytes, alt: str, width: str = "100%") -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" style="max-width:{width}" src="data:image/png;base64,{b64}">'
+
+
+def write_report_html(path: str | os.PathLike, rgb: np.ndarray, overlay: np.ndarray,
+                      summary: Mapping, table: Mapping[str, np.ndarray],
+                      max_side: int = 1600) -> None:
+    """report.html: one self-contained page with the image, the overlay, the score and histograms."""
+    tumour = np.asarray(table.get("tumour", np.ones(len(table["id"]), bool))).astype(bool)
+    cats = np.asarray(table["category"], dtype=np.int64)[tumour]
+    comp = np.asarray(table["completeness"], dtype=np.float64)[tumour]
+    inten = np.asarray(table["intensity"], dtype=np.float64)[tumour]
+    hist_c = _histogram_png(comp, cats, "Membrane completeness", "share of sectors stained",
+                            np.linspace(0, 1, 17))
+    top = max(1.0, float(np.percentile(inten, 99)) if inten.size else 1.0)
+    hist_i = _histogram_png(inten, cats, "Membrane intensity", "DAB OD of stained part",
+                            np.linspace(0, top, 21))
+    score = summary.get("score")
+    sub = summary.get("subcategory")
+    score_text = "undefined" if score is None else (f"{score} ({sub})" if sub else score)
+    percent = summary.get("percent", {})
+    rows = "".join(
+        f"<tr><td style='color:rgb{CATEGORY_COLOURS[k]}'>&#9632;</td><td>{CATEGORY_NAMES[k]}</td>"
+        f"<td>{summary.get('counts', {}).get(str(k), '')}</td>"
+        f"<td>{percent.get(str(k), 0.0):.1f}%</td></tr>" for k in range(4))
+    facts = {
+        "tumour cells": summary.get("cells_total"),
+        "H-score": f"{summary.get('h_score', 0.0):.1f}",
+        "complete staining": f"{summary.get('percent_complete', 0.0):.1f}%",
+        "model": summary.get("model"),
+        "microns per pixel": summary.get("mpp"),
+        "her2kit": summary.get("her2kit_version"),
+    }
+    fact_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                        for k, v in facts.items())
+    note = summary.get("note")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>HER2 {html.escape(score_text)} - {html.escape(str(summary.get('input', '')))}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
+.score {{ font-size: 2.4em; font-weight: bold; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; }} td, th {{ padding: 2px 10px; text-align: left; }}
+.pics {{ display: flex; gap: 1em; flex-wrap: wrap; }} .pics div {{ flex: 1 1 45%; }}
+</style></head><body>
+<h1>HER2 immunohistochemistry: {html.escape(str(summary.get('input', '')))}</h1>
+<p class="score">HER2 {html.escape(score_text)}</p>
+{f'<p><b>{html.escape(note)}</b></p>' if note else ''}
+<p>ASCO/CAP 2018 (reaffirmed 2023) over tumour cells: 3+ when more than 10% show intense complete
+membrane staining; 2+ when more than 10% show complete staining; 1+ when more than 10% show faint
+incomplete staining; 0 otherwise (ultralow: some faint staining, at most 10%; null: none).</p>
+<table>{rows}</table>
+<table>{fact_rows}</table>
+<div class="pics">
+<div><h3>Image</h3>{_img(_png_bytes(_fit(rgb, max_side)), "input image")}</div>
+<div><h3>Cells by category</h3>{_img(_png_bytes(_fit(overlay, max_side)), "overlay")}</div>
+</div>
+<div class="pics">
+<div>{_img(hist_c, "completeness histogram")}</div>
+<div>{_img(hist_i, "intensity histogram")}</div>
+</div>
+<p>Grey outlines: cells excluded as stroma. Per-cell numbers: cells.csv; outlines for QuPath: cells.geojson.</p>
+</body></html>
+"""
+    atomic_write_text(path, page)

@@ -1,0 +1,202 @@
+"""Measure the cell pipeline on a labelled synthetic folder (``her2kit synth images`` output).
+
+    python -m her2kit.scoring.validate --data DIR [--truth-masks | --model NAME|PATH] [--out FILE.json]
+
+For every image: probabilities from the ground-truth masks (``--truth-masks``,
+one-hot, blurred and noised like a network's; isolates the cell and category
+logic) or from a segmentation model, then :func:`find_cells` and the
+ASCO/CAP score. Reported:
+
+- cells: detected cells matched one-to-one to true cells at IoU > 0.5
+  (precision, recall, F1 over all cells the image shows);
+- categories: accuracy of the category of matched true tumour cells, and the
+  confusion matrix; tumour/stroma agreement of matched cells;
+- images: score accuracy, quadratic weighted kappa, the score confusion, and
+  null-vs-ultralow accuracy over true score-0 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from her2kit.scoring.cells import CellParams, find_cells, probabilities_from_mask
+from her2kit.scoring.rules import SCORES, asco_cap_score, quadratic_weighted_kappa
+
+
+@dataclass
+class Case:
+    """One labelled image of a synthetic folder."""
+
+    name: str
+    rgb: np.ndarray
+    mask: np.ndarray
+    cells: np.ndarray      # true cell instances uint32
+    truth: dict            # true cell table columns
+    score: str
+    subcategory: str | None
+    mpp: float
+
+
+def read_cases(data: str, limit: int | None = None):
+    """Yield :class:`Case` objects of a synthetic folder in index order."""
+    import tifffile
+    from PIL import Image
+
+    with open(os.path.join(data, "index.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows[:limit]:
+        rgb = np.asarray(Image.open(os.path.join(data, row["image"])).convert("RGB"))
+        mask = np.asarray(Image.open(os.path.join(data, row["mask"])))
+        cells = tifffile.imread(os.path.join(data, row["instances_cells"]))
+        with open(os.path.join(data, row["cells"]), newline="") as f:
+            recs = list(csv.DictReader(f))
+        truth = {
+            "id": np.array([int(r["id"]) for r in recs], dtype=np.int64),
+            "category": np.array([int(r["category"]) for r in recs], dtype=np.int64),
+            "tumour": np.array([int(r["tumour"]) for r in recs], dtype=bool),
+            "completeness": np.array([float(r["completeness"]) for r in recs]),
+            "intensity": np.array([float(r["intensity"]) for r in recs]),
+        }
+        yield Case(os.path.splitext(os.path.basename(row["image"]))[0], rgb, mask, cells, truth,
+                   row["score"], row.get("subcategory") or None, float(row.get("mpp") or 0.5))
+
+
+def match_instances(pred: np.ndarray, true: np.ndarray, threshold: float = 0.5):
+    """Pairs (pred id, true id, IoU) of instances with IoU > ``threshold`` (one-to-one)."""
+    p = pred.ravel().astype(np.int64)
+    t = true.ravel().astype(np.int64)
+    both = (p > 0) & (t > 0)
+    width = int(t.max(initial=0)) + 1
+    key, inter = np.unique(p[both] * width + t[both], return_counts=True)
+    pi, ti = key // width, key % width
+    pa = np.bincount(p, minlength=int(p.max(initial=0)) + 1)
+    ta = np.bincount(t, minlength=width)
+    iou = inter / (pa[pi] + ta[ti] - inter)
+    good = iou > threshold
+    return pi[good], ti[good], iou[good]
+
+
+def evaluate_case(case: Case, params: CellParams, segmenter=None, seed: int = 0) -> dict:
+    """Cells, categories and score of one case; returns numbers and per-cell pairs."""
+    if segmenter is None:
+        probs = probabilities_from_mask(case.mask, seed=seed)
+    else:
+        probs = segmenter.predict(case.rgb)
+    result = find_cells(case.rgb, probs, case.mpp, params)
+    pid, tid, _ = match_instances(result.cell_labels, case.cells)
+    n_true = int(np.unique(case.cells[case.cells > 0]).size)
+    t_row = {int(v): i for i, v in enumerate(case.truth["id"])}
+    p_row = {int(v): i for i, v in enumerate(result.table["id"])}
+    ti = np.array([t_row.get(int(v), -1) for v in tid], dtype=np.int64)
+    pi = np.array([p_row[int(v)] for v in pid], dtype=np.int64)
+    ok = ti >= 0
+    ti, pi = ti[ok], pi[ok]
+    score = asco_cap_score(result.tumour_categories())
+    tt = case.truth
+    return {
+        "name": case.name,
+        "n_pred": len(result), "n_true": n_true, "tp": int(len(pi)),
+        "true_cat": tt["category"][ti], "pred_cat": result.table["category"][pi],
+        "true_tumour": tt["tumour"][ti], "pred_tumour": result.table["tumour"][pi],
+        "features": {k: result.table[k][pi] for k in result.table},
+        "true_completeness": tt["completeness"][ti], "true_intensity": tt["intensity"][ti],
+        "score_true": case.score, "sub_true": case.subcategory,
+        "score_pred": score.score or "0", "sub_pred": score.subcategory,
+        "percent_pred": score.percent,
+    }
+
+
+def summarise(records: list[dict]) -> dict:
+    """Aggregate figures over the per-image records of :func:`evaluate_case`."""
+    tp = sum(r["tp"] for r in records)
+    n_pred = sum(r["n_pred"] for r in records)
+    n_true = sum(r["n_true"] for r in records)
+    precision = tp / max(n_pred, 1)
+    recall = tp / max(n_true, 1)
+    f1 = 2 * tp / max(n_pred + n_true, 1)
+    tc = np.concatenate([r["true_cat"] for r in records]) if records else np.zeros(0, int)
+    pc = np.concatenate([r["pred_cat"] for r in records]) if records else np.zeros(0, int)
+    tt = np.concatenate([r["true_tumour"] for r in records]) if records else np.zeros(0, bool)
+    pt = np.concatenate([r["pred_tumour"] for r in records]) if records else np.zeros(0, bool)
+    conf = np.zeros((4, 4), dtype=int)
+    np.add.at(conf, (tc[tt], pc[tt]), 1)
+    st = [r["score_true"] for r in records]
+    sp = [r["score_pred"] for r in records]
+    sconf = np.zeros((4, 4), dtype=int)
+    for a, b in zip(st, sp, strict=True):
+        sconf[SCORES.index(a), SCORES.index(b)] += 1
+    zero = [r for r in records if r["score_true"] == "0"]
+    sub_ok = [r["score_pred"] == "0" and r["sub_pred"] == r["sub_true"] for r in zero]
+    return {
+        "images": len(records),
+        "cells": {"precision": precision, "recall": recall, "f1": f1, "matched": tp,
+                  "predicted": n_pred, "true": n_true},
+        "category_accuracy": float((tc[tt] == pc[tt]).mean()) if tt.any() else float("nan"),
+        "category_confusion": conf.tolist(),
+        "tumour_agreement": float((tt == pt).mean()) if tt.size else float("nan"),
+        "score_accuracy": float(np.mean([a == b for a, b in zip(st, sp, strict=True)])) if st else float("nan"),
+        "score_qwk": quadratic_weighted_kappa(st, sp),
+        "score_confusion": sconf.tolist(),
+        "null_ultralow_accuracy": float(np.mean(sub_ok)) if zero else float("nan"),
+        "score_zero_images": len(zero),
+        "wrong_images": [
+            {"name": r["name"], "true": r["score_true"], "sub_true": r["sub_true"],
+             "pred": r["score_pred"], "sub_pred": r["sub_pred"],
+             "percent": {k: round(v, 1) for k, v in r["percent_pred"].items()}}
+            for r in records if (r["score_true"], r["sub_true"]) != (r["score_pred"], r["sub_pred"])
+        ],
+    }
+
+
+def evaluate_folder(data: str, params: CellParams | None = None, segmenter=None,
+                    limit: int | None = None, progress: bool = True) -> tuple[dict, list[dict]]:
+    """(summary, per-image records) over a synthetic folder."""
+    from tqdm import tqdm
+
+    params = params or CellParams()
+    records = []
+    cases = list(read_cases(data, limit))
+    for k, case in enumerate(tqdm(cases, desc="validate", unit="img", disable=not progress)):
+        records.append(evaluate_case(case, params, segmenter, seed=k))
+    return summarise(records), records
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m her2kit.scoring.validate", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="folder from `her2kit synth images`")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--truth-masks", action="store_true", help="probabilities from the true masks (default)")
+    src.add_argument("--model", default=None, help="segmentation model name or checkpoint")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--params", default=None, help="CellParams JSON (e.g. from calibrate)")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--out", default=None, help="write the summary JSON here")
+    args = ap.parse_args(argv)
+    params = CellParams()
+    if args.params:
+        with open(args.params) as f:
+            params = CellParams.from_dict(json.load(f))
+    segmenter = None
+    if args.model:
+        from her2kit.inference import load_segmenter
+
+        segmenter = load_segmenter(args.model, device=args.device)
+    summary, _ = evaluate_folder(args.data, params, segmenter, args.limit)
+    summary["source"] = "truth-masks" if segmenter is None else getattr(segmenter, "name", args.model)
+    text = json.dumps(summary, indent=2, default=float)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""``her2kit synth images`` and ``her2kit synth slide``: argument checks and dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+
+from her2kit.errors import InputError
+
+MAX_SIDE = 1 << 20  # pixels; larger sides are a typo, not a slide
+
+
+def _check_mpp(mpp: float) -> None:
+    if not (math.isfinite(mpp) and 0.05 <= mpp <= 10.0):
+        raise InputError(None, f"--mpp must be between 0.05 and 10 microns per pixel (got {mpp})")
+
+
+def _check_score(text: str | None) -> str | None:
+    from her2kit.synth.categories import parse_score
+
+    if text is None:
+        return None
+    try:
+        return parse_score(text)
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None
+
+
+def _check_out(out: str) -> None:
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(out, "exists and is not a directory")
+    if not os.path.isdir(parent):
+        raise InputError(out, "parent directory does not exist")
+
+
+def images(args: argparse.Namespace) -> int:
+    """``her2kit synth images OUT --n N --size S --seed K ...``"""
+    if args.n < 1:
+        raise InputError(None, f"--n must be a positive number of images (got {args.n})")
+    if not 16 <= args.size <= 8192:
+        raise InputError(None, f"--size must be between 16 and 8192 pixels (got {args.size})")
+    _check_mpp(args.mpp)
+    score = _check_score(args.score)
+    _check_out(args.out)
+    from her2kit.synth.images import generate
+
+    rows = generate(args.out, args.n, args.size, args.seed, domain=args.domain, mpp=args.mpp,
+                    score=score, jpeg=args.jpeg)
+    counts = {s: sum(r["score"] == s for r in rows) for s in ("0", "1+", "2+", "3+")}
+    print(f"wrote {len(rows)} images to {args.out} (scores: "
+          + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
+    return 0
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W); InputError for anything else or sides out of range."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", str(text))
+    if not m:
+        raise InputError(None, f"--size must be HxW in pixels, e.g. 8192x8192 (got {text!r})")
+    h, w = int(m.group(1)), int(m.group(2))
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise InputError(None, f"--size sides must be between 1 and {MAX_SIDE} pixels (got {text!r})")
+    return h, w
+
+
+def slide(args: argparse.Namespace) -> int:
+    """``her2kit synth slide OUT.zarr --size HxW --score S --seed K ...``"""
+    h, w = parse_size(args.size)
+    score = _check_score(args.score)
+    _check_mpp(args.mpp)
+    if not 0.0 < args.tissue <= 1.0:
+        raise InputError(None, f"--tissue must be a fraction in (0, 1] (got {args.tissue})")
+    if not 64 <= args.chunk <= 8192:
+        raise InputError(None, f"--chunk must be between 64 and 8192 pixels (got {args.chunk})")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise InputError(args.out, "exists and is not a Zarr directory")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        raise InputError(args.out, "parent directory does not exist")
+    if args.tiff is not None:
+        tparent = os.path.dirname(os.path.abspath(args.tiff))
+        if not os.path.isdir(tparent):
+            raise InputError(args.tiff, "parent directory does not exist")
+    from her2kit.synth.slide import make_slide
+
+    info = make_slide(args.out, (h, w), score, seed=args.seed, domain=args.domain, mpp=args.mpp,
+                      tissue=args.tissue, chunk=args.chunk, tiff=args.tiff)
+    print(f"wrote {args.out}: {h}x{w} px at {args.mpp} um/px, {info['n_tumour']} tumour cells, "
+          f"score {info['score']}" + (f" ({info['subcategory']})" if info.get("subcategory") else ""))
+    return 0

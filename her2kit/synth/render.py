@@ -1,0 +1,276 @@
+"""Render one rectangular region of a scene: RGB, semantic and instance labels, cell table.
+
+Every value is a function of the scene and the global pixel position, and
+the region is rendered with a halo wide enough for blur and texture
+filters, so adjacent regions agree exactly at their borders.
+
+Semantic labels: 0 background, 1 membrane (the stained part of a tumour
+cell's membrane band, categories 1-3), 2 nucleus. Cell instance ids are the
+scene's global cell ids (tumour cells: the whole polygon; stromal cells and
+lymphocytes: the nucleus with a thin rim).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from her2kit.synth import noise, stains, tissue
+from her2kit.synth.scene import Scene
+from her2kit.synth.tissue import FAT, GLASS, LUMEN, NUC_FIBRO, NUC_LYMPH, NUC_TUMOUR, STROMA, TUMOUR
+
+TYPE_NAMES = {NUC_TUMOUR: "tumour", NUC_FIBRO: "fibroblast", NUC_LYMPH: "lymphocyte"}
+_K_TEXF, _K_TEXM, _K_NOISE, _K_ILLUM = 101, 102, 103, 104
+
+CountsFn = Callable[[int], np.ndarray]
+
+
+@dataclass
+class Region:
+    """A rendered region. Arrays are (h, w[, 3]); the table holds one entry per cell touching the region."""
+
+    rgb: np.ndarray          # uint8 (h, w, 3)
+    semantic: np.ndarray     # uint8 (h, w): 0 background, 1 membrane, 2 nucleus
+    cells: np.ndarray        # uint32 (h, w): cell id, 0 none
+    nuclei: np.ndarray       # uint32 (h, w): id of the cell owning the nucleus, 0 none
+    table: dict[str, np.ndarray]  # id, y, x (centroid, global pixels), area, category, tumour,
+    #                               completeness, intensity, type, seed_y, seed_x (pixels)
+
+
+@functools.lru_cache(maxsize=64)
+def _texture_sd(sigma_px: float) -> float:
+    """Standard deviation of uniform white noise after a 2-D Gaussian blur of ``sigma_px``."""
+    delta = np.zeros(int(8 * sigma_px) * 2 + 3)
+    delta[len(delta) // 2] = 1.0
+    k = ndimage.gaussian_filter1d(delta, sigma_px, mode="constant")
+    return float(math.sqrt(1 / 12) * np.sum(k * k))
+
+
+def _texture(key: int, rows: np.ndarray, cols: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Zero-mean, unit-sd smooth noise of global pixel position (blurred hashed white noise)."""
+    t = noise.white(key, rows, cols)
+    t = ndimage.gaussian_filter(t, sigma_px, mode="reflect", truncate=3.0)
+    return (t - 0.5) / _texture_sd(sigma_px)
+
+
+def _gauss_noise(key: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Approximately standard normal noise (h, w, 3) of global pixel position (Irwin-Hall of 4 uniforms)."""
+    r = np.asarray(rows, np.int64)[:, None, None]
+    c = np.asarray(cols, np.int64)[None, :, None]
+    ch = np.arange(3, dtype=np.int64)[None, None, :]
+    h = noise.hash64(key, r, c, ch)
+    total = np.zeros(h.shape, np.float32)
+    mask = np.uint64(0xFFFF)
+    for shift in (0, 16, 32, 48):
+        total += ((h >> np.uint64(shift)) & mask).astype(np.float32)
+    return (total * np.float32(1 / 65536.0) - 2.0) * np.float32(math.sqrt(3.0))
+
+
+def halo_px(scene: Scene) -> int:
+    """Pixels of context a region needs on each side for exact blur and textures."""
+    return int(math.ceil(4 * scene.blur_um / scene.mpp + 3 * 1.5 / scene.mpp)) + 2
+
+
+def assign_categories(scene: Scene, seeds: tissue.Seeds, present: np.ndarray | None = None,
+                      counts: CountsFn | None = None) -> np.ndarray:
+    """Membrane category per seed (-1 for non-tumour seeds).
+
+    With ``counts``, the tumour cells in ``present`` (seed indices) get exactly
+    ``counts(n)`` cells per category: stronger categories go to cells with a
+    higher key (random, plus a smooth field so positive cells cluster within
+    nests). Other tumour seeds draw from ``scene.fractions``.
+    """
+    cat = np.full(len(seeds.kind), -1, np.int8)
+    tum = seeds.kind == TUMOUR
+    f = scene.fractions
+    u = seeds.prop["u_cat"]
+    drawn = np.where(u < f[3], 3, np.where(u < f[3] + f[2], 2, np.where(u < f[3] + f[2] + f[1], 1, 0)))
+    cat[tum] = drawn[tum]
+    if counts is not None and present is not None:
+        idx = present[tum[present]]
+        n = len(idx)
+        c = counts(n)
+        key = 0.6 * u[idx] + 0.4 * seeds.prop["cluster"][idx]
+        order = idx[np.argsort(-key, kind="stable")]
+        cats = np.repeat(np.array([3, 2, 1, 0], np.int8), [c[3], c[2], c[1], c[0]])
+        cat[order] = cats
+    return cat
+
+
+def _membrane_params(scene: Scene, seeds: tissue.Seeds, cat: np.ndarray) -> dict[str, np.ndarray]:
+    """Completeness, DAB intensity (OD), half-width (microns), arcs and phase per seed."""
+    p = seeds.prop
+    ui, uc, uw = p["u_int"], p["u_comp"], p["u_width"]
+    frac = (uc * 7.31) % 1.0
+    comp = np.select(
+        [cat == 1, cat == 2, cat == 3],
+        [0.25 + 0.5 * uc,
+         np.where(uc < 0.55, 1.0, np.where(uc < 0.88, 0.9 + 0.1 * frac, 0.6 + 0.3 * frac)),
+         np.where(uc < 0.7, 1.0, 0.92 + 0.08 * frac)], 0.0)
+    inten = np.select([cat == 1, cat == 2, cat == 3],
+                      [0.3 + 0.3 * ui, 0.9 + 0.9 * ui, 2.0 + 1.2 * ui], 0.0) * scene.conc[1]
+    hw = np.select([cat == 1, cat == 2, cat == 3],
+                   [0.25 + 0.12 * uw, 0.4 + 0.2 * uw, 0.55 + 0.25 * uw], 0.3)
+    arcs = np.where(cat == 1, 1 + np.floor(3 * p["u_arcs"]), np.where(comp < 1, 1 + np.floor(2 * p["u_arcs"]), 1))
+    blush = np.select([cat == 1, cat == 2, cat == 3],
+                      [0.03 * p["u_blush"], 0.05 + 0.10 * p["u_blush"], 0.15 + 0.20 * p["u_blush"]], 0.0)
+    return {"comp": comp.astype(np.float32), "int": inten.astype(np.float32), "hw": hw.astype(np.float32),
+            "arcs": arcs.astype(np.float32), "phase": p["u_phase"].astype(np.float32),
+            "blush": (blush * scene.conc[1]).astype(np.float32)}
+
+
+def render_region(scene: Scene, y0: int, x0: int, h: int, w: int, counts: CountsFn | None = None,
+                  margin: int = 0) -> Region:
+    """Render pixels [y0, y0+h) x [x0, x0+w) (global pixel indices) of ``scene``.
+
+    ``margin`` (pixels) widens the area over which the cell table is
+    measured (clipped to the scene's world), so a caller can take complete
+    cells whose seed lies in the region. ``counts`` imposes the category
+    counts of the tumour cells in the table (see :func:`assign_categories`).
+    """
+    mpp = scene.mpp
+    pad = max(halo_px(scene), margin)
+    rows = np.arange(y0 - pad, y0 + h + pad)
+    cols = np.arange(x0 - pad, x0 + w + pad)
+    y_um = (rows + 0.5) * mpp
+    x_um = (cols + 0.5) * mpp
+    seeds = tissue.seeds_for_region(scene, y_um[0], x_um[0], y_um[-1] - y_um[0], x_um[-1] - x_um[0])
+    i1, _i2, bd = tissue.nearest_two(seeds, scene, y_um, x_um)
+    kind = seeds.kind[i1]
+
+    # the world (image or slide) clips the table's area
+    wr0, wr1 = max(0, y0 - margin) - (y0 - pad), min(scene.height, y0 + h + margin) - (y0 - pad)
+    wc0, wc1 = max(0, x0 - margin) - (x0 - pad), min(scene.width, x0 + w + margin) - (x0 - pad)
+    present = None
+    if counts is not None:
+        present = np.unique(i1[wr0:wr1, wc0:wc1])
+    cat = assign_categories(scene, seeds, present, counts)
+    mp = _membrane_params(scene, seeds, cat)
+
+    yy = y_um[:, None].astype(np.float32)
+    xx = x_um[None, :].astype(np.float32)
+    tum = kind == TUMOUR
+    ccat = cat[i1]
+
+    # --- membrane: a band along the cell border, stained on ``arcs`` arcs covering ``comp`` of the ring
+    dy = yy - seeds.y[i1].astype(np.float32)
+    dx = xx - seeds.x[i1].astype(np.float32)
+    ang = np.arctan2(dy, dx) * np.float32(1 / (2 * math.pi))
+    comp = mp["comp"][i1]
+    arc = ((ang * mp["arcs"][i1] + mp["phase"][i1]) % 1.0) < comp
+    hw = mp["hw"][i1]
+    stained = tum & (ccat >= 1) & arc
+    tex_f = _texture(scene.key + _K_TEXF, rows, cols, max(0.45 / mpp, 0.6))
+    tex_m = _texture(scene.key + _K_TEXM, rows, cols, 1.5 / mpp)
+    prof = np.exp(np.float32(-0.7) * (bd / hw) ** 2)
+    dab_memb = np.where(stained & (bd < 2.5 * hw), mp["int"][i1] * prof * (0.8 + 0.2 * tex_f), 0)
+    memb_label = stained & (bd < hw)
+
+    # --- nuclei: irregular ellipses around the seed
+    nt = seeds.nuc[i1]
+    has = nt > 0
+    a = np.where(has, seeds.prop["na"][i1], 1.0)
+    b = np.where(has, seeds.prop["nb"][i1], 1.0)
+    ndy = yy - seeds.prop["ny"][i1].astype(np.float32)
+    ndx = xx - seeds.prop["nx"][i1].astype(np.float32)
+    cs, sn = seeds.prop["ncos"][i1], seeds.prop["nsin"][i1]
+    p = (ndx * cs + ndy * sn) / a
+    q = (-ndx * sn + ndy * cs) / b
+    rho = np.sqrt(p * p + q * q) + np.float32(1e-6)
+    cx, cy = p / rho, q / rho
+    cos2, sin2 = cx * cx - cy * cy, 2 * cx * cy
+    cos3, sin3 = cx * (4 * cx * cx - 3), cy * (3 - 4 * cy * cy)
+    p1, p2 = seeds.prop["p1"][i1], seeds.prop["p2"][i1]
+    rlim = (1 + seeds.prop["e1"][i1] * (cos2 * np.cos(p1) - sin2 * np.sin(p1))
+            + seeds.prop["e2"][i1] * (cos3 * np.cos(p2) - sin3 * np.sin(p2)))
+    r = rho / rlim
+    clear = np.where(tum, bd > hw + 0.4, bd > 0.3)
+    nucleus = has & (r < 1.0) & clear
+    rim = np.clip((r - 0.7) / 0.3, 0, 1)
+    soft = np.clip((1.0 - r) * 6.0, 0, 1)
+    h_nuc = seeds.prop["hdark"][i1] * (0.72 + 0.28 * np.clip(1 + 0.9 * tex_f, 0, 2)) * (1 + 0.3 * rim) * (0.5 + 0.5 * soft)
+
+    # --- stroma fibres: level sets of a smooth field, so they run in wavy parallel bundles
+    phi = noise.fbm_grid(tissue._k(scene, tissue._K_FIBRE), y_um, x_um, 90.0)
+    wobble = noise.fbm_grid(tissue._k(scene, tissue._K_FIBRE) + 5, y_um, x_um, 25.0, octaves=2)
+    fibre = (0.5 + 0.5 * np.cos((phi * 22 + 1.5 * wobble) * np.float32(2 * math.pi))) ** 3
+    fibre = fibre * np.clip(0.7 + 0.3 * tex_m, 0, 2)
+
+    H = np.zeros(kind.shape, np.float32)
+    D = np.zeros(kind.shape, np.float32)
+    R = np.zeros(kind.shape, np.float32)
+    stroma = kind == STROMA
+    H = np.where(stroma, 0.035 * (0.8 + 0.3 * tex_m) + 0.05 * fibre, H)
+    R = np.where(stroma, 0.01 + 0.03 * fibre, R)
+    D = np.where(stroma, 0.01 * np.clip(1 + tex_m, 0, 3), D)
+    cyto = seeds.prop["cyto"][i1]
+    # unstained cell borders stay faintly visible (a thin counterstained line)
+    border_line = np.float32(0.05) * np.exp(-(bd / 0.5) ** 2)
+    H = np.where(tum, cyto * (0.75 + 0.25 * np.clip(1 + tex_m, 0, 3)) + border_line, H)
+    R = np.where(tum, 0.02 + 0.01 * tex_m, R)
+    D = np.where(tum, mp["blush"][i1] * np.clip(1 + 0.5 * tex_m, 0, 3) + dab_memb, D)
+    lumen = kind == LUMEN
+    H = np.where(lumen, 0.02, H)
+    R = np.where(lumen, 0.03 + 0.02 * tex_m, R)
+    fat = kind == FAT
+    if fat.any():
+        fscene = dataclasses.replace(scene, spacing_um=scene.fat_spacing_um, angle=scene.angle + 0.7,
+                                     key=scene.key + 31337)
+        fseeds = tissue.seeds_for_region(fscene, y_um[0], x_um[0], y_um[-1] - y_um[0], x_um[-1] - x_um[0])
+        _f1, _f2, fbd = tissue.nearest_two(fseeds, fscene, y_um, x_um)
+        wall = np.exp(-(fbd / 0.6) ** 2)
+        H = np.where(fat, 0.005 + 0.07 * wall, H)
+        R = np.where(fat, 0.005 + 0.06 * wall, R)
+    H = np.where(nucleus, h_nuc, H)
+    D = np.where(nucleus, 0.3 * D, D)
+    R = np.where(nucleus, R + 0.05, R)
+    glass = kind == GLASS
+    conc = np.stack([H * scene.conc[0], D, R * scene.conc[2]], axis=-1)
+    conc[glass] = 0.0
+
+    illum = 1.0 - scene.illum_amp * noise.fbm_grid(scene.key + _K_ILLUM, y_um, x_um, 600.0, octaves=2)
+    i0 = illum[..., None] * scene.glass.astype(np.float32)
+    rgb = stains.od_to_rgb(conc, scene.stain, i0)
+    sig = scene.blur_um / mpp
+    rgb = ndimage.gaussian_filter(rgb, (sig, sig, 0), mode="reflect", truncate=4.0)
+    rgb += scene.noise_sd * np.sqrt(np.maximum(rgb, 1.0) / 255.0) * _gauss_noise(scene.key + _K_NOISE, rows, cols)
+
+    core = (slice(pad, pad + h), slice(pad, pad + w))
+    out_rgb = np.clip(np.rint(rgb[core]), 0, 255).astype(np.uint8)
+    gid = seeds.gid.astype(np.uint32)
+    stromal_cell = has & ~tum & (r < 1.25) & (bd > 0.2)
+    cell_ids = np.where(tum | stromal_cell, gid[i1], 0).astype(np.uint32)
+    nuc_ids = np.where(nucleus, gid[i1], 0).astype(np.uint32)
+    semantic = np.where(nucleus, 2, np.where(memb_label, 1, 0)).astype(np.uint8)
+
+    table = _cell_table(scene, seeds, cat, mp, cell_ids[wr0:wr1, wc0:wc1], i1[wr0:wr1, wc0:wc1],
+                        rows[wr0:wr1], cols[wc0:wc1])
+    return Region(out_rgb, semantic[core], cell_ids[core], nuc_ids[core], table)
+
+
+def _cell_table(scene: Scene, seeds: tissue.Seeds, cat: np.ndarray, mp: dict[str, np.ndarray],
+                cells: np.ndarray, owner: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+    flat = cells.ravel()
+    sel = flat > 0
+    ids, first, inv, area = np.unique(flat[sel], return_index=True, return_inverse=True, return_counts=True)
+    rr = np.broadcast_to(rows[:, None], cells.shape).ravel()[sel]
+    cc = np.broadcast_to(cols[None, :], cells.shape).ravel()[sel]
+    cy = np.bincount(inv, weights=rr, minlength=len(ids)) / area
+    cx = np.bincount(inv, weights=cc, minlength=len(ids)) / area
+    si = owner.ravel()[sel][first]
+    is_tum = seeds.kind[si] == TUMOUR
+    category = np.where(is_tum, cat[si], 0).astype(np.int8)
+    return {
+        "id": ids.astype(np.uint32), "y": cy, "x": cx, "area": area.astype(np.int64),
+        "category": category, "tumour": is_tum.astype(np.int8),
+        "completeness": np.where(is_tum, mp["comp"][si], 0.0).astype(np.float64),
+        "intensity": np.where(is_tum & (category > 0), mp["int"][si], 0.0).astype(np.float64),
+        "type": seeds.nuc[si].astype(np.int8),
+        "seed_y": seeds.y[si] / scene.mpp - 0.5, "seed_x": seeds.x[si] / scene.mpp - 0.5,
+    }

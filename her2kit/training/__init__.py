@@ -1,0 +1,1 @@
+"""Training of the segmentation networks on labelled image folders."""

@@ -1,0 +1,472 @@
+"""Score or segment one whole-slide image block by block (contract first).
+
+Stable entry points (used by ``her2kit score`` / ``her2kit segment``):
+
+- :func:`run_slide` — one slide into one output folder.
+- :func:`run_slides` — many slides, one output sub-folder each; a bad slide
+  gets a one-line error and the others finish.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2kit import __version__
+from her2kit.errors import Her2kitError, InputError
+from her2kit.wsi import labelstore
+from her2kit.wsi.blocks import label_chunk, make_grid, select_blocks, tissue_fractions
+from her2kit.wsi.resume import WORK, Ledger, atomic_write_bytes
+
+SCORE_FILES = ("cells.csv", "cells.geojson", "overlay.png", "report.html", "score.json")
+
+
+def _segmenter_info(segmenter: Any, device: str | None) -> tuple[Any, str, float]:
+    """(segmenter or loaded one, name, mpp)."""
+    if isinstance(segmenter, str):
+        from her2kit.wsi.worker import worker_segmenter
+
+        seg = worker_segmenter(segmenter, device)
+        return seg, str(getattr(seg, "name", segmenter)), float(seg.mpp)
+    for attr in ("mpp", "predict"):
+        if not hasattr(segmenter, attr):
+            raise Her2kitError(f"segmenter {segmenter!r} has no .{attr}")
+    return segmenter, str(getattr(segmenter, "name", type(segmenter).__name__)), float(segmenter.mpp)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _choose_level(slide: Any, mpp0: float, target_mpp: float) -> int:
+    """Coarsest level at least as fine as ``target_mpp`` (read there, then resample)."""
+    level = 0
+    for lv in range(slide.level_count):
+        if mpp0 * slide.level_downsample(lv) <= target_mpp * 1.001:
+            level = lv
+    return level
+
+
+def _complete(out_dir: Path, segment_only: bool) -> bool:
+    if segment_only:
+        return (out_dir / "labels.zarr").is_dir()
+    return (out_dir / "score.json").is_file() and (out_dir / "labels.zarr").is_dir()
+
+
+def _raise_task_error(path: str, r: dict) -> None:
+    if r.get("input"):
+        raise InputError(path, r["error"])
+    raise Her2kitError(f"{path}: {r['error']}")
+
+
+def _bar(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="block", disable=not enabled,
+                file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def run_slide(
+    path: str,
+    out_dir: str | Path,
+    segmenter: Any,
+    *,
+    mpp: float | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    client: Any = None,
+    roi: list | None = None,
+    force: bool = False,
+    segment_only: bool = False,
+    block: int = 2048,
+    halo: int = 128,
+    tissue: bool = True,
+    device: str | None = None,
+    progress: bool = True,
+    executor: Any = None,
+    cell_params: dict | None = None,
+) -> dict:
+    """Segment (and score) one slide in blocks, writing into ``out_dir``.
+
+    Args:
+        path: slide file or URL, opened with :func:`her2kit.readers.open_slide`
+            (in every worker).
+        out_dir: this slide's own output folder (the caller picks
+            ``DIR/<input stem>``). Written: ``labels.zarr`` (NGFF 0.4 labels
+            ``semantic`` uint8 and ``cells`` uint32 at level-0 resolution,
+            multiscale) and, unless ``segment_only``, ``score.json``,
+            ``cells.csv``, ``cells.geojson``, ``overlay.png``, ``report.html``.
+        segmenter: an object with ``.mpp`` (microns/pixel it works at),
+            ``.name`` and ``.predict(rgb uint8 (H, W, 3)) -> float32 (3, H, W)``
+            probabilities (background, membrane, nucleus); or a model name /
+            checkpoint path string, loaded once per worker process with
+            :func:`her2kit.inference.load_segmenter` on ``device``.
+        mpp: microns/pixel of level 0 for inputs that carry none.
+        workers: local worker processes; 1 runs the block tasks in-process,
+            one after another (no cluster start-up).
+        scheduler: address of an existing dask.distributed scheduler
+            ("tcp://host:8786"); workers must see ``path`` and ``out_dir``.
+        client: an existing ``distributed.Client`` (overrides workers/scheduler).
+        roi: polygons in level-0 pixels, each a list of (x, y) vertices
+            (GeoJSON order); only cells whose centroid lies inside count and
+            only blocks touching a polygon's bounding box are processed.
+        force: redo a slide whose outputs are complete (otherwise nothing is
+            done and the existing summary is returned).
+        segment_only: write ``labels.zarr`` only.
+        block: block side in pixels at the segmenter's resolution.
+        halo: context margin in pixels at the segmenter's resolution, on every
+            side of a block (should exceed the largest cell diameter).
+        tissue: process only blocks with tissue (low-resolution tissue mask).
+        device: torch device for string segmenters (default: cuda if available).
+        progress: tqdm bar over blocks on stderr.
+        executor: an executor from :func:`her2kit.wsi.cluster.make_executor`
+            to share between slides (overrides workers/scheduler/client).
+        cell_params: options passed to ``find_cells``.
+
+    Returns:
+        The summary written to ``score.json`` (score, subcategory, cells_total,
+        percent, h_score, percent_complete, model, her2kit_version, mpp, plus
+        ``wsi``: block counts and grid, and ``run``: timings in seconds,
+        blocks resumed); ``{"skipped": True, ...}`` when already complete.
+
+    Raises:
+        InputError: unreadable / corrupt / zero-size slide, missing level.
+    """
+    from her2kit.readers import open_slide
+    from her2kit.wsi.cluster import make_executor
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    path = os.fspath(path)
+    out_dir = Path(out_dir)
+    if _complete(out_dir, segment_only) and not force:
+        summary = {}
+        if (out_dir / "score.json").is_file():
+            summary = json.loads((out_dir / "score.json").read_text())
+        return {**summary, "input": path, "out": str(out_dir), "skipped": True}
+
+    try:
+        slide = open_slide(path)
+    except Her2kitError:
+        raise
+    except Exception as exc:
+        raise InputError(path, f"cannot open: {_one_line(exc)}") from None
+    try:
+        h0, w0 = slide.shape
+        if h0 <= 0 or w0 <= 0:
+            raise InputError(path, f"empty image ({h0}x{w0} pixels)")
+        mpp0 = slide.mpp or mpp
+        if mpp0 is None:
+            raise InputError(path, "the file does not say its resolution; give --mpp (microns per pixel)")
+        seg, seg_name, seg_mpp = _segmenter_info(segmenter, device)
+        if not isinstance(segmenter, str):
+            segmenter = seg
+        level = _choose_level(slide, mpp0, seg_mpp)
+        scale = seg_mpp / mpp0
+        grid = make_grid((h0, w0), scale, block, halo)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger(out_dir / WORK)
+        plan = {
+            "path": os.path.abspath(path) if "://" not in path else path,
+            "shape": [h0, w0], "mpp": mpp0, "level": level,
+            "level_downsample": h0 / slide.level_shape(level)[0],
+            "scale": scale, "block0": grid.block0, "halo0": grid.halo0,
+            "model": seg_name, "model_mpp": seg_mpp, "id_stride": grid.id_stride(),
+            "segment_only": bool(segment_only), "tissue": bool(tissue), "roi": roi,
+            "cell_params": cell_params, "features": not segment_only,
+            "work_dir": str(ledger.dir.resolve()),
+            "labels_path": str(ledger.labels_path.resolve()),
+            "her2kit_version": __version__,
+        }
+        plan["device"] = device
+        resumed = ledger.start(plan, force=force)
+        if not resumed:
+            labelstore.create(ledger.labels_path, (h0, w0), label_chunk(grid.block0), mpp0)
+            ledger.commit_plan(plan)
+        timings["open"] = time.perf_counter() - t_start
+
+        # tissue at low resolution (and the thumbnail for the report)
+        t = time.perf_counter()
+        thumb, thumb_ds = _thumbnail(slide, ledger, mpp0)
+        fractions = None
+        if tissue:
+            from her2kit.preprocess.tissue import tissue_mask_of
+
+            mask = tissue_mask_of(thumb, thumb_ds * mpp0)
+            fractions = tissue_fractions(grid, mask, thumb_ds)
+        selected = select_blocks(grid, fractions, roi=roi)
+        timings["tissue"] = time.perf_counter() - t
+    except Her2kitError:
+        raise
+    except Exception as exc:  # corrupt chunks, truncated files: one line naming the file
+        if os.environ.get("HER2KIT_DEBUG"):
+            raise
+        raise InputError(path, f"cannot read: {_one_line(exc)}") from None
+    finally:
+        slide.close()
+
+    own_executor = executor is None
+    if own_executor:
+        executor = make_executor(workers, scheduler, client)
+    try:
+        t = time.perf_counter()
+        pending = [i for i in selected if not ledger.done(i)]
+        seg_arg = executor.share(segmenter) if pending else None
+        stem = Path(path.rstrip("/")).name
+        sums: dict[str, float] = {}
+        with _bar(len(selected), len(selected) - len(pending), stem, progress) as bar:
+            from her2kit.wsi.worker import process_block
+
+            for _, r in executor.run(process_block, [(plan, i, seg_arg) for i in pending], key="block"):
+                if "error" in r:
+                    _raise_task_error(path, r)
+                for k, v in r["timings"].items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(1)
+        timings["blocks"] = time.perf_counter() - t
+        timings.update({f"block_{k}_sum": v for k, v in sums.items()})
+
+        t = time.perf_counter()
+        _stitch(plan, grid, selected, ledger, executor, path)
+        timings["stitch"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _pyramid(plan, ledger, executor, path)
+        timings["pyramid"] = time.perf_counter() - t
+    finally:
+        if own_executor:
+            executor.close()
+
+    t = time.perf_counter()
+    wsi = {
+        "grid": {"rows": grid.rows, "cols": grid.cols, "block": block, "halo": halo,
+                 "block_level0": grid.block0, "halo_level0": grid.halo0, "level": level,
+                 "scale": scale, "id_stride": grid.id_stride()},
+        "blocks_total": len(grid), "blocks_tissue": len(selected),
+        "blocks_skipped": len(grid) - len(selected),
+        "tissue_fraction": None if fractions is None else round(float(np.mean(fractions)), 4),
+        "shape": [h0, w0],
+    }
+    run_info = {"blocks_run": len(pending), "blocks_resumed": len(selected) - len(pending),
+                "workers": executor.workers, "executor": executor.kind}
+    summary = _finish(path, out_dir, plan, grid, selected, ledger, segment_only, wsi,
+                      run_info, timings, thumb, thumb_ds, t, t_start)
+    return summary
+
+
+def _thumbnail(slide: Any, ledger: Ledger, mpp0: float) -> tuple[np.ndarray, float]:
+    """The slide's thumbnail (cached in the work folder for resumed runs)."""
+    from her2kit.preprocess.tissue import slide_thumbnail
+
+    cache = ledger.dir / "thumbnail.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            return z["rgb"], float(z["downsample"])
+    thumb, ds = slide_thumbnail(slide, mpp=mpp0)
+    from her2kit.wsi.resume import atomic_save_npz
+
+    atomic_save_npz(cache, rgb=thumb, downsample=np.float64(ds))
+    return thumb, ds
+
+
+def _stitch(plan: dict, grid: Any, selected: list[int], ledger: Ledger, executor: Any,
+            path: str) -> None:
+    """Paste every block's spill into its neighbours (see worker.seam_block)."""
+    from her2kit.wsi.worker import seam_block
+
+    chosen = set(selected)
+    targets = sorted({n for i in selected for n in grid.neighbours(i)} | chosen)
+    items = []
+    for t in targets:
+        sources = [n for n in grid.neighbours(t) if n in chosen]
+        if sources and not ledger.marked(f"seam-{t:06d}"):
+            items.append((plan, t, sources))
+    for _, r in executor.run(seam_block, items, key="seam"):
+        if "error" in r:
+            _raise_task_error(path, r)
+
+
+def _pyramid(plan: dict, ledger: Ledger, executor: Any, path: str) -> None:
+    """Fill the coarser label levels, level by level, region by region."""
+    from her2kit.wsi.worker import pyramid_region
+
+    labels = ledger.labels_path
+    chunk = labelstore.open_level(labels, "cells", 0, mode="r").chunks[0]
+    for level in range(1, labelstore.level_count(labels)):
+        if ledger.marked(f"level-{level}"):
+            continue
+        items = [(plan, *r) for r in labelstore.pyramid_regions(labels, level, 4 * chunk)]
+        for _, r in executor.run(pyramid_region, items, key="pyramid"):
+            if "error" in r:
+                _raise_task_error(path, r)
+        ledger.mark(f"level-{level}")
+
+
+def _formatter(a: np.ndarray):
+    # the same text as her2kit.scoring.exports.write_cells_csv, so a slide's
+    # cells.csv reads like an image's
+    if a.dtype == bool:
+        return lambda v: int(v)
+    if a.dtype.kind in "iu":
+        return int
+    if a.dtype.kind == "f":
+        return lambda v: f"{v:.6g}"
+    return str
+
+
+def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
+            heat: Any = None) -> tuple[dict[str, np.ndarray], int]:
+    """Stream the blocks' cells into cells.csv (block order, then rank) and
+    return the small columns needed for the score (category, tumour)."""
+    from her2kit.scoring.cells import COLUMNS
+
+    keep: dict[str, list[np.ndarray]] = {"category": [], "tumour": []}
+    names: list[str] | None = None
+    n = 0
+    f = open(csv_path, "w", newline="", encoding="utf-8") if csv_path is not None else None
+    try:
+        writer = csv.writer(f) if f is not None else None
+        for i in selected:
+            cols, _, _ = ledger.load_block(i)
+            if not cols or len(cols.get("id", ())) == 0:
+                continue
+            if names is None:
+                names = [c for c in COLUMNS if c in cols] + [c for c in cols if c not in COLUMNS]
+                if writer is not None:
+                    writer.writerow(names)
+            n += len(cols["id"])
+            if writer is not None:
+                arrays = [cols[c] for c in names]
+                fmts = [_formatter(a) for a in arrays]
+                for row in zip(*arrays, strict=True):
+                    writer.writerow([fm(v) for fm, v in zip(fmts, row, strict=True)])
+            for k in keep:
+                if k in cols:
+                    keep[k].append(cols[k])
+            if heat is not None:
+                heat.add(cols)
+        if names is None and writer is not None:
+            writer.writerow(list(COLUMNS))
+    finally:
+        if f is not None:
+            f.close()
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in keep.items()}, n
+
+
+def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int],
+            ledger: Ledger, segment_only: bool, wsi: dict, run_info: dict,
+            timings: dict, thumb: np.ndarray, thumb_ds: float, t: float, t_start: float) -> dict:
+    """Write the slide's outputs in the work folder, then rename them into place."""
+    from her2kit.wsi import report
+
+    work = ledger.dir
+    summary: dict[str, Any] = {"input": path, "model": plan["model"], "mpp": plan["mpp"],
+                               "model_mpp": plan["model_mpp"], "her2kit_version": __version__}
+    staged: list[str] = []
+    if not segment_only:
+        heat = report.HeatMap(thumb.shape[:2], thumb_ds, plan["mpp"])
+        cols, n = _gather(ledger, selected, work / "cells.csv", heat)
+        summary.update(report.score_cells(cols))
+        summary["cells_all"] = int(n)
+        from her2kit.wsi import features
+
+        features.concatenate([ledger.features_path(i) for i in selected], work / "cells.geojson")
+        report.write_overlay(work / "overlay.png", thumb, heat)
+        staged += ["cells.csv", "cells.geojson", "overlay.png"]
+        summary["wsi"] = wsi
+        timings["outputs"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        summary["run"] = {**run_info, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+        report.write_report(work / "report.html", summary, thumb, heat, path)
+        staged.append("report.html")
+        atomic_write_bytes(work / "score.json", (json.dumps(summary, indent=2) + "\n").encode())
+        staged.append("score.json")
+    else:
+        summary["wsi"] = wsi
+        timings["total"] = time.perf_counter() - t_start
+        summary["run"] = {**run_info, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+        atomic_write_bytes(work / "segment.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+    # rename into place: labels first, score.json (the "complete" marker) last
+    _replace_dir(ledger.labels_path, out_dir / "labels.zarr")
+    for name in staged:
+        os.replace(work / name, out_dir / name)
+    if segment_only:
+        os.replace(work / "segment.json", out_dir / "segment.json")
+    shutil.rmtree(work, ignore_errors=True)
+    summary["out"] = str(out_dir)
+    return summary
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move folder ``src`` onto ``dst``, replacing an older ``dst`` only once ``src`` is complete."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def run_slides(
+    paths: list[str],
+    out_root: str | Path,
+    segmenter: Any,
+    **options: Any,
+) -> list[dict]:
+    """Run :func:`run_slide` for each path into ``out_root/<stem>``.
+
+    One local cluster (or the ``scheduler`` client) serves all slides. A slide
+    that fails with an :class:`~her2kit.errors.InputError` (or any read error)
+    gets a one-line message on stderr and ``{"input": path, "error": msg}`` in
+    the returned list; the others carry on. ``options`` are those of
+    :func:`run_slide`.
+    """
+    from her2kit.wsi.cluster import make_executor
+
+    out_root = Path(out_root)
+    executor = options.pop("executor", None)
+    own = executor is None
+    if own:
+        executor = make_executor(options.pop("workers", 1), options.pop("scheduler", None),
+                                 options.pop("client", None))
+    else:
+        for k in ("workers", "scheduler", "client"):
+            options.pop(k, None)
+    results = []
+    try:
+        for p in paths:
+            p = os.fspath(p)
+            try:
+                results.append(run_slide(p, out_root / slide_stem(p), segmenter,
+                                         executor=executor, **options))
+            except Her2kitError as exc:
+                msg = str(exc)
+                print(f"her2kit: error: {msg}", file=sys.stderr)
+                results.append({"input": p, "error": msg})
+    finally:
+        if own:
+            executor.close()
+    return results
+
+
+def slide_stem(path: str) -> str:
+    """Output folder name of an input: its file name without the image suffixes."""
+    name = Path(str(path).rstrip("/")).name
+    lower = name.lower()
+    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".tiff", ".tif", ".svs",
+                   ".ndpi", ".png", ".jpeg", ".jpg", ".btf", ".mrxs", ".scn"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name

@@ -1,0 +1,159 @@
+"""The slide report: score, percentages, thumbnail and a HER2 category heat map.
+
+The heat map bins tumour cells into squares of about 100 microns and colours
+each square by the mean membrane category of its cells (0 blue, 1+ yellow,
+2+ orange, 3+ red); squares without cells stay transparent. It is built from
+the blocks' cell records as they are read, so memory does not grow with the
+number of cells.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# category -> RGB, shared with the GeoJSON classes
+COLOURS = np.array([[70, 130, 230], [250, 220, 60], [245, 140, 30], [215, 40, 40]], np.float64)
+BIN_UM = 100.0
+
+
+class HeatMap:
+    """Per-bin counts of tumour cells in each category, (4, rows, cols).
+
+    Bins are squares of ``bin0`` level-0 pixels; ``thumb_shape`` and
+    ``thumb_ds`` (level-0 pixels per thumbnail pixel) place it on the thumbnail.
+    """
+
+    def __init__(self, thumb_shape: tuple[int, int], thumb_ds: float, mpp0: float = 0.5):
+        self.thumb_shape = thumb_shape
+        self.thumb_ds = thumb_ds
+        h0, w0 = thumb_shape[0] * thumb_ds, thumb_shape[1] * thumb_ds
+        self.bin0 = max(BIN_UM / mpp0, max(h0, w0) / 512.0, thumb_ds)
+        self.counts = np.zeros((4, max(1, math.ceil(h0 / self.bin0)),
+                                max(1, math.ceil(w0 / self.bin0))), np.int64)
+
+    def add(self, cols: dict[str, np.ndarray]) -> None:
+        """Count cells of a block's columns (y, x level-0; category; tumour)."""
+        if "category" not in cols or "y" not in cols:
+            return
+        keep = np.ones(len(cols["y"]), bool)
+        if "tumour" in cols:
+            keep &= cols["tumour"].astype(bool)
+        cat = np.clip(cols["category"][keep].astype(np.int64), 0, 3)
+        r = np.clip((cols["y"][keep] / self.bin0).astype(np.int64), 0, self.counts.shape[1] - 1)
+        c = np.clip((cols["x"][keep] / self.bin0).astype(np.int64), 0, self.counts.shape[2] - 1)
+        np.add.at(self.counts, (cat, r, c), 1)
+
+    def rgba(self) -> np.ndarray:
+        """uint8 (rows, cols, 4): colour of the mean category, opaque where cells are."""
+        total = self.counts.sum(axis=0)
+        mean = np.divide((self.counts * np.arange(4)[:, None, None]).sum(axis=0), total,
+                         out=np.zeros(total.shape), where=total > 0)
+        lo = np.clip(np.floor(mean).astype(int), 0, 3)
+        hi = np.clip(lo + 1, 0, 3)
+        f = (mean - lo)[..., None]
+        rgb = COLOURS[lo] * (1 - f) + COLOURS[hi] * f
+        alpha = np.where(total > 0, 255, 0)
+        return np.concatenate([rgb, alpha[..., None]], axis=-1).astype(np.uint8)
+
+    def on_thumbnail(self) -> np.ndarray:
+        """The heat map resized (nearest) to the thumbnail, uint8 RGBA."""
+        from PIL import Image
+
+        h, w = self.thumb_shape
+        img = Image.fromarray(self.rgba(), "RGBA")
+        full = (round(self.counts.shape[2] * self.bin0 / self.thumb_ds),
+                round(self.counts.shape[1] * self.bin0 / self.thumb_ds))
+        big = np.asarray(img.resize((max(1, full[0]), max(1, full[1])), Image.Resampling.NEAREST))
+        out = np.zeros((h, w, 4), np.uint8)
+        hh, ww = min(h, big.shape[0]), min(w, big.shape[1])
+        out[:hh, :ww] = big[:hh, :ww]
+        return out
+
+
+def score_cells(cols: dict[str, np.ndarray]) -> dict[str, Any]:
+    """score.json fields (ASCO/CAP 2018 over tumour cells) from the category and tumour columns."""
+    from her2kit.scoring.rules import asco_cap_score
+
+    cat = np.asarray(cols.get("category", np.zeros(0)), np.int64)
+    tumour = (np.asarray(cols["tumour"]).astype(bool) if "tumour" in cols
+              else np.ones(len(cat), bool))
+    result = asco_cap_score(cat[tumour])
+    return result.to_dict() if hasattr(result, "to_dict") else dataclasses.asdict(result)
+
+
+def blend(thumb: np.ndarray, rgba: np.ndarray, opacity: float = 0.55) -> np.ndarray:
+    """Thumbnail with an RGBA layer on top."""
+    a = rgba[..., 3:4].astype(np.float32) / 255.0 * opacity
+    return (thumb * (1 - a) + rgba[..., :3] * a).round().astype(np.uint8)
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def write_overlay(path: str | Path, thumb: np.ndarray, heat: HeatMap) -> None:
+    """overlay.png: the thumbnail under the category heat map."""
+    from her2kit.wsi.resume import atomic_write_bytes
+
+    atomic_write_bytes(path, _png(blend(thumb, heat.on_thumbnail())))
+
+
+def _img(rgb: np.ndarray, alt: str, max_w: int = 900) -> str:
+    data = base64.b64encode(_png(rgb)).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:{max_w}px;width:100%;image-rendering:pixelated">'
+
+
+def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatMap,
+                 source: str) -> None:
+    """report.html: score, percentages, H-score, thumbnail and heat map (one self-contained file)."""
+    from her2kit.wsi.resume import atomic_write_bytes
+
+    pct = summary.get("percent") or {}
+    rows = "".join(
+        f"<tr><td><span class=sw style='background:rgb{tuple(int(v) for v in COLOURS[i])}'></span>"
+        f" {label}</td><td>{float(pct.get(str(i), 0.0)):.1f} %</td></tr>"
+        for i, label in enumerate(["0 (no staining)", "1+ (faint, incomplete)",
+                                   "2+ (weak-moderate, complete)", "3+ (intense, complete)"])
+    )
+    wsi = summary.get("wsi", {})
+    timings = summary.get("run", {}).get("timings_s", {})
+    sub = summary.get("subcategory")
+    score = html.escape(str(summary.get("score", "?"))) + (f" ({html.escape(str(sub))})" if sub else "")
+    text = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>HER2 {score} - {html.escape(Path(source).name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}td{{padding:2px 12px}}
+.sw{{display:inline-block;width:12px;height:12px;border:1px solid #555}}
+.score{{font-size:2.5em;font-weight:bold}}</style></head><body>
+<h1>HER2 score: <span class="score">{score}</span></h1>
+<p>{html.escape(source)}<br>model {html.escape(str(summary.get('model')))} at
+{summary.get('model_mpp')} &micro;m/px; slide {summary.get('mpp')} &micro;m/px,
+{wsi.get('shape', ['?', '?'])[0]} x {wsi.get('shape', ['?', '?'])[1]} px</p>
+<p>ASCO/CAP 2018 (reaffirmed 2023) over invasive tumour cells:
+{summary.get('cells_total', 0)} tumour cells of
+{summary.get('cells_all', 0)}; H-score {summary.get('h_score', 0)};
+complete staining (any intensity) {summary.get('percent_complete', 0)} %.</p>
+<table><tr><th>membrane category</th><th>cells</th></tr>{rows}</table>
+<h2>Category heat map</h2>
+<p>Mean membrane category of tumour cells per {BIN_UM:.0f} &micro;m square.</p>
+{_img(blend(thumb, heat.on_thumbnail(), 0.8), "heat map")}
+<h2>Slide</h2>
+{_img(thumb, "thumbnail")}
+<h2>Run</h2>
+<p>{wsi.get('blocks_tissue', '?')} of {wsi.get('blocks_total', '?')} blocks with tissue
+(grid {wsi.get('grid', {}).get('rows')} x {wsi.get('grid', {}).get('cols')});
+times (s): {html.escape(', '.join(f'{k} {v}' for k, v in timings.items()))}</p>
+</body></html>
+"""
+    atomic_write_bytes(path, text.encode())

@@ -1,0 +1,302 @@
+"""What one block task does, inside a worker process.
+
+The task reads its block plus halo straight from the slide (opened once per
+process), resamples it to the segmenter's resolution, segments it (the
+segmenter tiles internally with blending), finds cells on block + halo,
+keeps the cells whose centroid lies in the block (so a cell on a border is
+counted by exactly one block), gives them slide-unique ids
+(``block index * stride + rank``), writes the block's own region of the
+level-0 labels and records the block in the ledger. Pixels of its cells that
+lie in neighbouring blocks ("spill") are recorded too, and pasted into those
+blocks' regions by :func:`seam_block` once every block is done, so a cell
+cut by a block border is whole in ``labels/cells``.
+
+Tasks never raise: they return ``{"error": ...}`` (a picklable one-line
+message), which the driver turns into the slide's one-line error.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from her2kit.wsi import labelstore
+from her2kit.wsi.blocks import Block, Grid
+from her2kit.wsi.resume import Ledger
+
+_SLIDES: dict[str, Any] = {}
+_SEGMENTERS: dict[tuple, Any] = {}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def worker_slide(path: str) -> Any:
+    """The slide at ``path``, opened once per process."""
+    from her2kit.readers import open_slide
+
+    slide = _SLIDES.get(path)
+    if slide is None:
+        if len(_SLIDES) >= 4:  # many slides in one run: keep few handles open
+            _SLIDES.pop(next(iter(_SLIDES))).close()
+        slide = _SLIDES[path] = open_slide(path)
+    return slide
+
+
+def _worker_device(device: str | None) -> str | None:
+    if device is not None:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    n = torch.cuda.device_count()
+    try:  # spread local workers over the GPUs
+        from distributed import get_worker
+
+        return f"cuda:{int(get_worker().name) % n}"
+    except Exception:
+        return "cuda"
+
+
+def worker_segmenter(spec: Any, device: str | None = None) -> Any:
+    """The segmenter: ``spec`` itself, or loaded once per process from a name/path."""
+    if not isinstance(spec, str):
+        return spec
+    key = (spec, device)
+    seg = _SEGMENTERS.get(key)
+    if seg is None:
+        from her2kit.inference import load_segmenter
+
+        seg = _SEGMENTERS[key] = load_segmenter(spec, device=_worker_device(device))
+    return seg
+
+
+def grid_of(plan: dict) -> Grid:
+    """The block grid recorded in a plan."""
+    return Grid(tuple(plan["shape"]), plan["block0"], plan["halo0"], plan["scale"])
+
+
+def read_block(slide: Any, plan: dict, block: Block) -> np.ndarray:
+    """Block plus halo as uint8 RGB at the segmenter's resolution (white outside the slide)."""
+    grid = grid_of(plan)
+    ds = plan["level_downsample"]
+    ry, rx, rh, rw = grid.extent(block)
+    ly, lx = int(round(ry / ds)), int(round(rx / ds))
+    lh, lw = max(1, int(round(rh / ds))), max(1, int(round(rw / ds)))
+    rgb = slide.read_region(ly, lx, lh, lw, level=plan["level"])
+    mh, mw = grid.model_shape(block)
+    if rgb.shape[:2] != (mh, mw):
+        from PIL import Image
+
+        rgb = np.asarray(Image.fromarray(rgb).resize((mw, mh), Image.Resampling.BILINEAR,
+                                                      reducing_gap=None))
+    return np.ascontiguousarray(rgb)
+
+
+def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label image to ``shape``."""
+    if a.shape == shape:
+        return a
+    yi = np.minimum(((np.arange(shape[0]) + 0.5) * a.shape[0] / shape[0]).astype(np.int64), a.shape[0] - 1)
+    xi = np.minimum(((np.arange(shape[1]) + 0.5) * a.shape[1] / shape[1]).astype(np.int64), a.shape[1] - 1)
+    return a[yi][:, xi]
+
+
+def table_columns(table: Any) -> dict[str, np.ndarray]:
+    """A cell table (dict of columns, structured array, list of dicts, or
+    anything with ``to_dict``/``columns``) as a dict of 1-D numpy arrays."""
+    if isinstance(table, dict):
+        return {k: np.asarray(v) for k, v in table.items()}
+    if isinstance(table, np.ndarray) and table.dtype.names:
+        return {k: np.asarray(table[k]) for k in table.dtype.names}
+    if hasattr(table, "columns") and hasattr(table, "__getitem__") and not isinstance(table, list):
+        return {str(k): np.asarray(table[k]) for k in table.columns}
+    if isinstance(table, list):
+        if not table:
+            return {}
+        keys = list(table[0])
+        return {k: np.asarray([row[k] for row in table]) for k in keys}
+    raise TypeError(f"unsupported cell table type {type(table).__name__}")
+
+
+def find_block_cells(rgb: np.ndarray, probs: np.ndarray, plan: dict) -> Any:
+    """Cells of one block + halo (the scoring helper's find_cells)."""
+    from her2kit.scoring.cells import find_cells
+
+    return find_cells(rgb, probs, plan["model_mpp"], plan.get("cell_params"))
+
+
+def _nucleus_centroids(nuclei: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) centroid in pixels of each id's nucleus in ``nuclei`` (NaN where none)."""
+    if len(ids) == 0:
+        return np.zeros(0), np.zeros(0)
+    size = int(max(nuclei.max(initial=0), ids.max(initial=0))) + 1
+    flat = nuclei.ravel().astype(np.int64)
+    w = nuclei.shape[1]
+    count = np.bincount(flat, minlength=size).astype(np.float64)
+    idx = np.arange(flat.size, dtype=np.int64)
+    sy = np.bincount(flat, weights=(idx // w).astype(np.float64), minlength=size)
+    sx = np.bincount(flat, weights=(idx % w).astype(np.float64), minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sy[ids] / count[ids], sx[ids] / count[ids]
+
+
+def _inside_roi(xs: np.ndarray, ys: np.ndarray, roi: list | None) -> np.ndarray:
+    if not roi:
+        return np.ones(len(xs), bool)
+    from skimage.measure import points_in_poly
+
+    pts = np.stack([xs, ys], axis=1)
+    inside = np.zeros(len(xs), bool)
+    for poly in roi:
+        inside |= points_in_poly(pts, np.asarray(poly, np.float64).reshape(-1, 2))
+    return inside
+
+
+def process_block(plan: dict, index: int, segmenter: Any) -> dict:
+    """Run one block (see the module docstring); returns a small summary dict."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    grid = grid_of(plan)
+    block = grid.block(index)
+    try:
+        slide = worker_slide(plan["path"])
+        rgb = read_block(slide, plan, block)
+    except Exception as exc:
+        return {"index": index, "error": f"cannot read pixels of block {index} "
+                f"(y={block.y}, x={block.x}): {_one_line(exc)}", "input": True}
+    timings["read"] = time.perf_counter() - t0
+    try:
+        return _process(plan, grid, block, rgb, segmenter, timings, t0)
+    except Exception as exc:
+        if plan.get("debug"):
+            raise
+        return {"index": index, "error": f"block {index} (y={block.y}, x={block.x}) failed: "
+                f"{_one_line(exc)}", "input": False}
+
+
+def _process(plan: dict, grid: Grid, block: Block, rgb: np.ndarray, segmenter: Any,
+             timings: dict, t0: float) -> dict:
+    seg = worker_segmenter(segmenter, plan.get("device"))
+    t = time.perf_counter()
+    probs = seg.predict(rgb)
+    timings["predict"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res = find_block_cells(rgb, probs, plan)
+    del probs
+    timings["cells"] = time.perf_counter() - t
+    t = time.perf_counter()
+
+    ry, rx, rh, rw = grid.extent(block)
+    mh, mw = rgb.shape[:2]
+    cols = table_columns(res.table)
+    n = len(cols["id"]) if "id" in cols else 0
+    local_ids = cols["id"].astype(np.int64) if n else np.zeros(0, np.int64)
+    # centroids: segmenter pixels of block + halo -> level-0 pixels of the slide
+    fy, fx = rh / mh, rw / mw
+    y0 = ry + (cols["y"].astype(np.float64) + 0.5) * fy - 0.5 if n else np.zeros(0)
+    x0 = rx + (cols["x"].astype(np.float64) + 0.5) * fx - 0.5 if n else np.zeros(0)
+    # Ownership goes by the nucleus centroid, not the cell's: a nucleus is
+    # small and segmented the same by both blocks that see it, whereas a large
+    # cell territory cut by one block's halo edge can move its centroid across
+    # the border and be claimed twice (or by neither).
+    ny, nx = _nucleus_centroids(np.asarray(res.nucleus_labels), local_ids)
+    ny = np.where(np.isnan(ny), cols["y"], ny) if n else ny
+    nx = np.where(np.isnan(nx), cols["x"], nx) if n else nx
+    oy = ry + (ny + 0.5) * fy - 0.5
+    ox = rx + (nx + 0.5) * fx - 0.5
+    owned = ((oy >= block.y) & (oy < block.y + block.h)
+             & (ox >= block.x) & (ox < block.x + block.w))
+    owned &= _inside_roi(ox, oy, plan.get("roi"))
+    order = np.flatnonzero(owned)
+    order = order[np.argsort(local_ids[order], kind="stable")]
+    stride = plan["id_stride"]
+    if len(order) >= stride:
+        raise RuntimeError(f"{len(order)} cells in one block exceed the id stride {stride}")
+    gids = (block.index * stride + 1 + np.arange(len(order))).astype(np.uint32)
+
+    labels = np.asarray(res.cell_labels)
+    lut = np.zeros(int(labels.max(initial=0)) + 1 if labels.size else 1, np.uint32)
+    valid = local_ids[order] < len(lut)
+    lut[local_ids[order][valid]] = gids[valid]
+    cells_full = _upsample(lut[labels], (rh, rw))
+    semantic_full = _upsample(np.asarray(res.semantic, np.uint8), (rh, rw))
+    nuclei = np.asarray(res.nucleus_labels) if plan.get("features") else None
+    del res
+    inner = (slice(block.y - ry, block.y - ry + block.h), slice(block.x - rx, block.x - rx + block.w))
+    labelstore.write_region(plan["labels_path"], block.y, block.x,
+                            semantic_full[inner], cells_full[inner])
+    # spill: this block's cells outside its own region, inside the slide
+    cells_full[inner] = 0
+    sy, sx = np.nonzero(cells_full)
+    gy, gx = sy + ry, sx + rx
+    ok = (gy >= 0) & (gy < grid.shape[0]) & (gx >= 0) & (gx < grid.shape[1])
+    spill = np.stack([gy[ok], gx[ok], cells_full[sy[ok], sx[ok]].astype(np.int64)], axis=1)
+    timings["write"] = time.perf_counter() - t
+
+    out_cols = {k: v[order] for k, v in cols.items()}
+    out_cols["id"] = gids
+    out_cols["y"] = y0[order]
+    out_cols["x"] = x0[order]
+    if nuclei is not None:
+        from her2kit.scoring.exports import cell_features, cell_polygons
+        from her2kit.wsi.features import write_block_features
+
+        polys = cell_polygons(labels, nuclei, local_ids[order], scale=(fy, fx), offset=(ry, rx))
+        polys = {int(g): polys[int(lid)] for g, lid in zip(gids, local_ids[order], strict=True)}
+        write_block_features(Ledger(plan["work_dir"]).features_path(block.index),
+                             cell_features(out_cols, polys))
+    del labels, nuclei
+    timings["total"] = time.perf_counter() - t0
+    meta = {"index": block.index, "cells": int(len(order)), "timings": timings,
+            "model_pixels": int(mh * mw)}
+    Ledger(plan["work_dir"]).save_block(block.index, out_cols, spill, meta)
+    return meta
+
+
+def seam_block(plan: dict, index: int, sources: list[int]) -> dict:
+    """Paste neighbours' spill into block ``index``'s region of labels/cells.
+
+    Only pixels still 0 there are filled (the block's own cells win), so the
+    step is idempotent.
+    """
+    try:
+        grid = grid_of(plan)
+        block = grid.block(index)
+        ledger = Ledger(plan["work_dir"])
+        parts = []
+        for s in sources:
+            _, _, spill = ledger.load_block(s, spill=True)
+            m = ((spill[:, 0] >= block.y) & (spill[:, 0] < block.y + block.h)
+                 & (spill[:, 1] >= block.x) & (spill[:, 1] < block.x + block.w))
+            if m.any():
+                parts.append(spill[m])
+        if parts:
+            p = np.concatenate(parts)
+            y0, x0 = int(p[:, 0].min()), int(p[:, 1].min())
+            y1, x1 = int(p[:, 0].max()) + 1, int(p[:, 1].max()) + 1
+            arr = labelstore.open_level(plan["labels_path"], "cells")
+            region = arr[y0:y1, x0:x1]
+            ly, lx = p[:, 0] - y0, p[:, 1] - x0
+            free = region[ly, lx] == 0
+            region[ly[free], lx[free]] = p[free, 2].astype(np.uint32)
+            arr[y0:y1, x0:x1] = region
+        ledger.mark(f"seam-{index:06d}")
+        return {"index": index, "pixels": int(sum(len(q) for q in parts))}
+    except Exception as exc:
+        return {"index": index, "error": f"stitching block {index} failed: {_one_line(exc)}",
+                "input": False}
+
+
+def pyramid_region(plan: dict, level: int, y: int, x: int, h: int, w: int) -> dict:
+    """One region of one coarser label level (see :func:`labelstore.downsample_region`)."""
+    try:
+        labelstore.downsample_region(plan["labels_path"], level, y, x, h, w)
+        return {"level": level}
+    except Exception as exc:
+        return {"error": f"label pyramid level {level} failed: {_one_line(exc)}", "input": False}

@@ -1,0 +1,55 @@
+"""The command line's contract: verbs, one-line errors, exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from her2kit import cli
+from her2kit.errors import Her2kitError, InputError
+
+
+def test_every_design_verb_is_wired():
+    parser = cli.build_parser()
+    for argv in (["plugins", "--json"], ["synth", "images", "o", "--n", "1", "--size", "8", "--seed", "0"],
+                 ["synth", "slide", "o.zarr", "--size", "8x8", "--score", "0", "--seed", "0"],
+                 ["train", "--data", "d", "--model", "her2net", "--out", "o"],
+                 ["evaluate", "--data", "d", "--model", "her2net", "--out", "o"],
+                 ["score", "a.png", "--out", "o", "--mpp", "0.5", "--workers", "2", "--roi", "r.geojson"],
+                 ["segment", "a.png", "--out", "o", "--scheduler", "tcp://x:1"],
+                 ["bench", "--quick", "--out", "b.json"], ["demo"]):
+        args = parser.parse_args(argv)
+        verb = args.verb if args.verb != "synth" else f"synth {args.synth_verb}"
+        assert verb in cli.COMMANDS
+
+
+def test_expected_error_is_one_line_and_status_1(monkeypatch, capsys):
+    def boom(args):
+        raise InputError("/data/slide.svs", "truncated file")
+
+    monkeypatch.setattr(cli, "_resolve", lambda verb: boom)
+    assert cli.main(["demo"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "her2kit: error: /data/slide.svs: truncated file"
+
+
+def test_unexpected_error_has_no_traceback(monkeypatch, capsys):
+    def boom(args):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(cli, "_resolve", lambda verb: boom)
+    monkeypatch.delenv("HER2KIT_DEBUG", raising=False)
+    assert cli.main(["demo"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and "ZeroDivisionError" in err
+
+
+def test_missing_module_names_the_issue(monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "demo", "her2kit.not_a_module_yet:demo")
+    with pytest.raises(Her2kitError, match="issue 6"):
+        cli._resolve("demo")
+
+
+def test_usage_error_exits_2():
+    r = subprocess.run([sys.executable, "-m", "her2kit", "score"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--out" in r.stderr

@@ -1,0 +1,360 @@
+"""The plugin system: every hook, discovery through a really installed entry point,
+conflicts, broken plugins, the off switch, and the fast start-up it must keep."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import warnings
+from importlib.metadata import PackageNotFoundError, distribution
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from her2kit import hookspecs, plugins
+from her2kit.errors import InputError, PluginError
+from her2kit.hookspecs import (
+    ModelSpec,
+    PreprocessorSpec,
+    ReaderSpec,
+    ScorerSpec,
+    hookimpl,
+)
+from her2kit.plugins import PluginWarning, Registry
+
+OPENSLIDE_DIST = "her2kit-openslide"
+
+
+def _installed(dist: str) -> bool:
+    try:
+        distribution(dist)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+needs_openslide_plugin = pytest.mark.skipif(
+    not _installed(OPENSLIDE_DIST),
+    reason=f"{OPENSLIDE_DIST} is not installed (pip install -e plugins/her2kit-openslide)",
+)
+
+
+def _factory(*args, **kwargs):
+    return ("made", args, kwargs)
+
+
+class OnePlugin:
+    """A test plugin with one record of each kind."""
+
+    @hookimpl
+    def her2kit_readers(self):
+        return [ReaderSpec("test-reader", "reads .tst", _factory, suffixes=(".tst",), priority=5)]
+
+    @hookimpl
+    def her2kit_preprocessors(self):
+        return [PreprocessorSpec("test-pre", "does nothing", _factory, stage="normalise")]
+
+    @hookimpl
+    def her2kit_models(self):
+        return [ModelSpec("test-model", "a model", _factory, options={"width": 4})]
+
+    @hookimpl
+    def her2kit_scorers(self):
+        return [ScorerSpec("test-scorer", "a scorer", _factory)]
+
+
+def _registry_with(*plugins_and_origins) -> Registry:
+    reg = Registry(load_entry_points=False)
+    for i, (plugin, origin) in enumerate(plugins_and_origins):
+        reg.register(plugin, name=f"{origin}:{i}", origin=origin)
+    return reg
+
+
+def _check_hook(kind: str, name: str, record_type: type):
+    reg = _registry_with((OnePlugin(), "her2kit-test"))
+    entry = {e.name: e for e in reg.list(kind)}[name]
+    assert entry.kind == kind and entry.origin == "her2kit-test"
+    assert isinstance(entry.record, record_type)
+    assert reg.get(kind, name) is entry.record
+    assert entry.record.factory(1, a=2) == ("made", (1,), {"a": 2})
+    # the built-ins come through the same hook, beside it
+    builtin = [e for e in reg.list(kind) if e.origin == "builtin"]
+    assert builtin, f"no built-in {kind}"
+    for other_kind in hookspecs.KINDS:
+        if other_kind != kind:
+            assert name not in {e.name for e in reg.list(other_kind)}
+    return entry
+
+
+# ---------------------------------------------------------------- one test per hook
+
+
+def test_hook_her2kit_readers(tmp_path):
+    entry = _check_hook("reader", "test-reader", ReaderSpec)
+    assert entry.record.priority == 5
+    # open_slide picks a plugin reader by suffix
+    from her2kit.readers import open_slide
+
+    (tmp_path / "x.tst").write_text("x")
+    reg = _registry_with((OnePlugin(), "her2kit-test"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plugins, "_registry", reg)
+        assert open_slide(tmp_path / "x.tst")[0] == "made"
+
+
+@pytest.mark.parametrize("raised,expected", [(ValueError("bad header"), "InputError"),
+                                              (ModuleNotFoundError("No module named 'vendorlib'"), "PluginError")])
+def test_reader_that_lets_an_exception_escape(tmp_path, monkeypatch, raised, expected):
+    """open_slide turns a plugin reader's stray exception into a one-line her2kit error."""
+    from her2kit.readers import open_slide
+
+    def factory(path):
+        raise raised
+
+    class Leaky:
+        @hookimpl
+        def her2kit_readers(self):
+            return [ReaderSpec("leaky", "raises", factory, suffixes=(".lky",))]
+
+    path = tmp_path / "x.lky"
+    path.write_text("x")
+    monkeypatch.setattr(plugins, "_registry", _registry_with((Leaky(), "her2kit-leaky")))
+    with pytest.raises((InputError, PluginError)) as info:
+        open_slide(path)
+    assert type(info.value).__name__ == expected
+    assert "leaky" in str(info.value) and str(raised) in str(info.value) and "\n" not in str(info.value)
+    if expected == "InputError":
+        assert str(path) in str(info.value)
+
+
+def test_hook_her2kit_preprocessors():
+    assert _check_hook("preprocessor", "test-pre", PreprocessorSpec).record.stage == "normalise"
+
+
+def test_hook_her2kit_models():
+    assert _check_hook("model", "test-model", ModelSpec).record.options == {"width": 4}
+
+
+def test_hook_her2kit_scorers():
+    _check_hook("scorer", "test-scorer", ScorerSpec)
+
+
+def test_every_hook_has_a_test():
+    """Adding a hook to her2kit.hookspecs without a test_hook_<name> here fails."""
+    hooks = [name for name, obj in inspect.getmembers(hookspecs, inspect.isfunction)
+             if hasattr(obj, "her2kit_spec")]
+    assert len(hooks) >= 4
+    tests = {name for name in globals() if name.startswith("test_hook_")}
+    missing = [h for h in hooks if f"test_hook_{h}" not in tests]
+    assert not missing, f"hooks without a test: {missing}"
+    assert set(hookspecs.HOOK_OF_KIND.values()) == set(hooks)
+
+
+def test_wrong_record_type_is_an_error():
+    class Wrong:
+        @hookimpl
+        def her2kit_models(self):
+            return [ScorerSpec("x", "a scorer in the wrong hook", _factory)]
+
+    with pytest.raises(PluginError, match="expected ModelSpec"):
+        _registry_with((Wrong(), "wrong-dist")).list()
+
+
+# ---------------------------------------------------------------- conflicts and failures
+
+
+def test_two_plugins_claiming_one_name_is_an_error_naming_both():
+    class A:
+        @hookimpl
+        def her2kit_scorers(self):
+            return [ScorerSpec("dup", "first", _factory)]
+
+    class B:
+        @hookimpl
+        def her2kit_scorers(self):
+            return [ScorerSpec("dup", "second", _factory)]
+
+    reg = _registry_with((A(), "dist-alpha"), (B(), "dist-beta"))
+    with pytest.raises(PluginError) as info:
+        reg.list()
+    message = str(info.value)
+    assert "'dup'" in message and "dist-alpha" in message and "dist-beta" in message
+
+
+def test_plugin_claiming_a_builtin_name_is_an_error():
+    class Clash:
+        @hookimpl
+        def her2kit_readers(self):
+            return [ReaderSpec("tifffile", "my own tifffile", _factory, suffixes=(".tif",))]
+
+    with pytest.raises(PluginError, match=r"tifffile.*builtin.*clash-dist|tifffile.*clash-dist.*builtin"):
+        _registry_with((Clash(), "clash-dist")).list()
+
+
+class FakeEntryPoint:
+    """Enough of importlib.metadata.EntryPoint for the registry."""
+
+    def __init__(self, name, dist, load):
+        self.name, self.value = name, f"{dist.replace('-', '_')}.plugin"
+        self.dist = SimpleNamespace(name=dist)
+        self._load = load
+
+    def load(self):
+        return self._load()
+
+
+def _broken_load():
+    raise ImportError("No module named 'missing_dependency'")
+
+
+def _good_plugin():
+    class Good:
+        @hookimpl
+        def her2kit_scorers(self):
+            return [ScorerSpec("good-scorer", "from an entry point", _factory)]
+
+    return Good()
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch):
+    eps = [FakeEntryPoint("broken", "her2kit-broken", _broken_load),
+           FakeEntryPoint("good", "her2kit-good", _good_plugin)]
+
+    def entry_points(group):
+        assert group == plugins.ENTRY_POINT_GROUP
+        return eps
+
+    monkeypatch.setattr(plugins, "entry_points", entry_points)
+    monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
+    return eps
+
+
+def test_broken_plugin_warns_and_the_rest_works(fake_entry_points):
+    reg = Registry()
+    with pytest.warns(PluginWarning, match=r"'broken'.*her2kit-broken.*missing_dependency"):
+        entries = reg.list()
+    origins = {e.name: e.origin for e in entries}
+    assert origins["good-scorer"] == "her2kit-good"
+    assert origins["tifffile"] == "builtin" and origins["asco-cap-2018"] == "builtin"
+    assert [dist for dist, _ in reg.failed] == ["her2kit-broken"]
+
+
+def test_plugin_whose_hook_raises_warns_and_the_rest_works():
+    class Raises:
+        @hookimpl
+        def her2kit_models(self):
+            raise RuntimeError("cannot build my records")
+
+    reg = _registry_with((Raises(), "her2kit-raises"), (OnePlugin(), "her2kit-test"))
+    with pytest.warns(PluginWarning, match="cannot build my records"):
+        names = {e.name for e in reg.list()}
+    assert {"test-model", "test-scorer", "her2net"} <= names
+
+
+def test_disable_env_hides_third_party_plugins(fake_entry_points, monkeypatch):
+    monkeypatch.setenv(plugins.DISABLE_ENV, "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)  # the broken one is not even loaded
+        entries = Registry().list()
+    assert entries and {e.origin for e in entries} == {"builtin"}
+    monkeypatch.setenv(plugins.DISABLE_ENV, "0")
+    with pytest.warns(PluginWarning):
+        assert "good-scorer" in {e.name for e in Registry().list()}
+
+
+# ---------------------------------------------------------------- a really installed plugin
+
+
+def _cli(*args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != plugins.DISABLE_ENV}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "her2kit", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_plugins_json_lists_every_kind():
+    done = _cli("plugins", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert {r["kind"] for r in rows} == set(hookspecs.KINDS)
+    for row in rows:
+        assert set(row) >= {"kind", "name", "origin"}
+    assert {"kind": "reader", "name": "tifffile", "origin": "builtin"} in [
+        {k: r[k] for k in ("kind", "name", "origin")} for r in rows]
+
+
+@needs_openslide_plugin
+def test_openslide_plugin_discovered_through_its_entry_point():
+    done = _cli("plugins", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = [{k: r[k] for k in ("kind", "name", "origin")} for r in json.loads(done.stdout)]
+    assert {"kind": "reader", "name": "openslide", "origin": OPENSLIDE_DIST} in rows
+    off = _cli("plugins", "--json", env_extra={plugins.DISABLE_ENV: "1"})
+    assert "openslide" not in {r["name"] for r in json.loads(off.stdout)}
+
+
+@needs_openslide_plugin
+def test_openslide_plugin_reads_what_tifffile_reads(svs_file, rgb):
+    from her2kit.readers import open_slide
+
+    plugins.reset()
+    try:
+        auto = open_slide(svs_file)  # the plugin outranks the built-in for .svs
+        assert type(auto).__name__ == "OpenSlideSlide"
+        via_plugin = open_slide(svs_file, reader="openslide")
+        via_tifffile = open_slide(svs_file, reader="tifffile")
+        assert via_plugin.level_count == via_tifffile.level_count == 2
+        assert via_plugin.mpp == pytest.approx(0.252) and via_tifffile.mpp == pytest.approx(0.252)
+        for level in range(2):
+            assert via_plugin.level_shape(level) == via_tifffile.level_shape(level)
+            for y, x, h, w in [(0, 0, *via_plugin.level_shape(level)), (-7, -9, 50, 60), (100, 300, 90, 90)]:
+                a = via_plugin.read_region(y, x, h, w, level)
+                assert a.dtype == np.uint8 and a.shape == (h, w, 3)
+                np.testing.assert_array_equal(a, via_tifffile.read_region(y, x, h, w, level))
+            np.testing.assert_array_equal(via_plugin.to_dask(level).compute(), via_tifffile.to_dask(level).compute())
+        np.testing.assert_array_equal(via_plugin.read_region(0, 0, 300, 380), rgb)
+    finally:
+        plugins.reset()
+
+
+@needs_openslide_plugin
+def test_openslide_plugin_bad_input_is_one_line(tmp_path):
+    from her2kit.readers import open_slide
+
+    for name, content in [("text.svs", b"not a slide\n"), ("empty.ndpi", b""), ("text.mrxs", b"x")]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(InputError) as info:
+            open_slide(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- start-up stays light
+
+
+def test_discovery_and_help_do_not_import_heavy_modules():
+    code = (
+        "import sys, her2kit.cli\n"
+        "her2kit.cli.build_parser().format_help()\n"
+        "from her2kit.plugins import registry\n"
+        "assert len(registry().list()) >= 4\n"
+        "heavy = [m for m in ('torch', 'dask', 'skimage', 'openslide', 'zarr', 'tifffile') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_help_imports_no_torch():
+    """`her2kit --help` itself, with -X importtime listing every module it imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "her2kit", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "plugins" in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "her2kit.cli" in imported  # the listing is real
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "dask", "openslide")}
