@@ -27,6 +27,15 @@ DEFAULT_NORMALISATION = {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.25
 DEFAULT_MPP = 0.5
 
 
+def _no_grad():
+    # torch.no_grad rather than torch.inference_mode: the native TLSTM op
+    # (torch 2.13, her2kit._C) fails under inference mode ("Inplace update to
+    # inference tensor outside InferenceMode"); the speed difference is small.
+    import torch
+
+    return torch.no_grad()
+
+
 def shipped_weights(name: str = DEFAULT_MODEL) -> Path:
     """Path (.json) of the shipped weights of model plugin ``name`` (may not exist)."""
     return WEIGHTS_DIR / f"{name}-default.json"
@@ -119,13 +128,13 @@ class Segmenter:
         th, tw = min(self.tile, h), min(self.tile, w)
         ys, xs = tile_starts(h, th, self.overlap), tile_starts(w, tw, self.overlap)
         if len(ys) == 1 and len(xs) == 1:
-            with torch.inference_mode():
+            with _no_grad():
                 return fn(self._tensor([rgb]))[0].float().cpu().numpy()
         weight = gaussian_weight((th, tw))
         out = np.zeros((channels, h, w), np.float32)
         norm = np.zeros((h, w), np.float32)
         boxes = [(y, x) for y in ys for x in xs]
-        with torch.inference_mode():
+        with _no_grad():
             for i in range(0, len(boxes), self.batch):
                 chunk = boxes[i:i + self.batch]
                 result = fn(self._tensor([rgb[y:y + th, x:x + tw] for y, x in chunk])).float().cpu().numpy()
@@ -158,7 +167,7 @@ class Segmenter:
         th, tw = min(self.tile, h), min(self.tile, w)
         boxes = [(y, x) for y in tile_starts(h, th, 0) for x in tile_starts(w, tw, 0)]
         total = np.zeros(4, np.float64)
-        with torch.inference_mode():
+        with _no_grad():
             for i in range(0, len(boxes), self.batch):
                 chunk = boxes[i:i + self.batch]
                 out = self.model(self._tensor([rgb[y:y + th, x:x + tw] for y, x in chunk]))

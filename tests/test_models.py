@@ -92,7 +92,7 @@ def test_tiny_her2net_loss_falls():
 
 
 def test_bayesian_segnet_mc_dropout():
-    model = make("bayesian-segnet")
+    model = make("bayesian-segnet").eval()
     x = torch.randn(1, 3, 40, 40)
     mean, entropy = model.predict_mc(x, samples=4)
     assert mean.shape == (1, 3, 40, 40) and entropy.shape == (1, 40, 40)

@@ -299,9 +299,10 @@ def test_openslide_plugin_discovered_through_its_entry_point():
 
 
 @needs_openslide_plugin
-def test_openslide_plugin_reads_what_tifffile_reads(svs_file, rgb):
+def test_openslide_plugin_reads_what_tifffile_reads(svs_file, rgb, monkeypatch):
     from her2kit.readers import open_slide
 
+    monkeypatch.setattr("her2kit_openslide.slide.TILE", 128)  # several dask chunks per level
     plugins.reset()
     try:
         auto = open_slide(svs_file)  # the plugin outranks the built-in for .svs
@@ -316,7 +317,9 @@ def test_openslide_plugin_reads_what_tifffile_reads(svs_file, rgb):
                 a = via_plugin.read_region(y, x, h, w, level)
                 assert a.dtype == np.uint8 and a.shape == (h, w, 3)
                 np.testing.assert_array_equal(a, via_tifffile.read_region(y, x, h, w, level))
-            np.testing.assert_array_equal(via_plugin.to_dask(level).compute(), via_tifffile.to_dask(level).compute())
+            lazy = via_plugin.to_dask(level)
+            assert len(lazy.chunks[1]) > 1 and lazy.dtype == np.uint8
+            np.testing.assert_array_equal(lazy.compute(), via_tifffile.to_dask(level).compute())
         np.testing.assert_array_equal(via_plugin.read_region(0, 0, 300, 380), rgb)
     finally:
         plugins.reset()

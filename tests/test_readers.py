@@ -216,6 +216,19 @@ def test_tiff_rgba_unassociated_alpha(tmp_path, rgb):
     np.testing.assert_array_equal(got[50:], rgb[50:])
 
 
+def test_tiff_rgba_associated_alpha(tmp_path, rgb):
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:50], alpha[50:100] = 0, 128
+    premultiplied = np.round(rgb * (alpha[..., None] / 255.0)).astype(np.uint8)
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, np.dstack([premultiplied, alpha]), photometric="rgb", extrasamples=["assocalpha"])
+    got = open_slide(path).read_region(0, 0, 300, 380)
+    assert (got[:50] == 255).all()
+    expected = np.minimum(premultiplied[50:100].astype(int) + 127, 255)
+    np.testing.assert_array_equal(got[50:100], expected)
+    np.testing.assert_array_equal(got[100:], rgb[100:])
+
+
 def test_planar_tiff(tmp_path, rgb):
     path = tmp_path / "planar.tif"
     tifffile.imwrite(path, rgb.transpose(2, 0, 1), photometric="rgb", planarconfig="separate")

@@ -1,4 +1,4 @@
-"""PNG and JPEG reader through Pillow (one level, decoded whole on first read).
+"""PNG and JPEG reader through Pillow (one level, decoded whole when opened).
 
 mpp comes from the PNG ``pHYs`` chunk (pixels per metre) or the JPEG JFIF/EXIF
 density (dots per inch): mpp = 25400 / dpi. A density that no microscope

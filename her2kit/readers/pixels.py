@@ -12,6 +12,7 @@ Imports numpy only; dask is imported inside :meth:`ArraySlide.to_dask`.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -240,9 +241,13 @@ class ArraySlide(Slide):
         self._check_level(level)
         h, w = self.level_shape(level)
         source = _LevelSource(self, level)
+        try:  # a rewritten file must not share cached graph keys with the old one
+            stamp = os.stat(self.path).st_mtime_ns
+        except OSError:
+            stamp = 0
+        name = f"her2kit-{type(self).__name__}-{self.path}-{stamp}-{level}"
         return da.from_array(source, chunks=(*self._chunks(level), 3), asarray=False,
-                             name=f"her2kit-{type(self).__name__}-{self.path}-{level}",
-                             fancy=False)
+                             name=name, fancy=False)
 
 
 class _LevelSource:

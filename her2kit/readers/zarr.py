@@ -104,9 +104,19 @@ class ZarrSlide(ArraySlide):
         ndim = len(self._levels[0].shape)
         if axes is None:  # NGFF 0.1-0.3: always 5-D tczyx
             axes = ["t", "c", "z", "y", "x"][-ndim:]
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
-        self._axes = "".join("C" if n.lower() in ("c", "channel", "s") else n[0].upper() for n in names)
+        self._axes = "".join(_axis_letter(a) for a in axes)
         self._mpp = _ngff_mpp(ms, axes, datasets[0])
+
+
+def _axis_letter(axis: dict | str) -> str:
+    """One letter per NGFF axis: Y, X, C (type "channel"), T, Z, or the name's first letter."""
+    name = str(axis.get("name", "") if isinstance(axis, dict) else axis).lower()
+    kind = axis.get("type") if isinstance(axis, dict) else None
+    if kind == "channel" or name in ("c", "channel"):
+        return "C"
+    if kind == "time":
+        return "T"
+    return name[:1].upper() or "?"
 
 
 def _scale_of(transforms: list[dict] | None, ndim: int) -> list[float]:

@@ -103,6 +103,7 @@ class CellResult:
     nucleus_labels: np.ndarray
     semantic: np.ndarray
     mpp: float = 0.5
+    sector_od: np.ndarray | None = None  # (n, n_sectors) DAB OD per ring sector (calibration)
 
     def __len__(self) -> int:
         return int(len(self.table["id"]))
@@ -128,6 +129,7 @@ class CellResult:
             nucleus_labels=lut[self.nucleus_labels],
             semantic=self.semantic,
             mpp=self.mpp,
+            sector_od=None if self.sector_od is None else self.sector_od[keep],
         )
 
 
@@ -378,6 +380,7 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
         "membrane_fraction": membrane_fraction,
         "nucleus_elongation": nuc["elongation"][ids],
         "nucleus_h_od": nuc["h_od"][ids],
+        "_sector_od": sector_od,
     }
 
 
@@ -431,12 +434,13 @@ def find_cells(rgb: np.ndarray, probs: np.ndarray, mpp: float,
     cells = stromal_outline(cells, nuclei, ~tumour_by_id & (nuc["area_um2"] > 0), mpp, params)
     table = measure_cells(rgb, probs[1], cells, nuclei, mpp, params, nuc=nuc,
                           tumour_by_id=tumour_by_id, dab=deconv.dab(rgb))
+    sector_od = table.pop("_sector_od", np.zeros((0, params.n_sectors)))
     table, cells, nuclei = _relabel(table, cells, nuclei)
     return CellResult(table=table, cell_labels=cells, nucleus_labels=nuclei,
-                      semantic=semantic, mpp=float(mpp))
+                      semantic=semantic, mpp=float(mpp), sector_od=sector_od)
 
 
-def probabilities_from_mask(mask: np.ndarray, blur_px: float = 1.0, noise: float = 0.05,
+def probabilities_from_mask(mask: np.ndarray, blur_px: float = 0.5, noise: float = 0.05,
                             seed: int = 0) -> np.ndarray:
     """One-hot probabilities (3, H, W) float32 from a semantic mask, blurred and noised like a network's.
 

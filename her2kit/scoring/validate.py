@@ -106,6 +106,7 @@ def evaluate_case(case: Case, params: CellParams, segmenter=None, seed: int = 0)
         "true_cat": tt["category"][ti], "pred_cat": result.table["category"][pi],
         "true_tumour": tt["tumour"][ti], "pred_tumour": result.table["tumour"][pi],
         "features": {k: result.table[k][pi] for k in result.table},
+        "sector_od": result.sector_od[pi],
         "true_completeness": tt["completeness"][ti], "true_intensity": tt["intensity"][ti],
         "score_true": case.score, "sub_true": case.subcategory,
         "score_pred": score.score or "0", "sub_pred": score.subcategory,

@@ -29,7 +29,8 @@ def parse_score(text: str) -> str:
 def asco_cap_score(counts: np.ndarray | list[int]) -> tuple[str, str | None]:
     """HER2 score and sub-category of tumour-cell counts per category (n0, n1, n2, n3).
 
-    ASCO/CAP 2018: 3+ if >10% category 3; 2+ if >10% category 2 or 3; 1+ if
+    ASCO/CAP 2018: 3+ if >10% category 3; 2+ if >10% category 2 or 3, or
+    any intense complete staining in <=10% (the "unusual pattern"); 1+ if
     >10% category 1-3; else 0, sub-category "null" (no stained cell) or
     "ultralow" (some, <=10%). Integer arithmetic, so exactly 10% is not >10%.
     (Private copy for the generator; her2kit.scoring.rules is the public one.)
@@ -40,7 +41,7 @@ def asco_cap_score(counts: np.ndarray | list[int]) -> tuple[str, str | None]:
         return "0", "null"
     if 10 * n3 > n:
         return "3+", None
-    if 10 * (n2 + n3) > n:
+    if 10 * (n2 + n3) > n or n3 > 0:
         return "2+", None
     if 10 * (n1 + n2 + n3) > n:
         return "1+", None

@@ -28,13 +28,13 @@ _K_JIT, _K_W, _K_NEST, _K_LUMEN, _K_FAT, _K_TISSUE, _K_CELL, _K_CLUSTER, _K_FIBR
 
 @dataclass
 class Seeds:
-    """Seeds of the lattice cells around a region, flattened; lattice coordinates are relative to (u0, v0)."""
+    """Seeds of the lattice cells around a region, flattened in (u - u0, v - v0) order."""
 
     u0: int
     v0: int
     nu: int
     nv: int
-    su: np.ndarray          # seed position, lattice units (relative)
+    su: np.ndarray          # seed position, lattice units, from the scene's lattice origin
     sv: np.ndarray
     weight: np.ndarray      # power weight, lattice units^2
     y: np.ndarray           # seed position, microns (global)
@@ -73,7 +73,12 @@ def seeds_for_region(scene: Scene, y0_um: float, x0_um: float, h_um: float, w_um
     y = scene.spacing_um * (su * s + sv * c)
     lu0, lv0, lnv = scene.lattice
     gid = ((iu - lu0) * lnv + (iv - lv0) + 1).astype(np.int64)
-    seeds = Seeds(u0, v0, nu, nv, (su - u0).astype(np.float32), (sv - v0).astype(np.float32),
+    # float32 positions relative to the scene's fixed lattice origin (not the region's), so
+    # every region computes bit-identical distances for the same pixel
+    lu0, lv0, _ = scene.lattice
+    su32 = (su - lu0).astype(np.float32)
+    sv32 = (sv - lv0).astype(np.float32)
+    seeds = Seeds(u0, v0, nu, nv, su32, sv32,
                   weight.astype(np.float32), y, x, gid, np.zeros(len(iu), np.uint8),
                   np.zeros(len(iu), np.uint8), {})
     _classify(scene, seeds, iu, iv)
@@ -162,10 +167,11 @@ def nearest_two(seeds: Seeds, scene: Scene, y_um: np.ndarray, x_um: np.ndarray
     sp = scene.spacing_um
     yy = (y_um[:, None] / sp)
     xx = (x_um[None, :] / sp)
-    u = (xx * c + yy * s - seeds.u0).astype(np.float32)
-    v = (-xx * s + yy * c - seeds.v0).astype(np.float32)
-    iu = np.floor(u).astype(np.int32)
-    iv = np.floor(v).astype(np.int32)
+    lu0, lv0, _ = scene.lattice
+    u = (xx * c + yy * s - lu0).astype(np.float32)
+    v = (-xx * s + yy * c - lv0).astype(np.float32)
+    iu = np.floor(u).astype(np.int32) - (seeds.u0 - lu0)
+    iv = np.floor(v).astype(np.int32) - (seeds.v0 - lv0)
     base = iu * seeds.nv + iv
     big = np.float32(1e9)
     d1 = np.full(u.shape, big, np.float32)

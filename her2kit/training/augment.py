@@ -26,6 +26,7 @@ class AugmentConfig:
     flips: bool = True
     stain_scale: tuple[float, float, float] = (0.35, 0.1, 0.45)  # s per H, residual, DAB
     stain_shift: tuple[float, float, float] = (0.06, 0.02, 0.06)  # b per H, residual, DAB (OD units)
+    stain_vector: float = 0.12  # max change of each stain's OD colour vector components (hue shifts)
     brightness: float = 0.08  # additive, fraction of full scale
     contrast: float = 0.15  # multiplicative around the mean
     blur_probability: float = 0.3
@@ -42,13 +43,19 @@ def _matrices():
     return np.asarray(hed_from_rgb, np.float64), np.asarray(rgb_from_hed, np.float64)
 
 
-def stain_jitter(rgb: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Scale (alpha, 3) and shift (beta, 3, OD units) the H, E, DAB concentrations of float RGB in [0, 1]."""
+def stain_jitter(rgb: np.ndarray, alpha: np.ndarray, beta: np.ndarray,
+                 vectors: np.ndarray | None = None) -> np.ndarray:
+    """Scale (alpha, 3) and shift (beta, 3, OD units) the H, E, DAB concentrations of float RGB in [0, 1].
+
+    ``vectors`` (3, 3), optional: the stains' OD colour vectors to re-render
+    with (rows H, E, DAB; default scikit-image's ``rgb_from_hed``), which
+    changes their hue (a bluer haematoxylin, a redder DAB).
+    """
     hed_from_rgb, rgb_from_hed = _matrices()
     od = -np.log(np.clip(rgb, _EPS, 1.0))
     conc = od.reshape(-1, 3) @ hed_from_rgb
     conc = conc * alpha + beta
-    od2 = np.clip(conc, 0, None) @ rgb_from_hed
+    od2 = np.clip(conc, 0, None) @ (rgb_from_hed if vectors is None else vectors)
     return np.exp(-od2).reshape(rgb.shape)
 
 
@@ -69,7 +76,11 @@ def augment(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     shift = np.asarray(config.stain_shift)
     alpha = 1 + rng.uniform(-scale, scale)
     beta = rng.uniform(-shift, shift)
-    x = stain_jitter(x, alpha, beta)
+    _, vectors = _matrices()
+    if config.stain_vector:
+        vectors = np.clip(vectors + rng.uniform(-config.stain_vector, config.stain_vector, (3, 3)), 0.01, None)
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    x = stain_jitter(x, alpha, beta, vectors)
     if config.contrast or config.brightness:
         c = 1 + rng.uniform(-config.contrast, config.contrast)
         b = rng.uniform(-config.brightness, config.brightness)

@@ -196,13 +196,16 @@ def run_slide(
 
         # tissue at low resolution (and the thumbnail for the report)
         t = time.perf_counter()
-        thumb, thumb_ds = _thumbnail(slide, ledger, mpp0)
         fractions = None
         if tissue:
             from her2kit.preprocess.tissue import tissue_mask_of
 
-            mask = tissue_mask_of(thumb, thumb_ds * mpp0)
-            fractions = tissue_fractions(grid, mask, thumb_ds)
+            small, small_ds = _thumbnail(slide, ledger, mpp0, "tissue", target_mpp=8.0)
+            mask = tissue_mask_of(small, small_ds * mpp0)
+            fractions = tissue_fractions(grid, mask, small_ds)
+        # the report's picture: <= 1024 px on the long side
+        thumb, thumb_ds = _thumbnail(slide, ledger, mpp0, "picture", target_mpp=0.0,
+                                     max_side=1024)
         selected = select_blocks(grid, fractions, roi=roi)
         timings["tissue"] = time.perf_counter() - t
     except Her2kitError:
@@ -262,17 +265,16 @@ def run_slide(
     return summary
 
 
-def _thumbnail(slide: Any, ledger: Ledger, mpp0: float) -> tuple[np.ndarray, float]:
-    """The slide's thumbnail (cached in the work folder for resumed runs)."""
+def _thumbnail(slide: Any, ledger: Ledger, mpp0: float, name: str, **kw: Any) -> tuple[np.ndarray, float]:
+    """A low-resolution picture of the slide (cached in the work folder for resumed runs)."""
     from her2kit.preprocess.tissue import slide_thumbnail
+    from her2kit.wsi.resume import atomic_save_npz
 
-    cache = ledger.dir / "thumbnail.npz"
+    cache = ledger.dir / f"{name}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             return z["rgb"], float(z["downsample"])
-    thumb, ds = slide_thumbnail(slide, mpp=mpp0)
-    from her2kit.wsi.resume import atomic_save_npz
-
+    thumb, ds = slide_thumbnail(slide, mpp=mpp0, **kw)
     atomic_save_npz(cache, rgb=thumb, downsample=np.float64(ds))
     return thumb, ds
 

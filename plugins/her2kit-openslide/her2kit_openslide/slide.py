@@ -118,7 +118,8 @@ class OpenSlideSlide(Slide):
                 row.append(da.from_delayed(read(self.path, level, y, x, h, w),
                                            shape=(h, w, 3), dtype=np.uint8))
             rows.append(row)
-        return da.block(rows)
+        # block() nests one list per axis: rows (y), columns (x), channels (one block)
+        return da.block([[[tile] for tile in row] for row in rows])
 
     def close(self) -> None:
         osr = getattr(self, "_osr", None)

@@ -1,0 +1,374 @@
+"""``her2kit score``, ``her2kit segment`` and ``her2kit demo`` for images.
+
+Per input: open it, find its resolution (the file's, else ``--mpp``),
+resample to the segmenter's resolution, predict membrane and nucleus
+probabilities, find and categorise cells, score the tumour cells, map
+labels and coordinates back to the input's full resolution, and write
+DIR/<stem>/score.json, cells.csv, cells.geojson, labels.zarr, overlay.png
+and report.html. Large images (over :data:`WHOLE_LIMIT` pixels a side) and
+multi-level slides go to the whole-slide pipeline when it is available.
+
+One bad input gets a one-line error on stderr; the others go on, and the
+exit status is 1 at the end. An image without tissue or without tumour
+cells gets score null with a note (the ASCO/CAP score is undefined without
+tumour cells), not an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2kit import __version__
+from her2kit.errors import Her2kitError, InputError
+
+#: Longest side (pixels) processed as one image; larger ones go block by block.
+WHOLE_LIMIT = 4096
+#: Longest side processed whole when the whole-slide pipeline is missing.
+FALLBACK_LIMIT = 16384
+MPP_RANGE = (0.0, 20.0)
+#: Tissue: pixels whose summed optical density (log10) exceeds this; below
+#: ``MIN_TISSUE`` of the image, no cells are looked for.
+TISSUE_OD = 0.15
+MIN_TISSUE = 0.002
+OUTPUTS = ("score.json", "cells.csv", "cells.geojson", "labels.zarr", "overlay.png", "report.html")
+
+
+def check_mpp(mpp: float | None, path: str) -> float:
+    """A usable microns-per-pixel or an InputError naming ``path``."""
+    if mpp is None:
+        raise InputError(path, "resolution unknown: the file carries no microns per pixel; "
+                               "give it with --mpp (e.g. --mpp 0.5 for 20x)")
+    if not np.isfinite(mpp) or mpp <= MPP_RANGE[0] or mpp > MPP_RANGE[1]:
+        raise InputError(path, f"implausible resolution {mpp} microns per pixel "
+                               f"(expected > {MPP_RANGE[0]} and <= {MPP_RANGE[1]})")
+    return float(mpp)
+
+
+def stem_of(path: str) -> str:
+    """Output folder name of an input: its file name without image suffixes."""
+    name = os.path.basename(os.fspath(path).rstrip("/")) or "input"
+    lower = name.lower()
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".jpeg",
+                   ".jpg", ".zarr", ".svs", ".ndpi", ".btf"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)] or "input"
+    return name
+
+
+def tissue_fraction(rgb: np.ndarray) -> float:
+    """Share of pixels darker than glass (summed OD above :data:`TISSUE_OD`), on a subsample."""
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))
+    sub = rgb[::step, ::step].astype(np.float32)
+    od = -np.log10((sub + 1.0) / 256.0).sum(axis=-1)
+    return float((od > TISSUE_OD).mean()) if od.size else 0.0
+
+
+def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """RGB uint8 scaled by ``factor`` (output pixels per input pixel); no-op within 1%."""
+    if abs(factor - 1.0) < 0.01:
+        return rgb
+    from skimage.transform import rescale
+
+    out = rescale(rgb, factor, order=1, channel_axis=-1, anti_aliasing=factor < 1,
+                  preserve_range=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def to_shape(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label image to ``shape`` (labels are never interpolated)."""
+    if labels.shape == tuple(shape):
+        return labels
+    yi = np.minimum(((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64),
+                    labels.shape[0] - 1)
+    xi = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64),
+                    labels.shape[1] - 1)
+    return labels[yi][:, xi]
+
+
+def _scorer(name: str):
+    from her2kit.plugins import registry
+
+    return registry().get("scorer", name).factory()
+
+
+def summarise(result, mpp: float, model: str, scorer_name: str = "asco-cap-2018",
+              extra: dict | None = None) -> dict:
+    """score.json content for a :class:`CellResult` (tumour cells only)."""
+    from her2kit.scoring.rules import asco_cap_score
+
+    score = asco_cap_score(result.tumour_categories())
+    summary = {
+        "score": score.score,
+        "subcategory": score.subcategory,
+        "cells_total": score.cells_total,
+        "percent": score.percent,
+        "counts": score.counts,
+        "h_score": score.h_score,
+        "percent_complete": score.percent_complete,
+        "cells_detected": len(result),
+        "model": model,
+        "her2kit_version": __version__,
+        "mpp": mpp,
+        "scoring": "ASCO/CAP 2018 (reaffirmed 2023), tumour cells only",
+    }
+    if score.note:
+        summary["note"] = score.note
+    if scorer_name != "asco-cap-2018":
+        summary["scorer"] = {"name": scorer_name, "value": _scorer(scorer_name)(result.table)}
+    summary.update(extra or {})
+    return summary
+
+
+def analyse_image(rgb: np.ndarray, mpp: float, segmenter: Any, params=None,
+                  roi: list | None = None) -> tuple[Any, dict]:
+    """Cells of an RGB image at full resolution, and timings.
+
+    The image is resampled to ``segmenter.mpp``, segmented and analysed
+    there; the returned :class:`CellResult` has labels at the input's size and
+    y, x in input pixels (areas stay in square microns). ``roi`` polygons
+    (see :mod:`her2kit.scoring.roi`) drop cells whose centroid lies outside.
+    """
+    from her2kit.scoring.cells import CellResult, empty_table, find_cells
+
+    timings = {}
+    t = time.perf_counter()
+    model_mpp = float(getattr(segmenter, "mpp", mpp) or mpp)
+    small = resample(rgb, mpp / model_mpp)
+    timings["resample_s"] = time.perf_counter() - t
+    h, w = rgb.shape[:2]
+    if tissue_fraction(small) < MIN_TISSUE:
+        empty = np.zeros((h, w), dtype=np.uint32)
+        result = CellResult(empty_table(), empty, empty.copy(), np.zeros((h, w), np.uint8), mpp=mpp)
+        timings["note"] = "no tissue found"
+        return result, timings
+    t = time.perf_counter()
+    probs = segmenter.predict(small)
+    timings["predict_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cells = find_cells(small, probs, model_mpp, params)
+    timings["cells_s"] = time.perf_counter() - t
+    fy, fx = h / small.shape[0], w / small.shape[1]
+    table = dict(cells.table)
+    table["y"] = (table["y"] + 0.5) * fy - 0.5
+    table["x"] = (table["x"] + 0.5) * fx - 0.5
+    result = CellResult(table, to_shape(cells.cell_labels, (h, w)),
+                        to_shape(cells.nucleus_labels, (h, w)), to_shape(cells.semantic, (h, w)),
+                        mpp=mpp, sector_od=cells.sector_od)
+    result.model_labels = (cells.cell_labels, cells.nucleus_labels, (fy, fx))
+    if roi:
+        from her2kit.scoring.roi import inside
+
+        keep = inside(roi, result.table["x"] + 0.5, result.table["y"] + 0.5)
+        model_labels = result.model_labels
+        result = result.select(keep)
+        lut = np.zeros(int(max(model_labels[0].max(initial=0), 0)) + 1, dtype=np.uint32)
+        kept = result.table["id"]
+        lut[kept[kept < lut.size]] = kept[kept < lut.size]
+        result.model_labels = (lut[model_labels[0]], lut[model_labels[1]], model_labels[2])
+    return result, timings
+
+
+def write_outputs(out_dir: Path, rgb: np.ndarray, result, summary: dict,
+                  segment_only: bool = False) -> None:
+    """All output files of one image; score.json last (it marks the folder complete)."""
+    from her2kit.scoring import exports
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exports.write_labels_zarr(out_dir / "labels.zarr", result.semantic, result.cell_labels,
+                              summary.get("mpp"))
+    if segment_only:
+        return
+    exports.write_cells_csv(out_dir / "cells.csv", result.table)
+    cell_l, nuc_l, scale = getattr(result, "model_labels", (result.cell_labels,
+                                                             result.nucleus_labels, (1.0, 1.0)))
+    polygons = exports.cell_polygons(cell_l, nuc_l, result.table["id"], scale=scale)
+    exports.write_cells_geojson(out_dir / "cells.geojson", exports.cell_features(result.table, polygons))
+    overlay = exports.overlay_image(rgb, result.cell_labels, result.table)
+    exports.write_overlay_png(out_dir / "overlay.png", overlay)
+    exports.write_report_html(out_dir / "report.html", rgb, overlay, summary, result.table)
+    exports.write_score_json(out_dir / "score.json", summary)
+
+
+def complete(out_dir: Path, segment_only: bool) -> bool:
+    """Whether a previous run left every output of this input in place."""
+    names = ("labels.zarr",) if segment_only else OUTPUTS
+    return all((out_dir / n).exists() for n in names)
+
+
+def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Namespace,
+                  roi: list | None, segment_only: bool = False) -> dict:
+    """Score (or segment) one input into ``out_root/<stem>``; returns its summary."""
+    from her2kit.readers import open_slide
+
+    out_dir = out_root / stem_of(path)
+    if not getattr(args, "force", False) and complete(out_dir, segment_only):
+        return {"input": path, "skipped": True, "out": str(out_dir)}
+    t0 = time.perf_counter()
+    with open_slide(path) as slide:
+        file_mpp = slide.mpp
+        mpp = check_mpp(file_mpp if file_mpp is not None else args.mpp, path)
+        if file_mpp is not None and args.mpp is not None and abs(file_mpp - args.mpp) > 0.02 * file_mpp:
+            print(f"her2kit: note: {path}: the file says {file_mpp:.4g} um/px; --mpp {args.mpp} ignored",
+                  file=sys.stderr)
+        h, w = slide.shape
+        if h == 0 or w == 0:
+            raise InputError(path, "empty image (0 pixels)")
+        if slide.level_count > 1 or max(h, w) > WHOLE_LIMIT:
+            summary = _run_wsi(path, out_dir, get_segmenter(), mpp, args, roi, segment_only)
+            if summary is not None:
+                return summary
+            if max(h, w) > FALLBACK_LIMIT:
+                raise InputError(path, f"{h}x{w} pixels is too large to process whole and the "
+                                       "whole-slide pipeline is not available in this build")
+        rgb = slide.read_region(0, 0, h, w, 0)
+    read_s = time.perf_counter() - t0
+    segmenter = get_segmenter()
+    from her2kit.scoring.cells import CellParams
+
+    result, timings = analyse_image(rgb, mpp, segmenter, CellParams(), roi)
+    note = timings.pop("note", None)
+    timings = {"read_s": read_s, **timings}
+    summary = summarise(result, mpp, getattr(segmenter, "name", "unknown"),
+                        getattr(args, "scorer", "asco-cap-2018"),
+                        extra={"input": os.fspath(path), "shape": [h, w],
+                               "roi": bool(roi), "timings": timings})
+    if note:
+        summary["note"] = note
+    t = time.perf_counter()
+    write_outputs(out_dir, rgb, result, summary, segment_only)
+    timings["write_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    if not segment_only:
+        from her2kit.scoring.exports import write_score_json
+
+        write_score_json(out_dir / "score.json", summary)
+    summary["out"] = str(out_dir)
+    return summary
+
+
+def _run_wsi(path, out_dir, segmenter, mpp, args, roi, segment_only) -> dict | None:
+    """The whole-slide pipeline's summary, or None when it is not available."""
+    try:
+        from her2kit.wsi.pipeline import run_slide
+    except ImportError:
+        return None
+    from her2kit.scoring.roi import exteriors
+
+    try:
+        summary = run_slide(path, out_dir, segmenter, mpp=mpp, workers=getattr(args, "workers", 1),
+                            scheduler=getattr(args, "scheduler", None),
+                            roi=exteriors(roi) if roi else None, force=getattr(args, "force", False),
+                            segment_only=segment_only, device=getattr(args, "device", None))
+    except NotImplementedError:
+        return None
+    summary = dict(summary or {})
+    summary.setdefault("input", path)
+    summary["out"] = str(out_dir)
+    return summary
+
+
+def _segmenter_loader(args: argparse.Namespace):
+    cache: dict[str, Any] = {}
+
+    def get():
+        if "s" not in cache:
+            from her2kit.inference import load_segmenter
+
+            cache["s"] = load_segmenter(args.model, device=getattr(args, "device", None))
+        return cache["s"]
+
+    return get
+
+
+def _report(summary: dict, segment_only: bool) -> str:
+    if summary.get("skipped"):
+        return f"{summary['input']}: complete already, skipped (use --force to redo) -> {summary['out']}"
+    if segment_only:
+        return f"{summary['input']}: labels -> {summary['out']}/labels.zarr"
+    score = summary.get("score")
+    if score is None:
+        what = f"no score ({summary.get('note', 'no tumour cells found')})"
+    else:
+        sub = summary.get("subcategory")
+        what = f"HER2 {score}" + (f" ({sub})" if sub else "")
+    return f"{summary['input']}: {what}, {summary.get('cells_total', 0)} tumour cells -> {summary['out']}"
+
+
+def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None) -> int:
+    """Process every input of ``args``; returns the exit status."""
+    roi = None
+    if getattr(args, "roi", None):
+        from her2kit.scoring.roi import load_roi
+
+        roi = load_roi(args.roi)
+    if getattr(args, "scorer", None):
+        _scorer(args.scorer)  # an unknown name fails before any work
+    if args.mpp is not None and (not np.isfinite(args.mpp) or args.mpp <= 0 or args.mpp > MPP_RANGE[1]):
+        raise Her2kitError(f"--mpp {args.mpp}: implausible resolution (expected > 0 and <= {MPP_RANGE[1]} "
+                           "microns per pixel)")
+    out_root = Path(args.out)
+    get_segmenter = get_segmenter or _segmenter_loader(args)
+    failed = 0
+    for path in args.inputs:
+        try:
+            summary = process_input(path, out_root, get_segmenter, args, roi, segment_only)
+        except InputError as exc:
+            print(f"her2kit: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        except Her2kitError as exc:
+            if isinstance(exc, Her2kitError) and "shipped weights" in str(exc):
+                raise  # the same for every input: stop at once
+            print(f"her2kit: error: {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(_report(summary, segment_only))
+        if summary.get("score", "") is None and not segment_only:
+            print(f"her2kit: note: {path}: {summary.get('note', 'no tumour cells found')}; "
+                  "score is undefined", file=sys.stderr)
+    if failed:
+        print(f"her2kit: {failed} of {len(args.inputs)} inputs failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def score(args: argparse.Namespace) -> int:
+    """``her2kit score INPUT... --out DIR``."""
+    return run(args, segment_only=False)
+
+
+def segment(args: argparse.Namespace) -> int:
+    """``her2kit segment INPUT... --out DIR``: labels.zarr only."""
+    return run(args, segment_only=True)
+
+
+def demo(args: argparse.Namespace) -> int:
+    """``her2kit demo``: a 768 x 768 synthetic 2+ image, scored with the shipped model."""
+    from PIL import Image
+
+    from her2kit.inference import load_segmenter
+    from her2kit.synth.images import make_patch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    segmenter = load_segmenter(None)  # fails early, with advice, if no shipped weights
+    patch = make_patch(20260, 768, "2+", mpp=0.5)
+    image = out / "demo-2plus.png"
+    tmp = out / ".demo-2plus.png.tmp"
+    Image.fromarray(patch.region.rgb).save(tmp, format="PNG", dpi=(25400 / 0.5, 25400 / 0.5))
+    os.replace(tmp, image)
+    ns = argparse.Namespace(inputs=[str(image)], out=str(out), model=None, mpp=0.5, force=True,
+                            roi=None, scorer="asco-cap-2018", device=None, workers=1, scheduler=None)
+    status = run(ns, get_segmenter=lambda: segmenter)
+    truth = patch.score + (f" ({patch.subcategory})" if patch.subcategory else "")
+    print(f"truth: HER2 {truth} ({int(patch.counts.sum())} tumour cells: "
+          f"{', '.join(f'{k}: {v}' for k, v in zip(('0', '1+', '2+', '3+'), patch.counts, strict=True))})")
+    print(f"open {out / stem_of(str(image)) / 'report.html'} to see the cells behind the score")
+    return status

@@ -1,0 +1,370 @@
+"""TLSTM and SPP: native ops against the plain-PyTorch reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from her2kit.ops import SPP, TLSTM, native_available, spp, spp_reference, tlstm, tlstm_reference
+
+needs_native = pytest.mark.skipif(not native_available(), reason="her2kit._C not built")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a-b| / max|b|."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def make_weights(C: int, K: int, dtype=torch.float64, seed: int = 0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    w = [
+        torch.randn(4, 4 * K, C, generator=g, dtype=dtype) / C**0.5,
+        torch.randn(4, 4 * K, generator=g, dtype=dtype) * 0.5,
+        torch.randn(4, 4 * K, K, 3, generator=g, dtype=dtype) / (3 * K) ** 0.5,
+        torch.randn(4, 3, K, generator=g, dtype=dtype) * 0.5,
+    ]
+    return [t.requires_grad_(requires_grad) for t in w]
+
+
+def run_both(x, weights, grad_seed=1):
+    """Outputs and input/weight gradients of the native op and the reference."""
+    out = []
+    for fn in (tlstm, tlstm_reference):
+        inputs = [x.detach().clone().requires_grad_(True)] + [
+            w.detach().clone().requires_grad_(True) for w in weights
+        ]
+        y = fn(*inputs)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=y.dtype)
+        grads = torch.autograd.grad(y, inputs, g)
+        out.append((y.detach(), grads))
+    return out
+
+
+def test_native_is_built():
+    assert native_available(), "her2kit._C failed to import: the native ops are not built"
+
+
+# (B, C, H, W, K): odd shapes, H != W, one-pixel rows and columns, Her2Net-like sizes.
+SHAPES = [
+    (2, 3, 5, 5, 4),
+    (1, 2, 1, 1, 3),
+    (1, 3, 1, 7, 2),
+    (2, 2, 6, 1, 3),
+    (3, 4, 4, 9, 5),
+    (2, 3, 9, 4, 4),
+    (1, 4, 31, 31, 4),
+    (1, 2, 63, 63, 2),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_tlstm_matches_reference(shape, dtype):
+    B, C, H, W, K = shape
+    x = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    weights = make_weights(C, K, dtype)
+    (yn, gn), (yr, gr) = run_both(x, weights)
+    assert yn.shape == (B, 4 * K, H, W)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert rel_err(yn, yr) < tol
+    for name, a, b in zip(["x", "w_x", "b_x", "w_h", "peep"], gn, gr):
+        assert rel_err(a, b) < tol, name
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(1, 2, 3, 4, 2), (2, 1, 3, 3, 1), (1, 1, 1, 3, 2)])
+def test_tlstm_gradcheck(shape):
+    B, C, H, W, K = shape
+    x = torch.randn(B, C, H, W, dtype=torch.float64, requires_grad=True)
+    weights = make_weights(C, K, requires_grad=True)
+    assert torch.autograd.gradcheck(tlstm, [x, *weights])
+
+
+@needs_native
+def test_tlstm_opcheck():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    weights = make_weights(3, 2, requires_grad=True)
+    torch.library.opcheck(torch.ops.her2kit.tlstm_forward.default, (x, *weights))
+    hidden, gates, cells, hist = torch.ops.her2kit.tlstm_forward(x.detach(), *[w.detach() for w in weights])
+    grad = torch.randn_like(hidden)
+    w_x, _b, w_h, peep = (w.detach() for w in weights)
+    torch.library.opcheck(
+        torch.ops.her2kit.tlstm_backward.default,
+        (grad, x.detach(), w_x, w_h, peep, gates, cells, hist),
+    )
+
+
+def _swept(x, weights, s):
+    """Native hidden map of sweep s alone (the other sweeps' weights zeroed)."""
+    w = [t.clone() for t in weights]
+    for t in w:
+        keep = t[s].clone()
+        t.zero_()
+        t[s] = keep
+    y = tlstm(x, *w)
+    K = weights[2].shape[2]
+    others = [y[:, K * o : K * o + K] for o in range(4) if o != s]
+    assert all(torch.count_nonzero(o) == 0 for o in others)
+    return y[:, K * s : K * s + K]
+
+
+@needs_native
+@pytest.mark.parametrize("s", range(4), ids=["down", "up", "right", "left"])
+def test_tlstm_each_sweep_alone(s):
+    """Each sweep is the down sweep of the flipped/transposed image."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64)
+    weights = make_weights(3, 3)
+    got = _swept(x, weights, s)
+    moved = [t.clone() for t in weights]
+    for t in moved:
+        t[0] = t[s]
+    transform = {
+        0: (lambda a: a, lambda a: a),
+        1: (lambda a: a.flip(2), lambda a: a.flip(2)),
+        2: (lambda a: a.transpose(2, 3), lambda a: a.transpose(2, 3)),
+        3: (lambda a: a.transpose(2, 3).flip(2), lambda a: a.flip(2).transpose(2, 3)),
+    }[s]
+    want = transform[1](_swept(transform[0](x).contiguous(), moved, 0))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@needs_native
+def test_tlstm_down_sweep_sees_only_its_trapezoid():
+    """Down sweep: pixel (y, x) depends on rows <= y within |dx| <= y - y'."""
+    torch.manual_seed(4)
+    x = torch.randn(1, 2, 7, 9, dtype=torch.float64)
+    weights = make_weights(2, 2)
+    base = _swept(x, weights, 0)
+    y0, x0 = 4, 4
+    for y1, x1, inside in [(5, 4, False), (2, 7, False), (2, 6, True), (4, 4, True), (0, 0, True), (1, 0, False)]:
+        xp = x.clone()
+        xp[0, :, y1, x1] += 1.0
+        changed = (_swept(xp, weights, 0)[0, :, y0, x0] - base[0, :, y0, x0]).abs().max() > 0
+        assert bool(changed) == inside, (y1, x1)
+
+
+@needs_native
+def test_tlstm_deterministic():
+    torch.manual_seed(5)
+    x = torch.randn(4, 8, 20, 20)
+    weights = make_weights(8, 8, torch.float32)
+    (y1, g1), _ = run_both(x, weights)
+    (y2, g2), _ = run_both(x, weights)
+    assert torch.equal(y1, y2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def test_tlstm_errors():
+    x = torch.randn(1, 3, 4, 4)
+    w = make_weights(3, 2, torch.float32)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        tlstm(x.half(), *w)
+    with pytest.raises(ValueError, match="4-D"):
+        tlstm(x[0], *w)
+    with pytest.raises(ValueError, match="w_x must have shape"):
+        tlstm(torch.randn(1, 5, 4, 4), *w)
+    with pytest.raises(ValueError, match="peep must have shape"):
+        tlstm(x, w[0], w[1], w[2], w[3][:, :2])
+    with pytest.raises(ValueError, match="dtype"):
+        tlstm(x, w[0].double(), *w[1:])
+    with pytest.raises(ValueError, match="is on meta"):
+        tlstm(x, w[0].to("meta"), *w[1:])
+
+
+@needs_native
+def test_tlstm_raw_op_errors():
+    x = torch.randn(1, 3, 4, 4)
+    w = make_weights(3, 2, torch.float32)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.her2kit.tlstm_forward(x.int(), *w)
+    with pytest.raises(RuntimeError, match="w_h must have shape"):
+        torch.ops.her2kit.tlstm_forward(x, w[0], w[1], w[2][:, :, :, :2], w[3])
+    with pytest.raises(RuntimeError, match="b_x has dtype"):
+        torch.ops.her2kit.tlstm_forward(x, w[0], w[1].double(), w[2], w[3])
+
+
+def test_tlstm_module():
+    m = TLSTM(3, 4, 5)
+    assert torch.all(m.b_x[:, 4:8] == 1) and torch.all(m.b_x[:, :4] == 0)
+    x = torch.randn(2, 3, 6, 7)
+    y = m(x)
+    assert y.shape == (2, 5, 6, 7)
+    y.square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    want = F.conv2d(tlstm_reference(x, m.w_x, m.b_x, m.w_h, m.peep), m.out.weight, m.out.bias)
+    assert rel_err(y.detach(), want.detach()) < 1e-5
+
+
+# SPP --------------------------------------------------------------------------------
+
+
+def spp_with_indices(x, levels):
+    """adaptive_max_pool2d per level: values and flat argmax indices."""
+    vals, idx = zip(*(F.adaptive_max_pool2d(x, n, return_indices=True) for n in levels))
+    return torch.cat([v.flatten(2) for v in vals], 2), torch.cat([i.flatten(2) for i in idx], 2)
+
+
+SPP_CASES = [
+    ((2, 3, 7, 9), (1, 2, 3, 6)),
+    ((1, 1, 1, 1), (1, 2, 3, 6)),
+    ((2, 2, 63, 63), (1, 2, 3, 6)),
+    ((1, 2, 5, 31), (4, 3, 5)),
+    ((1, 2, 10, 8), (6, 2, 6, 3, 1)),
+    ((2, 1, 2, 3), (7,)),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("case", SPP_CASES, ids=lambda c: "x".join(map(str, c[0])) + "-" + "".join(map(str, c[1])))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_spp_matches_adaptive_max_pool(case, dtype):
+    shape, levels = case
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    out, idx = torch.ops.her2kit.spp_forward(x, list(levels))
+    want, want_idx = spp_with_indices(x, levels)
+    assert torch.equal(out, want)
+    assert torch.equal(idx, want_idx)
+    g = torch.randn_like(want)
+    (gx,) = torch.autograd.grad(spp(x, levels), x, g)
+    (gw,) = torch.autograd.grad(spp_reference(x, levels), x, g)
+    torch.testing.assert_close(gx, gw, rtol=1e-6, atol=1e-6)
+
+
+@needs_native
+def test_spp_ties_and_nan_follow_pytorch():
+    x = torch.randint(0, 3, (2, 3, 13, 11)).double()  # many equal maxima
+    x[0, 0, 5, 5] = float("nan")
+    x[1, 2, 0, 0] = float("nan")
+    x[1, 2, 12, 10] = float("nan")
+    levels = [1, 2, 3, 6, 4]
+    out, idx = torch.ops.her2kit.spp_forward(x, levels)
+    want, want_idx = spp_with_indices(x, levels)
+    assert torch.equal(out.isnan(), want.isnan())
+    assert torch.equal(out.nan_to_num(), want.nan_to_num())
+    assert torch.equal(idx, want_idx)
+
+
+@needs_native
+def test_spp_gradcheck_and_opcheck():
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: spp(t, (1, 2, 3)), [x])
+    torch.library.opcheck(torch.ops.her2kit.spp_forward.default, (x, [1, 2, 3, 6]))
+    out, idx = torch.ops.her2kit.spp_forward(x.detach(), [1, 2, 3, 6])
+    torch.library.opcheck(torch.ops.her2kit.spp_backward.default, (torch.randn_like(out), idx, 5, 6))
+
+
+@needs_native
+def test_spp_deterministic():
+    x = torch.randn(4, 16, 30, 30)
+    g = torch.randn(4, 16, 50)
+    runs = []
+    for _ in range(2):
+        xi = x.clone().requires_grad_(True)
+        y = spp(xi)
+        runs.append((y.detach(), torch.autograd.grad(y, xi, g)[0]))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_spp_errors_and_module():
+    with pytest.raises(ValueError, match="4-D"):
+        spp(torch.randn(3, 4, 4))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        spp(torch.zeros(1, 1, 4, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="levels"):
+        spp(torch.randn(1, 1, 4, 4), (2, 0))
+    with pytest.raises(ValueError, match="levels"):
+        SPP(())
+    m = SPP((1, 2, 4))
+    assert m.bins == 21
+    assert m(torch.randn(2, 3, 9, 5)).shape == (2, 3, 21)
+
+
+@needs_native
+def test_spp_raw_op_errors():
+    with pytest.raises(RuntimeError, match="every level must be >= 1"):
+        torch.ops.her2kit.spp_forward(torch.randn(1, 1, 4, 4), [1, -2])
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.her2kit.spp_forward(torch.zeros(1, 1, 4, 4, dtype=torch.int32), [1])
+    out, idx = torch.ops.her2kit.spp_forward(torch.randn(1, 1, 4, 4), [2])
+    with pytest.raises(RuntimeError, match="indices must be int64"):
+        torch.ops.her2kit.spp_backward(out, idx.int(), 4, 4)
+    with pytest.raises(RuntimeError, match="outside the 2 x 2 plane"):
+        torch.ops.her2kit.spp_backward(out, idx, 2, 2)
+
+
+def test_fallback_warns_once_and_uses_reference():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['her2kit._C'] = None\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import torch\n"
+        "    from her2kit.ops import tlstm, tlstm_reference, spp, native_available, TLSTM\n"
+        "    import her2kit.ops.native\n"
+        "    m = TLSTM(2, 2, 3)\n"
+        "    x = torch.randn(1, 2, 3, 4)\n"
+        "    y = m(x); y2 = m(x); s = spp(x)\n"
+        "ours = [str(i.message) for i in w if 'her2kit native ops unavailable' in str(i.message)]\n"
+        "assert len(ours) == 1, ours\n"
+        "assert not native_available()\n"
+        "assert y.shape == (1, 3, 3, 4) and s.shape == (1, 2, 50)\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+# CUDA -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+class TestCUDA:
+    @pytest.mark.parametrize("shape", [(2, 3, 5, 7, 4), (1, 4, 31, 31, 8), (2, 3, 9, 4, 3)])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+    def test_tlstm_cuda_matches_cpu_reference(self, shape, dtype):
+        import her2kit.ops.native as native
+
+        assert native.cuda_built(), "CUDA device present but her2kit._C built without CUDA"
+        B, C, H, W, K = shape
+        x = torch.randn(B, C, H, W, dtype=dtype)
+        weights = make_weights(C, K, dtype)
+        (_, _), (yr, gr) = run_both(x, weights)
+        xs = x.cuda().requires_grad_(True)
+        ws = [w.cuda().requires_grad_(True) for w in weights]
+        y = tlstm(xs, *ws)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        grads = torch.autograd.grad(y, [xs, *ws], g.cuda())
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert rel_err(y.detach().cpu(), yr) < tol
+        for a, b in zip(grads, gr):
+            assert rel_err(a.cpu(), b) < tol
+
+    def test_tlstm_cuda_gradcheck(self):
+        x = torch.randn(1, 2, 3, 4, dtype=torch.float64, device="cuda", requires_grad=True)
+        weights = [w.cuda().requires_grad_(True) for w in make_weights(2, 2)]
+        assert torch.autograd.gradcheck(tlstm, [x, *weights])
+
+    @pytest.mark.parametrize("case", SPP_CASES[:4])
+    def test_spp_cuda(self, case):
+        shape, levels = case
+        x = torch.randn(shape, device="cuda", requires_grad=True)
+        out, idx = torch.ops.her2kit.spp_forward(x, list(levels))
+        want, want_idx = spp_with_indices(x, levels)
+        assert torch.equal(out, want) and torch.equal(idx, want_idx)
+        g = torch.randn_like(want)
+        (gx,) = torch.autograd.grad(spp(x, levels), x, g)
+        (gw,) = torch.autograd.grad(spp_reference(x, levels), x, g)
+        torch.testing.assert_close(gx, gw)
+
+    def test_cuda_opcheck(self):
+        x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device="cuda", requires_grad=True)
+        weights = [w.cuda().requires_grad_(True) for w in make_weights(3, 2)]
+        torch.library.opcheck(torch.ops.her2kit.tlstm_forward.default, (x, *weights))
+        torch.library.opcheck(torch.ops.her2kit.spp_forward.default, (x, [1, 2, 3]))
