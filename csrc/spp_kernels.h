@@ -34,15 +34,24 @@ H2K_HD bool spp_better(T v, int64_t i, T bv, int64_t bi) {
   return v > bv || (v == bv && i < bi);
 }
 
-// The CUDA launchers (csrc/cuda/spp_kernels.cu). `levels` is a device array
-// of nlev ints; `stream` is a cudaStream_t.
-void spp_forward_cuda(const float* x, float* out, int64_t* idx, int64_t planes, int64_t H,
-                      int64_t W, const int64_t* levels_dev, int nlev, int64_t S, void* stream);
-void spp_forward_cuda(const double* x, double* out, int64_t* idx, int64_t planes, int64_t H,
-                      int64_t W, const int64_t* levels_dev, int nlev, int64_t S, void* stream);
-void spp_backward_cuda(const float* grad, const int64_t* idx, float* gin, int64_t planes,
-                       int64_t HW, int64_t S, void* stream);
-void spp_backward_cuda(const double* grad, const int64_t* idx, double* gin, int64_t planes,
-                       int64_t HW, int64_t S, void* stream);
+// Levels passed to the CUDA kernels by value.
+struct SppLevels {
+  static constexpr int kMax = 16;
+  int count;
+  int64_t n[kMax];
+  int64_t offset[kMax];
+};
+
+// The CUDA launchers (csrc/cuda/spp_kernels.cu); `stream` is a cudaStream_t;
+// they return a cudaError_t (0: success). Backward adds into `gin`, which
+// the caller zeroes.
+int spp_forward_cuda(const float* x, float* out, int64_t* idx, int64_t planes, int64_t H,
+                     int64_t W, const SppLevels& levels, int64_t S, void* stream);
+int spp_forward_cuda(const double* x, double* out, int64_t* idx, int64_t planes, int64_t H,
+                     int64_t W, const SppLevels& levels, int64_t S, void* stream);
+int spp_backward_cuda(const float* grad, const int64_t* idx, float* gin, int64_t planes,
+                      int64_t HW, int64_t S, void* stream);
+int spp_backward_cuda(const double* grad, const int64_t* idx, double* gin, int64_t planes,
+                      int64_t HW, int64_t S, void* stream);
 
 }  // namespace her2kit

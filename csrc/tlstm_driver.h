@@ -1,6 +1,7 @@
 // The TLSTM forward and backward drivers, shared by the CPU and CUDA
 // backends. The big products (input projection, weight gradients, input
-// gradient) are single at:: GEMMs over all pixels and all four sweeps. The
+// gradient) are single at:: GEMMs over all pixels, one per pair of sweeps
+// (the pair that walks the same axis, rows in walking order). The
 // time loops over the steps are the backend's (Backend::forward_sweeps /
 // backward_sweeps): the CPU runs independent (sweep, batch) chains on each
 // thread with a GEMM per step per chain; CUDA uses StepwiseSweeps below (one
@@ -65,25 +66,28 @@ inline at::Tensor tlstm_rec_matrix(const at::Tensor& w_h, int64_t K) {
   return w_h.permute({0, 3, 2, 1}).reshape({4, 3 * K, 4 * K}).contiguous();
 }
 
-// Peephole gradients from the pre-activation gradients: p_i and p_f see
-// c_{t-1} (the neighbour one step back along the sweep), p_o sees c_t.
-inline at::Tensor tlstm_peep_grad(const at::Tensor& dg_pix, const at::Tensor& cells, int64_t B,
+// Peephole gradients from the pre-activation gradients (dgates, gates'
+// layout): p_i and p_f see c_{t-1} (the neighbour one step back along the
+// walk), p_o sees c_t. In each half the walk is dim 1 of (B, L, N, ...).
+inline at::Tensor tlstm_peep_grad(const at::Tensor& dgates, const at::Tensor& cells, int64_t B,
                                   int64_t H, int64_t W, int64_t K) {
-  const auto dg6 = dg_pix.view({B, H, W, 4, 4, K});
-  const auto c5 = cells.view({B, H, W, 4, K});
-  at::Tensor dpeep = at::zeros({4, 3, K}, dg_pix.options());
-  for (int s = 0; s < 4; ++s) {
-    const int dim = s < 2 ? 1 : 2;  // the sweep axis in (B, H, W, ...)
-    const int64_t len = dim == 1 ? H : W;
-    if (len > 1) {
-      const int64_t cur0 = (s % 2 == 0) ? 1 : 0, prev0 = (s % 2 == 0) ? 0 : 1;
-      const auto dgs = dg6.select(3, s).narrow(dim, cur0, len - 1);
-      const auto cprev = c5.select(3, s).narrow(dim, prev0, len - 1);
-      for (int gi = 0; gi < 2; ++gi) {
-        dpeep[s][gi].copy_((dgs.select(3, gi) * cprev).sum({0, 1, 2}));
+  at::Tensor dpeep = at::zeros({4, 3, K}, dgates.options());
+  for (int half = 0; half < 2; ++half) {
+    const int64_t L = half == 0 ? H : W, N = half == 0 ? W : H;
+    const auto dg6 = dgates.select(0, half).view({B, L, N, 2, 4, K});
+    const auto c5 = cells.select(0, half).view({B, L, N, 2, K});
+    for (int j = 0; j < 2; ++j) {
+      const int s = 2 * half + j;
+      if (L > 1) {
+        const int64_t cur0 = j == 0 ? 1 : 0, prev0 = j == 0 ? 0 : 1;
+        const auto dgs = dg6.select(3, j).narrow(1, cur0, L - 1);
+        const auto cprev = c5.select(3, j).narrow(1, prev0, L - 1);
+        for (int gi = 0; gi < 2; ++gi) {
+          dpeep[s][gi].copy_((dgs.select(3, gi) * cprev).sum({0, 1, 2}));
+        }
       }
+      dpeep[s][2].copy_((dg6.select(3, j).select(3, 3) * c5.select(3, j)).sum({0, 1, 2}));
     }
-    dpeep[s][2].copy_((dg6.select(3, s).select(3, 3) * c5.select(3, s)).sum({0, 1, 2}));
   }
   return dpeep;
 }
@@ -137,8 +141,14 @@ struct StepwiseSweeps {
   }
 };
 
-// Returns hidden (B, H, W, 4K) channels-last, and what backward needs:
-// gates (P, 16K), cells (P, 4K), hist (4, P, 3K).
+// x (B, C, H, W) as rows of the two halves: (B, H, W, C) and (B, W, H, C).
+inline at::Tensor tlstm_rows_of(const at::Tensor& x, int half) {
+  const int64_t P = x.size(0) * x.size(2) * x.size(3);
+  return (half == 0 ? x.permute({0, 2, 3, 1}) : x.permute({0, 3, 2, 1})).reshape({P, x.size(1)});
+}
+
+// Returns the hidden maps (B, 4K, H, W) and what backward needs: gates
+// (2, P, 8K), cells (2, P, 2K), hist (4, P, 3K) (see tlstm_step.h).
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_forward_impl(
     const at::Tensor& x, const at::Tensor& w_x, const at::Tensor& b_x, const at::Tensor& w_h,
@@ -147,11 +157,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_forward_impl(
   const int64_t K = tlstm_check(op, x, w_x, b_x, w_h, peep);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t P = B * H * W;
-  const auto xc = x.permute({0, 2, 3, 1}).reshape({P, C});
-  // One GEMM for the input projection of all pixels and all four sweeps.
-  at::Tensor gates = at::addmm(b_x.reshape({16 * K}), xc, w_x.reshape({16 * K, C}).t());
-  at::Tensor cells = at::empty({P, 4 * K}, x.options());
-  at::Tensor hidden = at::empty({B, H, W, 4 * K}, x.options());
+  // The input projection: one GEMM over all pixels per pair of sweeps, each
+  // pair's rows in the order its steps walk them.
+  at::Tensor gates = at::empty({2, P, 8 * K}, x.options());
+  for (int half = 0; half < 2; ++half) {
+    at::addmm_out(gates.select(0, half), b_x.narrow(0, 2 * half, 2).reshape({8 * K}),
+                  tlstm_rows_of(x, half), w_x.narrow(0, 2 * half, 2).reshape({8 * K, C}).t());
+  }
+  at::Tensor cells = at::empty({2, P, 2 * K}, x.options());
+  at::Tensor hidden = at::empty({2, P, 2 * K}, x.options());
   at::Tensor hist = at::empty({4, P, 3 * K}, x.options());
   const at::Tensor whm = tlstm_rec_matrix(w_h, K);
   const at::Tensor pc = peep.contiguous();
@@ -166,7 +180,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_forward_impl(
     a.peep = pc.data_ptr<scalar_t>();
     Backend::template forward_sweeps<scalar_t>(a, hist, whm);
   });
-  return {hidden, gates, cells, hist};
+  at::Tensor out = at::empty({B, 4 * K, H, W}, x.options());
+  out.narrow(1, 0, 2 * K).copy_(hidden.select(0, 0).view({B, H, W, 2 * K}).permute({0, 3, 1, 2}));
+  out.narrow(1, 2 * K, 2 * K)
+      .copy_(hidden.select(0, 1).view({B, W, H, 2 * K}).permute({0, 3, 2, 1}));
+  return {out, gates, cells, hist};
 }
 
 // Returns dx (B, C, H, W), dw_x, db_x, dw_h, dpeep in the weight layouts.
@@ -182,20 +200,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_bac
   tlstm_check(op, x, w_x, b_dummy, w_h, peep);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t P = B * H * W;
-  check_shape(op, "grad_hidden", grad_hidden, {B, H, W, 4 * K}, "(B, H, W, 4K)");
-  check_shape(op, "gates", gates, {P, 16 * K}, "(B*H*W, 16K)");
-  check_shape(op, "cells", cells, {P, 4 * K}, "(B*H*W, 4K)");
+  check_shape(op, "grad_hidden", grad_hidden, {B, 4 * K, H, W}, "(B, 4K, H, W)");
+  check_shape(op, "gates", gates, {2, P, 8 * K}, "(2, B*H*W, 8K)");
+  check_shape(op, "cells", cells, {2, P, 2 * K}, "(2, B*H*W, 2K)");
   check_shape(op, "hist", hist, {4, P, 3 * K}, "(4, B*H*W, 3K)");
   check_same(op, "grad_hidden", grad_hidden, x);
   check_same(op, "gates", gates, x);
   check_same(op, "cells", cells, x);
   check_same(op, "hist", hist, x);
 
-  const at::Tensor dh = grad_hidden.contiguous();
+  // The output's gradient in the halves' layout (2, P, 2K).
+  at::Tensor dh = at::empty({2, P, 2 * K}, x.options());
+  dh.select(0, 0).view({B, H, W, 2 * K}).copy_(grad_hidden.narrow(1, 0, 2 * K).permute({0, 2, 3, 1}));
+  dh.select(0, 1)
+      .view({B, W, H, 2 * K})
+      .copy_(grad_hidden.narrow(1, 2 * K, 2 * K).permute({0, 3, 2, 1}));
   const at::Tensor gc = gates.contiguous(), cc = cells.contiguous(), hc = hist.contiguous();
   const at::Tensor pc = peep.contiguous();
   const at::Tensor whmT = tlstm_rec_matrix(w_h, K).transpose(1, 2).contiguous();  // (4, 4K, 3K)
-  at::Tensor dg_pix = at::empty({P, 16 * K}, x.options());
+  at::Tensor dg_pix = at::empty({2, P, 8 * K}, x.options());
   at::Tensor dg_step = at::empty({4, P, 4 * K}, x.options());
 
   at::Tensor dpeep;
@@ -212,17 +235,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_bac
   });
   if (!dpeep.defined()) dpeep = tlstm_peep_grad(dg_pix, cc, B, H, W, K);
 
-  // Weight gradients: one GEMM each over all pixels (and steps).
+  // Weight and input gradients: one GEMM each over all pixels (and steps),
+  // per pair of sweeps for the input side.
   const at::Tensor dwhm = at::bmm(hc.transpose(1, 2), dg_step);  // (4, 3K, 4K)
   at::Tensor dw_h = dwhm.view({4, 3, K, 4 * K}).permute({0, 3, 2, 1}).contiguous();
-  const auto xc = x.permute({0, 2, 3, 1}).reshape({P, C});
-  at::Tensor dw_x = at::mm(dg_pix.t(), xc).view({4, 4 * K, C});
-  at::Tensor db = dg_pix.sum(0).view({4, 4 * K});
-  at::Tensor dx = at::mm(dg_pix, w_x.reshape({16 * K, C}))
-                      .view({B, H, W, C})
-                      .permute({0, 3, 1, 2})
-                      .contiguous();
-
+  at::Tensor dw_x = at::empty({4, 4 * K, C}, x.options());
+  at::Tensor dx = at::empty({B, C, H, W}, x.options());
+  for (int half = 0; half < 2; ++half) {
+    const at::Tensor dg = dg_pix.select(0, half);
+    at::mm_out(dw_x.narrow(0, 2 * half, 2).view({8 * K, C}), dg.t(), tlstm_rows_of(x, half));
+    const at::Tensor dxr = at::mm(dg, w_x.narrow(0, 2 * half, 2).reshape({8 * K, C}));
+    if (half == 0) {
+      dx.copy_(dxr.view({B, H, W, C}).permute({0, 3, 1, 2}));
+    } else {
+      dx.add_(dxr.view({B, W, H, C}).permute({0, 3, 2, 1}));
+    }
+  }
+  at::Tensor db = dg_pix.sum(1).view({4, 4 * K});
   return {dx, dw_x, db, dw_h, dpeep};
 }
 

@@ -2,19 +2,24 @@
 // pointers. No torch headers here: this is shared by the C++ CPU kernels
 // and the CUDA kernels (csrc/cuda/*.cu), which nvcc compiles without torch.
 //
-// Layouts (all row-major, P = B*H*W pixels, pixel p = (b*H + y)*W + x):
-//   gates  (P, 16K)  sweep s owns columns [4K*s, 4K*s + 4K) in the order
-//                    i, f, g, o. Forward reads the input projection W_x x + b
-//                    there and overwrites it with the activated gates.
-//   cells  (P, 4K)   c of sweep s in columns [K*s, K*s + K)
-//   hidden (P, 4K)   h of sweep s in columns [K*s, K*s + K)
-//   hist   (4, P, 3K) per sweep, step-major rows r = (t*B + b)*N + n: the
-//                    recurrent conv's input for step t, i.e. h_{t-1} at
-//                    n-1, n, n+1 (zero outside the row, zero at t = 0).
-//   rec    (4, B*N, 4K) per sweep: hist_t @ Wh, the recurrent pre-activation.
-// Sweeps: 0 down (t = y), 1 up (t = H-1-y), 2 right (t = x), 3 left
-// (t = W-1-x). Vertical sweeps walk L = H steps over rows of N = W pixels,
-// horizontal sweeps L = W steps over columns of N = H pixels.
+// Layouts (row-major, P = B*H*W). Each pair of sweeps that walks the same
+// axis shares a "half" laid out along its own walk: half 0 (down, up) in
+// (B, H, W) order, half 1 (right, left) in (B, W, H) order, so the rows of a
+// step are contiguous for every sweep. Row q = (b*L + pos)*N + n, where pos
+// is the coordinate along the walk (t for down/right, L-1-t for up/left).
+//   gates  (2, P, 8K)  sweep s owns columns [4K*(s%2), +4K) of half s/2, in
+//                      the order i, f, g, o. Forward reads the input
+//                      projection W_x x + b there and overwrites it with the
+//                      activated gates; backward's dgates has this layout too.
+//   cells  (2, P, 2K)  c of sweep s in columns [K*(s%2), +K) of half s/2
+//   hidden (2, P, 2K)  h, the same way
+//   hist   (4, P, 3K)  per sweep, step-major rows r = (t*B + b)*N + n: the
+//                      recurrent conv's input for step t, i.e. h_{t-1} at
+//                      n-1, n, n+1 (zero outside the row, zero at t = 0).
+//   rec    (ns, B*N, 4K) per sweep: hist_t @ Wh, the recurrent pre-activation.
+// Sweeps: 0 down (pos = y), 1 up, 2 right (pos = x), 3 left. Vertical
+// sweeps walk L = H steps over rows of N = W pixels, horizontal sweeps
+// L = W steps over columns of N = H pixels.
 #pragma once
 
 #include <cstdint>
@@ -33,25 +38,28 @@ struct TlstmGeom {
   int64_t L, N;
   int64_t t;  // the step
 
-  // Pixel index of row n of image b at step t of sweep s.
-  H2K_HD int64_t pixel(int s, int64_t step, int64_t b, int64_t n) const {
-    int64_t y, x;
-    switch (s) {
-      case 0: y = step; x = n; break;
-      case 1: y = H - 1 - step; x = n; break;
-      case 2: y = n; x = step; break;
-      default: y = n; x = W - 1 - step; break;
-    }
-    return (b * H + y) * W + x;
+  // Row, within the half of sweep s, of row n of image b at step `step`.
+  H2K_HD int64_t row(int s, int64_t step, int64_t b, int64_t n) const {
+    const int64_t Ls = s < 2 ? H : W, Ns = s < 2 ? W : H;
+    const int64_t pos = (s % 2 == 0) ? step : Ls - 1 - step;
+    return (b * Ls + pos) * Ns + n;
+  }
+  // Offsets (in elements) of that row's gate block (4K wide) and state
+  // block (K wide) in the gates / cells / hidden buffers.
+  H2K_HD int64_t gate_at(int s, int64_t r) const {
+    return ((s >> 1) * B * H * W + r) * 8 * K + (s & 1) * 4 * K;
+  }
+  H2K_HD int64_t state_at(int s, int64_t r) const {
+    return ((s >> 1) * B * H * W + r) * 2 * K + (s & 1) * K;
   }
 };
 
 template <typename T>
 struct TlstmFwdStep {
   TlstmGeom g;
-  T* gates;        // (P, 16K) in: W_x x + b; out: activated gates
-  T* cells;        // (P, 4K)
-  T* hidden;       // (P, 4K)
+  T* gates;        // (2, P, 8K) in: W_x x + b; out: activated gates
+  T* cells;        // (2, P, 2K)
+  T* hidden;       // (2, P, 2K)
   T* hist;         // (4, P, 3K); step t+1's rows are written
   const T* rec;    // (4, B*N_max, 4K) rows of sweep s at s*rec_stride; null at t = 0
   int64_t rec_stride;
@@ -61,24 +69,28 @@ struct TlstmFwdStep {
 template <typename T>
 struct TlstmBwdStep {
   TlstmGeom g;
-  const T* gates;   // (P, 16K) activated gates saved by forward
-  const T* cells;   // (P, 4K)
-  const T* dhidden; // (P, 4K) gradient of the output
+  const T* gates;   // (2, P, 8K) activated gates saved by forward
+  const T* cells;   // (2, P, 2K)
+  const T* dhidden; // (2, P, 2K) gradient of the output
   const T* dhist;   // (4, B*N_max, 4K) dG_{t+1} @ Wh^T per sweep (3K wide), null at t = L-1
   int64_t dhist_stride;
   T* dcell;         // (4, B*N_max, K) in: dL/dc_t from step t+1; out: dL/dc_{t-1}
   int64_t dcell_stride;
-  T* dgates_pix;    // (P, 16K) dL/d(pre-activation), pixel layout
+  T* dgates_pix;    // (2, P, 8K) dL/d(pre-activation), the gates' layout
   T* dgates_step;   // (4, P, 4K) the same, step-major (rows as hist)
   const T* peep;    // (4, 3, K)
   T* dpeep;         // optional (3, K) accumulator for this sweep's peephole
                     // gradients (CPU); null: the driver computes them
 };
 
-// The CUDA launchers (csrc/cuda/tlstm_kernels.cu). `stream` is a cudaStream_t.
-void tlstm_fwd_step_cuda(const TlstmFwdStep<float>& a, void* stream);
-void tlstm_fwd_step_cuda(const TlstmFwdStep<double>& a, void* stream);
-void tlstm_bwd_step_cuda(const TlstmBwdStep<float>& a, void* stream);
-void tlstm_bwd_step_cuda(const TlstmBwdStep<double>& a, void* stream);
+// The CUDA launchers (csrc/cuda/tlstm_kernels.cu): one step of the rows of
+// sweeps s0 .. s0+ns-1, one thread per (row, channel). `stream` is a
+// cudaStream_t; they return a cudaError_t (0: success), which
+// cuda_error_string (csrc/cuda/spp_kernels.cu) names.
+int tlstm_fwd_step_cuda(const TlstmFwdStep<float>& a, void* stream);
+int tlstm_fwd_step_cuda(const TlstmFwdStep<double>& a, void* stream);
+int tlstm_bwd_step_cuda(const TlstmBwdStep<float>& a, void* stream);
+int tlstm_bwd_step_cuda(const TlstmBwdStep<double>& a, void* stream);
+const char* cuda_error_string(int code);
 
 }  // namespace her2kit

@@ -121,7 +121,6 @@ class Segmenter:
 
     def _sliding(self, rgb: np.ndarray, fn: Any, channels: int) -> np.ndarray:
         """Apply ``fn`` (normalised batch -> (B, channels, h, w) tensor) over tiles, blended."""
-        import torch
 
         rgb = self._check(rgb)
         h, w = rgb.shape[:2]

@@ -159,16 +159,16 @@ def create_labels(root: str | os.PathLike | Any, name: str, shape_hw: tuple[int,
     return group
 
 
-def write_region(array: Any, y: int, x: int, data: np.ndarray) -> None:
+def write_region(array: Any, y: int, x: int, data: np.ndarray, channel_first: bool = False) -> None:
     """Write ``data`` at pixel (y, x) of one level.
 
-    Image levels (c, y, x) take (h, w, c) or (c, h, w) data; label levels
-    (y, x) take (h, w). Align y, x and the size to the chunk grid when
-    several writers share an array (chunks are rewritten whole).
+    Image levels (c, y, x) take (h, w, c) data, or (c, h, w) with
+    ``channel_first``; label levels (y, x) take (h, w). Align y, x and the
+    size to the chunk grid when several writers share an array (chunks are
+    rewritten whole).
     """
     if array.ndim == 3:
-        c = array.shape[0]
-        if data.ndim == 3 and data.shape[-1] == c and data.shape[0] != c:
+        if not channel_first:
             data = np.moveaxis(data, -1, 0)
         array[:, y:y + data.shape[1], x:x + data.shape[2]] = data
     else:

@@ -30,10 +30,10 @@ def make_weights(C: int, K: int, dtype=torch.float64, seed: int = 0, requires_gr
     return [t.requires_grad_(requires_grad) for t in w]
 
 
-def run_both(x, weights, grad_seed=1):
+def run_both(x, weights, grad_seed=1, fns=(tlstm, tlstm_reference)):
     """Outputs and input/weight gradients of the native op and the reference."""
     out = []
-    for fn in (tlstm, tlstm_reference):
+    for fn in fns:
         inputs = [x.detach().clone().requires_grad_(True)] + [
             w.detach().clone().requires_grad_(True) for w in weights
         ]
@@ -72,7 +72,7 @@ def test_tlstm_matches_reference(shape, dtype):
     assert yn.shape == (B, 4 * K, H, W)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert rel_err(yn, yr) < tol
-    for name, a, b in zip(["x", "w_x", "b_x", "w_h", "peep"], gn, gr):
+    for name, a, b in zip(["x", "w_x", "b_x", "w_h", "peep"], gn, gr, strict=True):
         assert rel_err(a, b) < tol, name
 
 
@@ -90,7 +90,9 @@ def test_tlstm_opcheck():
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     weights = make_weights(3, 2, requires_grad=True)
     torch.library.opcheck(torch.ops.her2kit.tlstm_forward.default, (x, *weights))
-    hidden, gates, cells, hist = torch.ops.her2kit.tlstm_forward(x.detach(), *[w.detach() for w in weights])
+    hidden, gates, cells, hist = torch.ops.her2kit.tlstm_forward(
+        x.detach(), *[w.detach() for w in weights]
+    )
     grad = torch.randn_like(hidden)
     w_x, _b, w_h, peep = (w.detach() for w in weights)
     torch.library.opcheck(
@@ -142,7 +144,14 @@ def test_tlstm_down_sweep_sees_only_its_trapezoid():
     weights = make_weights(2, 2)
     base = _swept(x, weights, 0)
     y0, x0 = 4, 4
-    for y1, x1, inside in [(5, 4, False), (2, 7, False), (2, 6, True), (4, 4, True), (0, 0, True), (1, 0, False)]:
+    for y1, x1, inside in [
+        (5, 4, False),
+        (2, 7, False),
+        (2, 6, True),
+        (4, 4, True),
+        (0, 0, True),
+        (1, 0, False),
+    ]:
         xp = x.clone()
         xp[0, :, y1, x1] += 1.0
         changed = (_swept(xp, weights, 0)[0, :, y0, x0] - base[0, :, y0, x0]).abs().max() > 0
@@ -154,10 +163,10 @@ def test_tlstm_deterministic():
     torch.manual_seed(5)
     x = torch.randn(4, 8, 20, 20)
     weights = make_weights(8, 8, torch.float32)
-    (y1, g1), _ = run_both(x, weights)
-    (y2, g2), _ = run_both(x, weights)
+    ((y1, g1),) = run_both(x, weights, fns=(tlstm,))
+    ((y2, g2),) = run_both(x, weights, fns=(tlstm,))
     assert torch.equal(y1, y2)
-    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
 
 
 def test_tlstm_errors():
@@ -207,7 +216,9 @@ def test_tlstm_module():
 
 def spp_with_indices(x, levels):
     """adaptive_max_pool2d per level: values and flat argmax indices."""
-    vals, idx = zip(*(F.adaptive_max_pool2d(x, n, return_indices=True) for n in levels))
+    vals, idx = zip(
+        *(F.adaptive_max_pool2d(x, n, return_indices=True) for n in levels), strict=True
+    )
     return torch.cat([v.flatten(2) for v in vals], 2), torch.cat([i.flatten(2) for i in idx], 2)
 
 
@@ -222,7 +233,9 @@ SPP_CASES = [
 
 
 @needs_native
-@pytest.mark.parametrize("case", SPP_CASES, ids=lambda c: "x".join(map(str, c[0])) + "-" + "".join(map(str, c[1])))
+@pytest.mark.parametrize(
+    "case", SPP_CASES, ids=lambda c: "x".join(map(str, c[0])) + "-" + "".join(map(str, c[1]))
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_spp_matches_adaptive_max_pool(case, dtype):
     shape, levels = case
@@ -257,7 +270,9 @@ def test_spp_gradcheck_and_opcheck():
     assert torch.autograd.gradcheck(lambda t: spp(t, (1, 2, 3)), [x])
     torch.library.opcheck(torch.ops.her2kit.spp_forward.default, (x, [1, 2, 3, 6]))
     out, idx = torch.ops.her2kit.spp_forward(x.detach(), [1, 2, 3, 6])
-    torch.library.opcheck(torch.ops.her2kit.spp_backward.default, (torch.randn_like(out), idx, 5, 6))
+    torch.library.opcheck(
+        torch.ops.her2kit.spp_backward.default, (torch.randn_like(out), idx, 5, 6)
+    )
 
 
 @needs_native
@@ -343,7 +358,7 @@ class TestCUDA:
         grads = torch.autograd.grad(y, [xs, *ws], g.cuda())
         tol = 1e-5 if dtype == torch.float32 else 1e-12
         assert rel_err(y.detach().cpu(), yr) < tol
-        for a, b in zip(grads, gr):
+        for a, b in zip(grads, gr, strict=True):
             assert rel_err(a.cpu(), b) < tol
 
     def test_tlstm_cuda_gradcheck(self):
@@ -368,3 +383,36 @@ class TestCUDA:
         weights = [w.cuda().requires_grad_(True) for w in make_weights(3, 2)]
         torch.library.opcheck(torch.ops.her2kit.tlstm_forward.default, (x, *weights))
         torch.library.opcheck(torch.ops.her2kit.spp_forward.default, (x, [1, 2, 3]))
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5, 4), (2, 3, 4, 7, 3), (1, 2, 1, 6, 2)])
+def test_stepwise_driver_matches(shape):
+    """The step-at-a-time driver CUDA uses, run with the CPU kernels."""
+    B, C, H, W, K = shape
+    x = torch.randn(B, C, H, W, dtype=torch.float64)
+    w_x, b_x, w_h, peep = make_weights(C, K)
+    ops = torch.ops.her2kit
+    fwd = ops.tlstm_forward(x, w_x, b_x, w_h, peep)
+    fwd_s = ops._tlstm_forward_stepwise(x, w_x, b_x, w_h, peep)
+    for a, b in zip(fwd, fwd_s, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(fwd[0])
+    bwd = ops.tlstm_backward(grad, x, w_x, w_h, peep, *fwd[1:])
+    bwd_s = ops._tlstm_backward_stepwise(grad, x, w_x, w_h, peep, *fwd[1:])
+    for a, b in zip(bwd, bwd_s, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@needs_native
+def test_torch_compile_traces_native_ops():
+    m, pool = TLSTM(3, 4, 5), SPP((1, 2))
+    x = torch.randn(2, 3, 6, 7, requires_grad=True)
+
+    def f(t):
+        return pool(m(t)).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    a, b = f(x), compiled(x)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])

@@ -5,189 +5,20 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <cstdint>
+#include <algorithm>
 #include <atomic>
-#include <cstring>
+#include <cstdint>
 #include <vector>
 
 #include "tlstm_driver.h"
+// After the torch headers: tlstm_rows.h changes optimisation options.
+#include "cpu/tlstm_rows.h"
 
 namespace her2kit {
 namespace {
 
-#define H2K_ALWAYS_INLINE __attribute__((always_inline)) inline
-
-// exp for float as a branch-free polynomial (Cephes expf, ~1 ulp) so that the
-// gate loops vectorise; std::exp calls would keep them scalar.
-H2K_ALWAYS_INLINE float exp_poly(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to integer
-  float n = (x * 1.44269504088896341f + magic) - magic;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &e, sizeof scale);
-  return p * scale;
-}
-
-H2K_ALWAYS_INLINE float sigm(float x) { return 1.0f / (1.0f + exp_poly(-x)); }
-H2K_ALWAYS_INLINE double sigm(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-H2K_ALWAYS_INLINE float tanh_(float x) { return 2.0f / (1.0f + exp_poly(-2.0f * x)) - 1.0f; }
-H2K_ALWAYS_INLINE double tanh_(double x) { return std::tanh(x); }
-
-template <typename T>
-H2K_ALWAYS_INLINE void fwd_rows(const TlstmFwdStep<T>& a, int64_t begin, int64_t end) {
-  const TlstmGeom& g = a.g;
-  const int64_t K = g.K, BN = g.B * g.N, P = g.B * g.H * g.W;
-  for (int64_t row = begin; row < end; ++row) {
-    const int sl = static_cast<int>(row / BN);
-    const int s = g.s0 + sl;
-    const int64_t bn = row % BN, b = bn / g.N, n = bn % g.N;
-    const int64_t p = g.pixel(s, g.t, b, n);
-    T* __restrict gt = a.gates + p * 16 * K + s * 4 * K;
-    T* __restrict c = a.cells + p * 4 * K + s * K;
-    T* __restrict h = a.hidden + p * 4 * K + s * K;
-    const T* __restrict pi = a.peep + s * 3 * K;
-    const T* __restrict pf = pi + K;
-    const T* __restrict po = pi + 2 * K;
-    if (g.t == 0) {
-      for (int64_t k = 0; k < K; ++k) {
-        const T i = sigm(gt[k]);
-        const T f = sigm(gt[K + k]);
-        const T gg = tanh_(gt[2 * K + k]);
-        const T cn = i * gg;
-        const T o = sigm(gt[3 * K + k] + po[k] * cn);
-        gt[k] = i;
-        gt[K + k] = f;
-        gt[2 * K + k] = gg;
-        gt[3 * K + k] = o;
-        c[k] = cn;
-        h[k] = o * tanh_(cn);
-      }
-    } else {
-      const T* __restrict r = a.rec + sl * a.rec_stride + bn * 4 * K;
-      const T* __restrict cp = a.cells + g.pixel(s, g.t - 1, b, n) * 4 * K + s * K;
-      for (int64_t k = 0; k < K; ++k) {
-        const T i = sigm(gt[k] + r[k] + pi[k] * cp[k]);
-        const T f = sigm(gt[K + k] + r[K + k] + pf[k] * cp[k]);
-        const T gg = tanh_(gt[2 * K + k] + r[2 * K + k]);
-        const T cn = f * cp[k] + i * gg;
-        const T o = sigm(gt[3 * K + k] + r[3 * K + k] + po[k] * cn);
-        gt[k] = i;
-        gt[K + k] = f;
-        gt[2 * K + k] = gg;
-        gt[3 * K + k] = o;
-        c[k] = cn;
-        h[k] = o * tanh_(cn);
-      }
-    }
-    if (g.t + 1 < g.L) {
-      // Scatter h_t into the next step's recurrent input: row m holds
-      // h[m-1], h[m], h[m+1]; outside the row it is zero.
-      T* hb = a.hist + s * P * 3 * K + ((g.t + 1) * g.B + b) * g.N * 3 * K;
-      std::memcpy(hb + n * 3 * K + K, h, K * sizeof(T));
-      if (n + 1 < g.N) std::memcpy(hb + (n + 1) * 3 * K, h, K * sizeof(T));
-      if (n > 0) std::memcpy(hb + (n - 1) * 3 * K + 2 * K, h, K * sizeof(T));
-      if (n == 0) std::memset(hb, 0, K * sizeof(T));
-      if (n + 1 == g.N) std::memset(hb + n * 3 * K + 2 * K, 0, K * sizeof(T));
-    }
-  }
-}
-
-template <typename T>
-H2K_ALWAYS_INLINE void bwd_rows(const TlstmBwdStep<T>& a, int64_t begin, int64_t end) {
-  const TlstmGeom& g = a.g;
-  const int64_t K = g.K, BN = g.B * g.N, P = g.B * g.H * g.W;
-  std::vector<T> dh(K);
-  T* __restrict dhp = dh.data();
-  for (int64_t row = begin; row < end; ++row) {
-    const int sl = static_cast<int>(row / BN);
-    const int s = g.s0 + sl;
-    const int64_t bn = row % BN, b = bn / g.N, n = bn % g.N;
-    const int64_t p = g.pixel(s, g.t, b, n);
-    const T* __restrict gt = a.gates + p * 16 * K + s * 4 * K;
-    const T* __restrict c = a.cells + p * 4 * K + s * K;
-    const T* __restrict dhid = a.dhidden + p * 4 * K + s * K;
-    const T* __restrict cp = g.t > 0 ? a.cells + g.pixel(s, g.t - 1, b, n) * 4 * K + s * K : nullptr;
-    T* __restrict dc = a.dcell + sl * a.dcell_stride + bn * K;
-    T* __restrict dgp = a.dgates_pix + p * 16 * K + s * 4 * K;
-    T* __restrict dgs = a.dgates_step + s * P * 4 * K + (g.t * BN + bn) * 4 * K;
-    const T* __restrict pi = a.peep + s * 3 * K;
-    const T* __restrict pf = pi + K;
-    const T* __restrict po = pi + 2 * K;
-    T* __restrict dpi = a.dpeep;
-    // dL/dh_t: the output gradient plus what step t+1 read of h_t through its
-    // width-3 recurrent conv (row m of dhist is the gradient of h[m-1], h[m], h[m+1]).
-    std::memcpy(dhp, dhid, K * sizeof(T));
-    if (a.dhist != nullptr) {
-      const T* dr = a.dhist + sl * a.dhist_stride + bn * 3 * K;
-      for (int64_t k = 0; k < K; ++k) dhp[k] += dr[K + k];
-      if (n + 1 < g.N) {
-        const T* d1 = dr + 3 * K;
-        for (int64_t k = 0; k < K; ++k) dhp[k] += d1[k];
-      }
-      if (n > 0) {
-        const T* d0 = dr - 3 * K + 2 * K;
-        for (int64_t k = 0; k < K; ++k) dhp[k] += d0[k];
-      }
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      const T i = gt[k], f = gt[K + k], gg = gt[2 * K + k], o = gt[3 * K + k];
-      const T cn = c[k];
-      const T cprev = cp != nullptr ? cp[k] : T(0);
-      const T tc = tanh_(cn);
-      const T dho = dhp[k];
-      const T dao = dho * tc * o * (T(1) - o);
-      const T dcc = dc[k] + dho * o * (T(1) - tc * tc) + dao * po[k];
-      const T dai = dcc * gg * i * (T(1) - i);
-      const T dag = dcc * i * (T(1) - gg * gg);
-      const T daf = dcc * cprev * f * (T(1) - f);
-      dc[k] = dcc * f + dai * pi[k] + daf * pf[k];
-      dgp[k] = dai;
-      dgp[K + k] = daf;
-      dgp[2 * K + k] = dag;
-      dgp[3 * K + k] = dao;
-      dgs[k] = dai;
-      dgs[K + k] = daf;
-      dgs[2 * K + k] = dag;
-      dgs[3 * K + k] = dao;
-    }
-    if (dpi != nullptr) {
-      T* __restrict dpf = dpi + K;
-      T* __restrict dpo = dpi + 2 * K;
-      for (int64_t k = 0; k < K; ++k) {
-        const T cprev = cp != nullptr ? cp[k] : T(0);
-        dpi[k] += dgp[k] * cprev;
-        dpf[k] += dgp[K + k] * cprev;
-        dpo[k] += dgp[3 * K + k] * c[k];
-      }
-    }
-  }
-}
-
-// Vectorised clones for float (the host picks the widest at load time).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void fwd_rows_f32(
-    const TlstmFwdStep<float>& a, int64_t begin, int64_t end) {
-  fwd_rows<float>(a, begin, end);
-}
-__attribute__((target_clones("avx512f", "avx2", "default"))) void bwd_rows_f32(
-    const TlstmBwdStep<float>& a, int64_t begin, int64_t end) {
-  bwd_rows<float>(a, begin, end);
-}
-void fwd_rows_any(const TlstmFwdStep<float>& a, int64_t b, int64_t e) { fwd_rows_f32(a, b, e); }
-void fwd_rows_any(const TlstmFwdStep<double>& a, int64_t b, int64_t e) { fwd_rows<double>(a, b, e); }
-void bwd_rows_any(const TlstmBwdStep<float>& a, int64_t b, int64_t e) { bwd_rows_f32(a, b, e); }
-void bwd_rows_any(const TlstmBwdStep<double>& a, int64_t b, int64_t e) { bwd_rows<double>(a, b, e); }
+using cpu_rows::bwd_rows_any;
+using cpu_rows::fwd_rows_any;
 
 // A chain is one sweep over a run of images: independent of every other
 // chain through all its steps, so each thread takes whole chains (pulled
@@ -281,6 +112,22 @@ struct CpuBackend {
   }
 };
 
+// The step-at-a-time driver that CUDA uses, run with the CPU row kernels:
+// registered as private ops so the CPU tests cover that driver too.
+struct CpuStepKernel {
+  template <typename T>
+  static void fwd(const TlstmFwdStep<T>& a) {
+    at::parallel_for(0, a.g.ns * a.g.B * a.g.N, 8,
+                     [&](int64_t begin, int64_t end) { fwd_rows_any(a, begin, end); });
+  }
+  template <typename T>
+  static void bwd(const TlstmBwdStep<T>& a) {
+    at::parallel_for(0, a.g.ns * a.g.B * a.g.N, 8,
+                     [&](int64_t begin, int64_t end) { bwd_rows_any(a, begin, end); });
+  }
+};
+using CpuStepwise = StepwiseSweeps<CpuStepKernel>;
+
 void check_cpu(const char* op, const at::Tensor& x) {
   TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
 }
@@ -300,11 +147,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_bac
   return tlstm_backward_impl<CpuBackend>(grad_hidden, x, w_x, w_h, peep, gates, cells, hist);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_forward_stepwise(
+    const at::Tensor& x, const at::Tensor& w_x, const at::Tensor& b_x, const at::Tensor& w_h,
+    const at::Tensor& peep) {
+  check_cpu("her2kit::_tlstm_forward_stepwise", x);
+  return tlstm_forward_impl<CpuStepwise>(x, w_x, b_x, w_h, peep);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_backward_stepwise(
+    const at::Tensor& grad_hidden, const at::Tensor& x, const at::Tensor& w_x,
+    const at::Tensor& w_h, const at::Tensor& peep, const at::Tensor& gates,
+    const at::Tensor& cells, const at::Tensor& hist) {
+  check_cpu("her2kit::_tlstm_backward_stepwise", x);
+  return tlstm_backward_impl<CpuStepwise>(grad_hidden, x, w_x, w_h, peep, gates, cells, hist);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(her2kit, CPU, m) {
   m.impl("tlstm_forward", &tlstm_forward_cpu);
   m.impl("tlstm_backward", &tlstm_backward_cpu);
+  m.impl("_tlstm_forward_stepwise", &tlstm_forward_stepwise);
+  m.impl("_tlstm_backward_stepwise", &tlstm_backward_stepwise);
 }
 
 }  // namespace her2kit

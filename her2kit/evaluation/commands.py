@@ -4,17 +4,20 @@ Writes into ``--out``:
 
 - metrics.json: {"data", "images", "models": {NAME: {"pixel": {class: {dice,
   cc, sa, precision, recall, f_score, npv, accuracy, fpr}}, "auc": {class},
-  "score": {accuracy, qwk, confusion}, "by_score": {score: {"pixel": ...}},
-  "pixel_confusion", "uncertainty" (Bayesian SegNet), ...}}};
+  "score": {accuracy, qwk, confusion, source}, "score_pattern_head" (Her2Net),
+  "by_score": {score: {"pixel": ...}}, "pixel_confusion", "uncertainty"
+  (Bayesian SegNet), ...}}};
 - comparison.md / comparison.json: one row per model (the paper's Table VI);
 - by_score.md: pixel metrics per ground-truth score group (Table IV);
 - roc.png (ROC curves with AUC per class), confusion_pixels.png,
   confusion_scores.png, uncertainty_<model>.png.
 
 Pixel metrics pool all pixels of all images. AUC uses a seeded sample of
-at most ``AUC_PIXELS_PER_IMAGE`` pixels per image. The image-level score
-comes from Her2Net's staining-pattern head (softmax averaged over the image's
-tiles); models without that head report no score.
+at most ``AUC_PIXELS_PER_IMAGE`` pixels per image. The image-level "score"
+is the product's: cells found by :mod:`her2kit.scoring` from the model's
+probabilities, categorised and scored by the ASCO/CAP 2018 rule (any model);
+Her2Net's staining-pattern head (softmax averaged over the image's tiles) is
+reported beside it as "score_pattern_head".
 """
 
 from __future__ import annotations
@@ -65,6 +68,25 @@ def _resample(rgb: np.ndarray, factor: float) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def cell_level_scorer():
+    """``fn(rgb, mpp, segmenter) -> score index`` from the scoring pipeline, or None if absent.
+
+    Uses :func:`her2kit.scoring.commands.analyse_image` (segmentation, cells,
+    per-cell categories) and the ASCO/CAP 2018 rule on tumour cells.
+    """
+    try:
+        from her2kit.scoring.commands import analyse_image
+        from her2kit.scoring.rules import asco_cap_score
+    except ImportError:
+        return None
+
+    def score(rgb: np.ndarray, mpp: float, segmenter: Any) -> int:
+        result, _ = analyse_image(rgb, mpp, segmenter)
+        return SCORE_NAMES.index(asco_cap_score(result.tumour_categories()).score)
+
+    return score
+
+
 def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """All metrics of one segmenter on in-memory labelled images.
 
@@ -82,6 +104,8 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
     has_pattern = hasattr(segmenter.model, "pattern")
     bayesian = hasattr(segmenter.model, "predict_mc")
     ent_all, wrong_all = [], []
+    cell_score = cell_level_scorer()
+    cell_truth, cell_pred, cell_error = [], [], None
     for im in tqdm(images, desc=f"evaluate {segmenter.name}", disable=not progress, leave=False):
         rgb = im.rgb
         factor = (im.mpp / segmenter.mpp) if im.mpp else 1.0
@@ -109,6 +133,12 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
         if has_pattern and im.score is not None:
             score_truth.append(im.score)
             score_pred.append(int(np.argmax(segmenter.predict_pattern(rgb))))
+        if cell_score is not None and cell_error is None and im.score is not None:
+            try:
+                cell_pred.append(cell_score(im.rgb, im.mpp or segmenter.mpp, segmenter))
+                cell_truth.append(im.score)
+            except Exception as exc:  # the scoring pipeline is optional here; report, don't fail
+                cell_error = f"{type(exc).__name__}: {exc}"
     truth = np.concatenate(samples_truth)
     prob = np.concatenate(samples_prob, axis=1)
     curves = {name: roc_curve(truth == c, prob[c]) for c, name in enumerate(CLASS_NAMES)}
@@ -127,13 +157,21 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
             counts[im.score] += 1
     for s, n in counts.items():
         result["by_score"][SCORE_NAMES[s]]["images"] = n
+    pattern = None
     if score_truth:
-        result["score"] = score_metrics(score_truth, score_pred)
-        result["score"]["source"] = "staining-pattern head (image-level softmax, tiles averaged)"
+        pattern = score_metrics(score_truth, score_pred)
+        pattern["source"] = "staining-pattern head (image-level softmax, tiles averaged)"
+        result["score_pattern_head"] = pattern
+    if cell_truth and cell_error is None:
+        result["score"] = score_metrics(cell_truth, cell_pred)
+        result["score"]["source"] = "cell level: her2kit.scoring (cells, categories, ASCO/CAP 2018 rule)"
+    elif pattern is not None:
+        result["score"] = dict(pattern)
     else:
         result["score"] = {"accuracy": None, "qwk": None, "confusion": None,
-                           "source": "none: this model has no staining-pattern head" if not has_pattern
-                           else "none: the data has no scores"}
+                           "source": "none: no scoring pipeline and no staining-pattern head"}
+    if cell_error:
+        result["score"]["cell_level_error"] = cell_error
     if ent_all:
         ent, wrong = np.concatenate(ent_all), np.concatenate(wrong_all)
         _, _, auc = roc_curve(wrong, ent)

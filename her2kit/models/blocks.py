@@ -98,9 +98,10 @@ class PyramidContext(nn.Module):
         self.levels = tuple(levels)
         self.spp = make_spp(self.levels, native)
         branch = max(channels // len(self.levels), 1)
+        # no batch norm on the pooled grids: a 1x1 grid has one value per
+        # channel and image, too few for batch statistics
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True))
-            for _ in self.levels
+            nn.Sequential(nn.Conv2d(channels, branch, 1), nn.ReLU(inplace=True)) for _ in self.levels
         )
         self.fuse = nn.Sequential(
             nn.Conv2d(channels + branch * len(self.levels), channels, 1, bias=False),

@@ -102,8 +102,7 @@ def tlstm(
     """
     _check_tlstm(x, w_x, b_x, w_h, peep)
     if _use_native(x):
-        hidden = torch.ops.her2kit.tlstm_forward(x, w_x, b_x, w_h, peep)[0]
-        h = hidden.permute(0, 3, 1, 2)  # a view: (B, 4K, H, W), channels-last strides
+        h = torch.ops.her2kit.tlstm_forward(x, w_x, b_x, w_h, peep)[0]
     else:
         h = tlstm_reference(x, w_x, b_x, w_h, peep)
     if w_out is not None:

@@ -40,7 +40,9 @@ class TLSTM(nn.Module):
 
     def reset_parameters(self) -> None:
         K = self.hidden
-        nn.init.uniform_(self.w_x, -1 / math.sqrt(self.in_channels), 1 / math.sqrt(self.in_channels))
+        nn.init.uniform_(
+            self.w_x, -1 / math.sqrt(self.in_channels), 1 / math.sqrt(self.in_channels)
+        )
         nn.init.uniform_(self.w_h, -1 / math.sqrt(3 * K), 1 / math.sqrt(3 * K))
         nn.init.uniform_(self.peep, -1 / math.sqrt(K), 1 / math.sqrt(K))
         with torch.no_grad():

@@ -47,9 +47,9 @@ if _C is not None:
         K = w_h.shape[2]
         P = B * H * W
         return (
-            x.new_empty((B, H, W, 4 * K)),
-            x.new_empty((P, 16 * K)),
-            x.new_empty((P, 4 * K)),
+            x.new_empty((B, 4 * K, H, W)),
+            x.new_empty((2, P, 8 * K)),
+            x.new_empty((2, P, 2 * K)),
             x.new_empty((4, P, 3 * K)),
         )
 
@@ -77,11 +77,15 @@ if _C is not None:
         x, w_x, _b_x, w_h, peep = inputs
         _hidden, gates, cells, hist = output
         ctx.save_for_backward(x, w_x, w_h, peep, gates, cells, hist)
+        # gates/cells/hist are saved activations, not results: no gradient
+        # flows into them, and autograd must not allocate zeros for them.
+        ctx.mark_non_differentiable(gates, cells, hist)
+        ctx.set_materialize_grads(False)
 
     def _tlstm_backward(ctx, grad_hidden, _g_gates, _g_cells, _g_hist):
-        # gates/cells/hist are saved activations, not results: their
-        # gradients are ignored (nothing downstream should use them).
         x, w_x, w_h, peep, gates, cells, hist = ctx.saved_tensors
+        if grad_hidden is None:
+            return None, None, None, None, None
         return torch.ops.her2kit.tlstm_backward(
             grad_hidden.contiguous(), x, w_x, w_h, peep, gates, cells, hist
         )
@@ -93,6 +97,7 @@ if _C is not None:
     def _spp_setup(ctx, inputs, output):
         x, _levels = inputs
         ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
         ctx.hw = (x.shape[2], x.shape[3])
 
     def _spp_backward(ctx, grad, _g_idx):

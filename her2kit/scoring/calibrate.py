@@ -1,16 +1,18 @@
 """Fit the staining thresholds of :class:`CellParams` on synthetic ground truth.
 
-    python -m her2kit.scoring.calibrate --data TRAIN_DIR [--check TEST_DIR] [--out params.json]
+    python -m her2kit.scoring.calibrate --data TRAIN_DIR [--data ...] [--check TEST_DIR] [--out params.json]
 
 Cells are found with ground-truth probabilities (:mod:`her2kit.scoring.validate`),
 matched to true cells at IoU > 0.5, and their per-sector DAB OD kept. The
-thresholds are then chosen on the true tumour cells by coordinate ascent
-over grids: ``stain_od`` (re-deriving completeness and intensity from the
-stored sector values), then ``any_fraction``, ``complete_fraction``,
-``weak_od``, ``moderate_od`` and ``intense_od``. The objective is the mean of
-accuracy and balanced accuracy (so that the rare categories, which decide
-the >10% rules, weigh as much as the common unstained cells). ``--check``
-evaluates the fitted parameters on other seeds.
+thresholds are then chosen by coordinate ascent over grids: ``stain_od``
+(re-deriving completeness and intensity from the stored sector values),
+then ``any_fraction``, ``complete_fraction``, ``weak_od``, ``moderate_od``
+and ``intense_od``. The objective is the image score accuracy (score and
+null/ultralow sub-category, from all detected tumour cells of each training
+image) plus half the cell objective: the mean of accuracy and balanced
+accuracy of matched true tumour cells (so that the rare categories, which
+decide the >10% rules, weigh as much as the common unstained cells).
+``--check`` evaluates the fitted parameters on other seeds.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def objective(truth: np.ndarray, pred: np.ndarray) -> float:
 
 
 GRIDS = {
-    "stain_od": np.round(np.arange(0.03, 0.40, 0.01), 3),
+    "stain_od": np.round(np.arange(0.01, 0.40, 0.005), 3),
     "any_fraction": np.round(np.arange(0.0, 0.7, 0.03125), 5),
     "complete_fraction": np.round(np.arange(0.5, 1.001, 0.03125), 5),
     "weak_od": np.round(np.arange(0.0, 0.6, 0.01), 3),
@@ -49,12 +51,49 @@ GRIDS = {
 }
 
 
+def _cumulative(counts: np.ndarray) -> np.ndarray:
+    """Shares of cells in categories >= 1, >= 2 and 3 (what the >10% rules look at)."""
+    c = np.asarray(counts, dtype=np.float64)
+    n = max(c.sum(), 1.0)
+    return np.array([c[1:].sum(), c[2:].sum(), c[3]]) / n
+
+
+def image_accuracy(images: list, params: CellParams, with_error: bool = False):
+    """Share of images whose (score, sub-category) from their tumour cells' sectors is right.
+
+    ``images``: (tumour sector OD, true score, true sub-category, true counts).
+    With ``with_error`` also the mean absolute error of the cumulative shares
+    (>= 1, >= 2, 3) against the true cells' shares.
+    """
+    from her2kit.scoring.rules import asco_cap_score
+
+    if not images:
+        return (0.0, 0.0) if with_error else 0.0
+    ok = 0
+    err = 0.0
+    for sectors, score, sub, counts in images:
+        c, i = staining_from_sectors(sectors, params.stain_od)
+        r = asco_cap_score(categorise(c, i, params))
+        ok += (r.score or "0", r.subcategory) == (score, sub)
+        pred = np.array([r.counts[str(k)] for k in range(4)]) if r.counts else np.zeros(4)
+        err += float(np.abs(_cumulative(pred) - _cumulative(counts)).mean())
+    return (ok / len(images), err / len(images)) if with_error else ok / len(images)
+
+
 def fit_thresholds(sector_od: np.ndarray, truth: np.ndarray, params: CellParams,
-                   rounds: int = 4) -> tuple[CellParams, float]:
-    """Thresholds maximising :func:`objective` on cells with true categories ``truth``."""
+                   images: list | None = None, rounds: int = 4) -> tuple[CellParams, float]:
+    """Thresholds maximising image accuracy (``images``: (tumour sector OD, score, sub) per image)
+    plus half of :func:`objective` on matched cells with true categories ``truth``."""
+    def total(p: CellParams, c: np.ndarray, i: np.ndarray) -> float:
+        cell = objective(truth, categorise(c, i, p))
+        if not images:
+            return cell
+        acc, err = image_accuracy(images, p, with_error=True)
+        return acc + 0.5 * cell - 5.0 * err
+
     best = params
     comp, inten = staining_from_sectors(sector_od, best.stain_od)
-    score = objective(truth, categorise(comp, inten, best))
+    score = total(best, comp, inten)
     for _ in range(rounds):
         improved = False
         for name, grid in GRIDS.items():
@@ -64,7 +103,7 @@ def fit_thresholds(sector_od: np.ndarray, truth: np.ndarray, params: CellParams,
                     c, i = staining_from_sectors(sector_od, trial.stain_od)
                 else:
                     c, i = comp, inten
-                s = objective(truth, categorise(c, i, trial))
+                s = total(trial, c, i)
                 if s > score + 1e-9:
                     best, score, improved = trial, s, True
                     if name == "stain_od":
@@ -74,29 +113,36 @@ def fit_thresholds(sector_od: np.ndarray, truth: np.ndarray, params: CellParams,
     return best, score
 
 
-def collect(data: str, params: CellParams, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sector DAB OD and true category of matched true tumour cells of a synthetic folder."""
+def collect(data: str, params: CellParams, limit: int | None = None):
+    """(sector DAB OD, true category) of matched true tumour cells of a synthetic folder, and per
+    image (sector DAB OD of all detected tumour cells, true score, true sub-category)."""
     from her2kit.scoring.validate import evaluate_folder
 
     _, records = evaluate_folder(data, params, limit=limit)
     sec = np.concatenate([r["sector_od"][r["true_tumour"]] for r in records])
     cat = np.concatenate([r["true_cat"][r["true_tumour"]] for r in records])
-    return sec, cat
+    images = [(r["tumour_sector_od"], r["score_true"], r["sub_true"], r["true_counts"]) for r in records]
+    return sec, cat, images
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m her2kit.scoring.calibrate", description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="training folder from `her2kit synth images`")
+    ap.add_argument("--data", required=True, action="append",
+                    help="training folder from `her2kit synth images` (repeatable)")
     ap.add_argument("--check", default=None, help="held-out folder to evaluate the fitted parameters on")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the fitted CellParams JSON here")
     args = ap.parse_args(argv)
     params = CellParams()
-    sec, cat = collect(args.data, params, args.limit)
-    fitted, score = fit_thresholds(sec, cat, params)
+    parts = [collect(d, params, args.limit) for d in args.data]
+    sec = np.concatenate([p[0] for p in parts])
+    cat = np.concatenate([p[1] for p in parts])
+    images = [im for p in parts for im in p[2]]
+    fitted, score = fit_thresholds(sec, cat, params, images)
     names = list(GRIDS)
     print(json.dumps({"fitted": {k: getattr(fitted, k) for k in names}, "objective": score,
-                      "cells": int(len(cat))}, indent=2))
+                      "train_image_accuracy": image_accuracy(images, fitted),
+                      "cells": int(len(cat)), "images": len(images)}, indent=2))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(fitted.to_dict(), f, indent=2)

@@ -53,7 +53,7 @@ class CellParams:
     membrane_threshold: float = 0.5     # probability
     min_nucleus_area_um2: float = 6.0   # smaller nucleus blobs are noise
     nucleus_split_um: float = 0.75      # h of the h-maxima of the nucleus distance map
-    max_cell_radius_um: float = 5.0     # territory limit, from the nucleus edge
+    max_cell_radius_um: float = 8.0     # territory limit, from the nucleus edge
     membrane_width_um: float = 2.0      # membrane pixels this close to the interior join the cell
     ring_width_um: float = 1.5          # band inside the outline that counts as ring
     smooth_um: float = 0.0              # Gaussian sigma on DAB OD before the sector statistic
@@ -73,6 +73,9 @@ class CellParams:
     lymphocyte_h_od: float = 0.45         # ... and dark (haematoxylin OD): lymphocyte
     stroma_rim_um: float = 0.75           # a stromal cell's outline: its nucleus plus this rim
     compactness: float = 0.01             # of the territory watershed (per pixel of distance)
+    dab_elevation: float = 0.0            # weight of the DAB crest in the territory watershed (0-1)
+    dab_scale_od: float = 0.3             # DAB OD that counts as a full crest
+    subtract_baseline: bool = True        # measure DAB above the image's unstained level
     extra: dict = field(default_factory=dict)  # room for plugins' own parameters
 
     def to_dict(self) -> dict:
@@ -174,7 +177,7 @@ def segment_nuclei(nucleus_prob: np.ndarray, mpp: float, params: CellParams) -> 
 
 
 def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
-                     params: CellParams) -> np.ndarray:
+                     params: CellParams, dab: np.ndarray | None = None) -> np.ndarray:
     """Cell instances, uint32 (H, W), grown from ``nuclei`` up to their membranes.
 
     A compact watershed on the membrane probability, seeded at the nucleus
@@ -191,6 +194,12 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
         return np.zeros(nuclei.shape, dtype=np.uint32)
     near = ndi.distance_transform_edt(nuclei == 0) <= _px(params.max_cell_radius_um, mpp)
     elevation = ndi.gaussian_filter(membrane_prob.astype(np.float32), 1.0)
+    if dab is not None and params.dab_elevation > 0:
+        # the DAB crest lies on the cell border itself, while the membrane class
+        # band lies inside the stained cell: the crest keeps a stained cell's
+        # membrane out of its unstained neighbour
+        crest = np.clip(ndi.gaussian_filter(dab.astype(np.float32), 0.7) / params.dab_scale_od, 0, 1)
+        elevation = (1 - params.dab_elevation) * elevation + params.dab_elevation * crest
     ids = np.arange(1, n + 1)
     centres = ndi.center_of_mass(np.ones(nuclei.shape, np.uint8), nuclei, ids)
     markers = np.zeros(nuclei.shape, dtype=np.int64)
@@ -213,6 +222,18 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     cells = np.where(interior > 0, interior,
                      np.where(membrane & (grown == territory), territory, 0))
     return cells.astype(np.uint32)
+
+
+def dab_baseline(dab: np.ndarray, probs: np.ndarray) -> float:
+    """The image's unstained DAB level (OD): median over pixels that are neither membrane nor nucleus.
+
+    Glass brightness, illumination and stain-vector mismatch give every pixel
+    a small DAB reading (~0.02-0.05 OD) that varies between images; faint
+    membranes are only ~0.05 above it, so it is subtracted before thresholds.
+    """
+    plain = (probs[0] > 0.5)
+    values = dab[plain] if plain.sum() > 100 else dab.ravel()
+    return float(np.median(values)) if values.size else 0.0
 
 
 def nucleus_features(nuclei: np.ndarray, haematoxylin: np.ndarray, mpp: float) -> dict[str, np.ndarray]:
@@ -430,10 +451,13 @@ def find_cells(rgb: np.ndarray, probs: np.ndarray, mpp: float,
     nuc = nucleus_features(nuclei, deconv.haematoxylin(rgb), mpp)
     tumour_by_id = tumour_rule(nuc["area_um2"], nuc["elongation"], nuc["h_od"], params)
     tumour_by_id[0] = False
-    cells = cell_territories(probs[1], nuclei, mpp, params)
+    dab = deconv.dab(rgb)
+    if params.subtract_baseline:
+        dab = np.maximum(dab - dab_baseline(dab, probs), 0.0)
+    cells = cell_territories(probs[1], nuclei, mpp, params, dab=dab)
     cells = stromal_outline(cells, nuclei, ~tumour_by_id & (nuc["area_um2"] > 0), mpp, params)
     table = measure_cells(rgb, probs[1], cells, nuclei, mpp, params, nuc=nuc,
-                          tumour_by_id=tumour_by_id, dab=deconv.dab(rgb))
+                          tumour_by_id=tumour_by_id, dab=dab)
     sector_od = table.pop("_sector_od", np.zeros((0, params.n_sectors)))
     table, cells, nuclei = _relabel(table, cells, nuclei)
     return CellResult(table=table, cell_labels=cells, nucleus_labels=nuclei,

@@ -120,7 +120,7 @@ def summarise(result, mpp: float, model: str, scorer_name: str = "asco-cap-2018"
     }
     if score.note:
         summary["note"] = score.note
-    if scorer_name != "asco-cap-2018":
+    if scorer_name not in ("asco-cap-2018", "her2net-pattern"):
         summary["scorer"] = {"name": scorer_name, "value": _scorer(scorer_name)(result.table)}
     summary.update(extra or {})
     return summary
@@ -229,18 +229,29 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
                                        "whole-slide pipeline is not available in this build")
         rgb = slide.read_region(0, 0, h, w, 0)
     read_s = time.perf_counter() - t0
-    segmenter = get_segmenter()
-    from her2kit.scoring.cells import CellParams
+    from her2kit.scoring.cells import CellParams, CellResult, empty_table
 
-    result, timings = analyse_image(rgb, mpp, segmenter, CellParams(), roi)
-    note = timings.pop("note", None)
-    timings = {"read_s": read_s, **timings}
-    summary = summarise(result, mpp, getattr(segmenter, "name", "unknown"),
+    if tissue_fraction(rgb) < MIN_TISSUE:
+        # nothing to segment: answer without loading the model
+        empty = np.zeros((h, w), dtype=np.uint32)
+        result = CellResult(empty_table(), empty, empty.copy(), np.zeros((h, w), np.uint8), mpp=mpp)
+        timings = {"note": "no tissue found"}
+        model_name = os.fspath(args.model) if args.model else "her2net"
+    else:
+        segmenter = get_segmenter()
+        model_name = getattr(segmenter, "name", "unknown")
+        result, timings = analyse_image(rgb, mpp, segmenter, CellParams(), roi)
+        if getattr(args, "scorer", None) == "her2net-pattern":
+            small = resample(rgb, mpp / float(segmenter.mpp))
+            timings["pattern"] = _scorer("her2net-pattern")(result.table, image=small, segmenter=segmenter)
+    summary = summarise(result, mpp, model_name,
                         getattr(args, "scorer", "asco-cap-2018"),
                         extra={"input": os.fspath(path), "shape": [h, w],
                                "roi": bool(roi), "timings": timings})
+    if pattern is not None:
+        summary["scorer"] = {"name": "her2net-pattern", "value": pattern}
     if note:
-        summary["note"] = note
+        summary["note"] = note + "; no tumour cells found"
     t = time.perf_counter()
     write_outputs(out_dir, rgb, result, summary, segment_only)
     timings["write_s"] = time.perf_counter() - t

@@ -107,6 +107,8 @@ def evaluate_case(case: Case, params: CellParams, segmenter=None, seed: int = 0)
         "true_tumour": tt["tumour"][ti], "pred_tumour": result.table["tumour"][pi],
         "features": {k: result.table[k][pi] for k in result.table},
         "sector_od": result.sector_od[pi],
+        "tumour_sector_od": result.sector_od[result.tumour],
+        "true_counts": np.bincount(tt["category"][tt["tumour"]], minlength=4)[:4],
         "true_completeness": tt["completeness"][ti], "true_intensity": tt["intensity"][ti],
         "score_true": case.score, "sub_true": case.subcategory,
         "score_pred": score.score or "0", "sub_pred": score.subcategory,

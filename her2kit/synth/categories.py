@@ -29,19 +29,28 @@ def parse_score(text: str) -> str:
 def asco_cap_score(counts: np.ndarray | list[int]) -> tuple[str, str | None]:
     """HER2 score and sub-category of tumour-cell counts per category (n0, n1, n2, n3).
 
-    ASCO/CAP 2018: 3+ if >10% category 3; 2+ if >10% category 2 or 3, or
-    any intense complete staining in <=10% (the "unusual pattern"); 1+ if
-    >10% category 1-3; else 0, sub-category "null" (no stained cell) or
-    "ultralow" (some, <=10%). Integer arithmetic, so exactly 10% is not >10%.
-    (Private copy for the generator; her2kit.scoring.rules is the public one.)
+    The project's rule, :func:`her2kit.scoring.rules.score_from_counts`
+    (ASCO/CAP 2018: 3+ if >10% category 3; 2+ if >10% category 2 or 3;
+    1+ if >10% category 1-3; else 0, "null" or "ultralow"), so ground truth
+    and scorer agree by construction. No tumour cells counts as 0 / null.
+    The mixes drawn here never sit where readings of the guideline differ.
     """
-    n0, n1, n2, n3 = (int(c) for c in counts)
+    try:
+        from her2kit.scoring.rules import score_from_counts
+    except ImportError:  # the scoring package is optional for the generator
+        score_from_counts = _score_from_counts
+    score, sub = score_from_counts([int(c) for c in counts])
+    return ("0", "null") if score is None else (score, sub)
+
+
+def _score_from_counts(counts: list[int]) -> tuple[str | None, str | None]:
+    n0, n1, n2, n3 = counts
     n = n0 + n1 + n2 + n3
     if n == 0:
-        return "0", "null"
+        return None, None
     if 10 * n3 > n:
         return "3+", None
-    if 10 * (n2 + n3) > n or n3 > 0:
+    if 10 * (n2 + n3) > n:
         return "2+", None
     if 10 * (n1 + n2 + n3) > n:
         return "1+", None

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import re
+import sys
 
 from her2kit.errors import InputError
 
@@ -52,6 +53,10 @@ def images(args: argparse.Namespace) -> int:
     counts = {s: sum(r["score"] == s for r in rows) for s in ("0", "1+", "2+", "3+")}
     print(f"wrote {len(rows)} images to {args.out} (scores: "
           + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
+    off = sum(r["score"] != r["requested"] for r in rows)
+    if off:
+        print(f"note: {off} image(s) hold too few tumour cells for the requested score; "
+              "index.csv 'score' is the truth, 'requested' what was asked", file=sys.stderr)
     return 0
 
 

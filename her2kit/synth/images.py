@@ -176,7 +176,7 @@ def generate(out: str, n: int, size: int, seed: int, domain: str = "default", mp
         t = patch.region.table
         tum = t["tumour"] == 1
         n_tum = int(tum.sum())
-        complete = int(np.sum(tum & (t["category"] >= 2) & (t["completeness"] >= 0.999)))
+        complete = int(np.sum(tum & (t["category"] >= 2)))
         rows.append({**paths, "score": patch.score, "subcategory": patch.subcategory or "",
                      "requested": want, "near_threshold": int(patch.near), "seed": s, "mpp": mpp,
                      "domain": domain, "size": size, "n_cells": len(t["id"]), "n_tumour": n_tum,

@@ -26,7 +26,7 @@ from her2kit.synth.scene import Scene
 from her2kit.synth.tissue import FAT, GLASS, LUMEN, NUC_FIBRO, NUC_LYMPH, NUC_TUMOUR, STROMA, TUMOUR
 
 TYPE_NAMES = {NUC_TUMOUR: "tumour", NUC_FIBRO: "fibroblast", NUC_LYMPH: "lymphocyte"}
-_K_TEXF, _K_TEXM, _K_NOISE, _K_ILLUM = 101, 102, 103, 104
+K_TEXF, K_TEXM, K_NOISE, K_ILLUM = 101, 102, 103, 104
 
 CountsFn = Callable[[int], np.ndarray]
 
@@ -57,19 +57,6 @@ def _texture(key: int, rows: np.ndarray, cols: np.ndarray, sigma_px: float) -> n
     t = noise.white(key, rows, cols)
     t = ndimage.gaussian_filter(t, sigma_px, mode="reflect", truncate=3.0)
     return (t - 0.5) / _texture_sd(sigma_px)
-
-
-def _gauss_noise(key: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Approximately standard normal noise (h, w, 3) of global pixel position (Irwin-Hall of 4 uniforms)."""
-    r = np.asarray(rows, np.int64)[:, None, None]
-    c = np.asarray(cols, np.int64)[None, :, None]
-    ch = np.arange(3, dtype=np.int64)[None, None, :]
-    h = noise.hash64(key, r, c, ch)
-    total = np.zeros(h.shape, np.float32)
-    mask = np.uint64(0xFFFF)
-    for shift in (0, 16, 32, 48):
-        total += ((h >> np.uint64(shift)) & mask).astype(np.float32)
-    return (total * np.float32(1 / 65536.0) - 2.0) * np.float32(math.sqrt(3.0))
 
 
 def halo_px(scene: Scene) -> int:
@@ -114,12 +101,12 @@ def _membrane_params(scene: Scene, seeds: tissue.Seeds, cat: np.ndarray) -> dict
          np.where(uc < 0.55, 1.0, np.where(uc < 0.88, 0.9 + 0.1 * frac, 0.6 + 0.3 * frac)),
          np.where(uc < 0.7, 1.0, 0.92 + 0.08 * frac)], 0.0)
     inten = np.select([cat == 1, cat == 2, cat == 3],
-                      [0.3 + 0.3 * ui, 0.9 + 0.9 * ui, 2.0 + 1.2 * ui], 0.0) * scene.conc[1]
+                      [0.3 + 0.3 * ui, 0.7 + 0.8 * ui, 2.0 + 1.2 * ui], 0.0) * scene.conc[1]
     hw = np.select([cat == 1, cat == 2, cat == 3],
-                   [0.25 + 0.12 * uw, 0.4 + 0.2 * uw, 0.55 + 0.25 * uw], 0.3)
+                   [0.25 + 0.12 * uw, 0.4 + 0.2 * uw, 0.6 + 0.3 * uw], 0.3)
     arcs = np.where(cat == 1, 1 + np.floor(3 * p["u_arcs"]), np.where(comp < 1, 1 + np.floor(2 * p["u_arcs"]), 1))
     blush = np.select([cat == 1, cat == 2, cat == 3],
-                      [0.03 * p["u_blush"], 0.05 + 0.10 * p["u_blush"], 0.15 + 0.20 * p["u_blush"]], 0.0)
+                      [0.04 * p["u_blush"], 0.08 + 0.17 * p["u_blush"], 0.25 + 0.45 * p["u_blush"]], 0.0)
     return {"comp": comp.astype(np.float32), "int": inten.astype(np.float32), "hw": hw.astype(np.float32),
             "arcs": arcs.astype(np.float32), "phase": p["u_phase"].astype(np.float32),
             "blush": (blush * scene.conc[1]).astype(np.float32)}
@@ -156,50 +143,104 @@ def render_region(scene: Scene, y0: int, x0: int, h: int, w: int, counts: Counts
     yy = y_um[:, None].astype(np.float32)
     xx = x_um[None, :].astype(np.float32)
     tum = kind == TUMOUR
-    ccat = cat[i1]
+    tex_f = _texture(scene.key + K_TEXF, rows, cols, max(0.45 / mpp, 0.6))
+    tex_m = _texture(scene.key + K_TEXM, rows, cols, 1.5 / mpp)
+    hw = mp["hw"][i1]
+    dab_memb, memb_label = _membrane(seeds, mp, cat, i1, bd, hw, tum, yy, xx, tex_f)
+    nucleus, h_nuc, stromal_cell = _nuclei(seeds, i1, bd, hw, tum, yy, xx, tex_f)
+    del hw
+    conc = _concentrations(scene, seeds, mp, i1, kind, bd, y_um, x_um, tex_m, dab_memb, nucleus, h_nuc)
+    del dab_memb, h_nuc, tex_f, tex_m
 
-    # --- membrane: a band along the cell border, stained on ``arcs`` arcs covering ``comp`` of the ring
+    illum = 1.0 - scene.illum_amp * noise.fbm_grid(scene.key + K_ILLUM, y_um, x_um, 600.0, octaves=2)
+    i0 = illum[..., None] * scene.glass.astype(np.float32)
+    rgb = stains.od_to_rgb(conc, scene.stain, i0)
+    del conc, i0
+    sig = scene.blur_um / mpp
+    rgb = ndimage.gaussian_filter(rgb, (sig, sig, 0), mode="reflect", truncate=4.0)
+    rgb += scene.noise_sd * np.sqrt(np.maximum(rgb, 1.0) / 255.0) * noise.gaussian(scene.key + K_NOISE, rows, cols)
+
+    core = (slice(pad, pad + h), slice(pad, pad + w))
+    out_rgb = np.clip(np.rint(rgb[core]), 0, 255).astype(np.uint8)
+    gid = seeds.gid.astype(np.uint32)
+    cell_ids = np.where(tum | stromal_cell, gid[i1], 0).astype(np.uint32)
+    nuc_ids = np.where(nucleus, gid[i1], 0).astype(np.uint32)
+    semantic = np.where(nucleus, 2, np.where(memb_label, 1, 0)).astype(np.uint8)
+
+    table = _cell_table(scene, seeds, cat, mp, cell_ids[wr0:wr1, wc0:wc1], i1[wr0:wr1, wc0:wc1],
+                        rows[wr0:wr1], cols[wc0:wc1])
+    return Region(out_rgb, semantic[core], cell_ids[core], nuc_ids[core], table)
+
+
+
+def _membrane(seeds: tissue.Seeds, mp: dict[str, np.ndarray], cat: np.ndarray, i1: np.ndarray,
+              bd: np.ndarray, hw: np.ndarray, tum: np.ndarray, yy: np.ndarray, xx: np.ndarray,
+              tex_f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DAB OD of the membrane band and its label mask.
+
+    The band runs along the cell border (``bd``: distance to it, microns)
+    with a Gaussian profile of half-width ``hw``; it is stained on ``arcs``
+    arcs that together cover ``comp`` of the ring, seen from the seed.
+    """
     dy = yy - seeds.y[i1].astype(np.float32)
     dx = xx - seeds.x[i1].astype(np.float32)
     ang = np.arctan2(dy, dx) * np.float32(1 / (2 * math.pi))
-    comp = mp["comp"][i1]
-    arc = ((ang * mp["arcs"][i1] + mp["phase"][i1]) % 1.0) < comp
-    hw = mp["hw"][i1]
-    stained = tum & (ccat >= 1) & arc
-    tex_f = _texture(scene.key + _K_TEXF, rows, cols, max(0.45 / mpp, 0.6))
-    tex_m = _texture(scene.key + _K_TEXM, rows, cols, 1.5 / mpp)
+    del dy, dx
+    arc = ((ang * mp["arcs"][i1] + mp["phase"][i1]) % 1.0) < mp["comp"][i1]
+    stained = tum & (cat[i1] >= 1) & arc
     prof = np.exp(np.float32(-0.7) * (bd / hw) ** 2)
-    dab_memb = np.where(stained & (bd < 2.5 * hw), mp["int"][i1] * prof * (0.8 + 0.2 * tex_f), 0)
-    memb_label = stained & (bd < hw)
+    dab = np.where(stained & (bd < 2.5 * hw), mp["int"][i1] * prof * (0.8 + 0.2 * tex_f), 0).astype(np.float32)
+    return dab, stained & (bd < hw)
 
-    # --- nuclei: irregular ellipses around the seed
-    nt = seeds.nuc[i1]
-    has = nt > 0
-    a = np.where(has, seeds.prop["na"][i1], 1.0)
-    b = np.where(has, seeds.prop["nb"][i1], 1.0)
-    ndy = yy - seeds.prop["ny"][i1].astype(np.float32)
-    ndx = xx - seeds.prop["nx"][i1].astype(np.float32)
-    cs, sn = seeds.prop["ncos"][i1], seeds.prop["nsin"][i1]
+
+def _nuclei(seeds: tissue.Seeds, i1: np.ndarray, bd: np.ndarray, hw: np.ndarray, tum: np.ndarray,
+            yy: np.ndarray, xx: np.ndarray, tex_f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nucleus mask, its haematoxylin OD, and the mask of stromal cells (nucleus plus a thin rim).
+
+    Nuclei are ellipses with a radius modulated by 2nd and 3rd harmonics
+    (irregular outlines), chromatin texture, a darker rim and sometimes a
+    nucleolus; they stay inside their cell's membrane.
+    """
+    pr = seeds.prop
+    has = seeds.nuc[i1] > 0
+    a = np.where(has, pr["na"][i1], 1.0).astype(np.float32)
+    b = np.where(has, pr["nb"][i1], 1.0).astype(np.float32)
+    ndy = yy - pr["ny"][i1].astype(np.float32)
+    ndx = xx - pr["nx"][i1].astype(np.float32)
+    cs, sn = pr["ncos"][i1], pr["nsin"][i1]
     p = (ndx * cs + ndy * sn) / a
     q = (-ndx * sn + ndy * cs) / b
+    del ndy, ndx, cs, sn
     rho = np.sqrt(p * p + q * q) + np.float32(1e-6)
     cx, cy = p / rho, q / rho
-    cos2, sin2 = cx * cx - cy * cy, 2 * cx * cy
-    cos3, sin3 = cx * (4 * cx * cx - 3), cy * (3 - 4 * cy * cy)
-    p1, p2 = seeds.prop["p1"][i1], seeds.prop["p2"][i1]
-    rlim = (1 + seeds.prop["e1"][i1] * (cos2 * np.cos(p1) - sin2 * np.sin(p1))
-            + seeds.prop["e2"][i1] * (cos3 * np.cos(p2) - sin3 * np.sin(p2)))
+    p1, p2 = pr["p1"][i1], pr["p2"][i1]
+    rlim = (1 + pr["e1"][i1] * ((cx * cx - cy * cy) * np.cos(p1) - 2 * cx * cy * np.sin(p1))
+            + pr["e2"][i1] * (cx * (4 * cx * cx - 3) * np.cos(p2) - cy * (3 - 4 * cy * cy) * np.sin(p2)))
+    del cx, cy, p1, p2
     r = rho / rlim
+    del rho, rlim
     clear = np.where(tum, bd > hw + 0.4, bd > 0.3)
     nucleus = has & (r < 1.0) & clear
+    stromal_cell = has & ~tum & (r < 1.25) & (bd > 0.2)
     rim = np.clip((r - 0.7) / 0.3, 0, 1)
     soft = np.clip((1.0 - r) * 6.0, 0, 1)
-    h_nuc = seeds.prop["hdark"][i1] * (0.72 + 0.28 * np.clip(1 + 0.9 * tex_f, 0, 2)) * (1 + 0.3 * rim) * (0.5 + 0.5 * soft)
+    nl_r = pr["nl_r"][i1]
+    nl_d2 = ((p - pr["nl_p"][i1]) * a) ** 2 + ((q - pr["nl_q"][i1]) * b) ** 2
+    nucleolus = np.float32(0.45) * np.exp(-nl_d2 / np.maximum(nl_r * nl_r, 1e-3)) * (nl_r > 0)
+    h_nuc = nucleolus + pr["hdark"][i1] * (0.72 + 0.28 * np.clip(1 + 0.9 * tex_f, 0, 2)) * (1 + 0.3 * rim) * (0.5 + 0.5 * soft)
+    return nucleus, h_nuc.astype(np.float32), stromal_cell
 
-    # --- stroma fibres: level sets of a smooth field, so they run in wavy parallel bundles
-    phi = noise.fbm_grid(tissue._k(scene, tissue._K_FIBRE), y_um, x_um, 90.0)
-    wobble = noise.fbm_grid(tissue._k(scene, tissue._K_FIBRE) + 5, y_um, x_um, 25.0, octaves=2)
+
+def _concentrations(scene: Scene, seeds: tissue.Seeds, mp: dict[str, np.ndarray], i1: np.ndarray,
+                    kind: np.ndarray, bd: np.ndarray, y_um: np.ndarray, x_um: np.ndarray, tex_m: np.ndarray,
+                    dab_memb: np.ndarray, nucleus: np.ndarray, h_nuc: np.ndarray) -> np.ndarray:
+    """Stain concentrations (h, w, 3): haematoxylin, DAB, residual, per tissue compartment."""
+    # stroma fibres: level sets of a smooth field, so they run in wavy parallel bundles
+    kf = tissue.field_key(scene, tissue.K_FIBRE)
+    phi = noise.fbm_grid(kf, y_um, x_um, 90.0)
+    wobble = noise.fbm_grid(kf + 5, y_um, x_um, 25.0, octaves=2)
     fibre = (0.5 + 0.5 * np.cos((phi * 22 + 1.5 * wobble) * np.float32(2 * math.pi))) ** 3
+    del phi, wobble
     fibre = fibre * np.clip(0.7 + 0.3 * tex_m, 0, 2)
 
     H = np.zeros(kind.shape, np.float32)
@@ -209,12 +250,16 @@ def render_region(scene: Scene, y0: int, x0: int, h: int, w: int, counts: Counts
     H = np.where(stroma, 0.035 * (0.8 + 0.3 * tex_m) + 0.05 * fibre, H)
     R = np.where(stroma, 0.01 + 0.03 * fibre, R)
     D = np.where(stroma, 0.01 * np.clip(1 + tex_m, 0, 3), D)
+    del stroma, fibre
+    tum = kind == TUMOUR
     cyto = seeds.prop["cyto"][i1]
     # unstained cell borders stay faintly visible (a thin counterstained line)
     border_line = np.float32(0.05) * np.exp(-(bd / 0.5) ** 2)
     H = np.where(tum, cyto * (0.75 + 0.25 * np.clip(1 + tex_m, 0, 3)) + border_line, H)
+    del cyto, border_line
     R = np.where(tum, 0.02 + 0.01 * tex_m, R)
     D = np.where(tum, mp["blush"][i1] * np.clip(1 + 0.5 * tex_m, 0, 3) + dab_memb, D)
+    del tum
     lumen = kind == LUMEN
     H = np.where(lumen, 0.02, H)
     R = np.where(lumen, 0.03 + 0.02 * tex_m, R)
@@ -230,28 +275,9 @@ def render_region(scene: Scene, y0: int, x0: int, h: int, w: int, counts: Counts
     H = np.where(nucleus, h_nuc, H)
     D = np.where(nucleus, 0.3 * D, D)
     R = np.where(nucleus, R + 0.05, R)
-    glass = kind == GLASS
-    conc = np.stack([H * scene.conc[0], D, R * scene.conc[2]], axis=-1)
-    conc[glass] = 0.0
-
-    illum = 1.0 - scene.illum_amp * noise.fbm_grid(scene.key + _K_ILLUM, y_um, x_um, 600.0, octaves=2)
-    i0 = illum[..., None] * scene.glass.astype(np.float32)
-    rgb = stains.od_to_rgb(conc, scene.stain, i0)
-    sig = scene.blur_um / mpp
-    rgb = ndimage.gaussian_filter(rgb, (sig, sig, 0), mode="reflect", truncate=4.0)
-    rgb += scene.noise_sd * np.sqrt(np.maximum(rgb, 1.0) / 255.0) * _gauss_noise(scene.key + _K_NOISE, rows, cols)
-
-    core = (slice(pad, pad + h), slice(pad, pad + w))
-    out_rgb = np.clip(np.rint(rgb[core]), 0, 255).astype(np.uint8)
-    gid = seeds.gid.astype(np.uint32)
-    stromal_cell = has & ~tum & (r < 1.25) & (bd > 0.2)
-    cell_ids = np.where(tum | stromal_cell, gid[i1], 0).astype(np.uint32)
-    nuc_ids = np.where(nucleus, gid[i1], 0).astype(np.uint32)
-    semantic = np.where(nucleus, 2, np.where(memb_label, 1, 0)).astype(np.uint8)
-
-    table = _cell_table(scene, seeds, cat, mp, cell_ids[wr0:wr1, wc0:wc1], i1[wr0:wr1, wc0:wc1],
-                        rows[wr0:wr1], cols[wc0:wc1])
-    return Region(out_rgb, semantic[core], cell_ids[core], nuc_ids[core], table)
+    conc = np.stack([H * scene.conc[0], D, R * scene.conc[2]], axis=-1).astype(np.float32)
+    conc[kind == GLASS] = 0.0
+    return conc
 
 
 def _cell_table(scene: Scene, seeds: tissue.Seeds, cat: np.ndarray, mp: dict[str, np.ndarray],

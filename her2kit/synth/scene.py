@@ -67,9 +67,8 @@ def fbm_quantile(q: float) -> float:
     return float(np.quantile(_fbm_sample(), q))
 
 
-def _outside(rng: np.random.Generator, lo: float, hi: float, below: tuple[float, float],
-             above: tuple[float, float]) -> float:
-    del lo, hi
+def _outside(rng: np.random.Generator, below: tuple[float, float], above: tuple[float, float]) -> float:
+    """A draw from one of two ranges on either side of a default range (shifted domain)."""
     return rng.uniform(*below) if rng.random() < 0.5 else rng.uniform(*above)
 
 
@@ -87,9 +86,9 @@ def make_scene(seed: int, mpp: float = 0.5, domain: str = "default", height: int
     shifted = domain == "shifted"
     key = int(noise.hash64(int(seed) * 2654435761 + 17))
     if shifted:
-        spacing = _outside(rng, 12.5, 17.5, (9.5, 11.5), (18.5, 21.0))
-        conc = np.array([_outside(rng, 0.85, 1.15, (0.55, 0.75), (1.3, 1.6)),
-                         _outside(rng, 0.85, 1.15, (0.55, 0.75), (1.3, 1.6)), rng.uniform(0.5, 2.0)])
+        spacing = _outside(rng, (9.5, 11.5), (18.5, 21.0))
+        conc = np.array([_outside(rng, (0.55, 0.75), (1.3, 1.6)),
+                         _outside(rng, (0.55, 0.75), (1.3, 1.6)), rng.uniform(0.5, 2.0)])
         blur = rng.uniform(0.6, 0.9)
         noise_sd = rng.uniform(4.0, 7.0)
         tumour_frac = rng.uniform(0.7, 0.85) if tumour is None else tumour

@@ -117,7 +117,7 @@ def make_slide(out: str, shape_hw: tuple[int, int], score: str, seed: int = 0, d
                 writer.writerows(_rows(t))
                 tum = t["tumour"] == 1
                 counts += np.bincount(t["category"][tum].astype(int), minlength=4)
-                complete += int(np.sum(tum & (t["category"] >= 2) & (t["completeness"] >= 0.999)))
+                complete += int(np.sum(tum & (t["category"] >= 2)))
                 n_cells += len(t["id"])
                 bar.update()
         bar.close()

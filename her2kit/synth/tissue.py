@@ -23,7 +23,7 @@ GLASS, STROMA, TUMOUR, LUMEN, FAT = 0, 1, 2, 3, 4
 NUC_NONE, NUC_TUMOUR, NUC_FIBRO, NUC_LYMPH = 0, 1, 2, 3
 
 # field keys (offsets of the scene key)
-_K_JIT, _K_W, _K_NEST, _K_LUMEN, _K_FAT, _K_TISSUE, _K_CELL, _K_CLUSTER, _K_FIBRE = range(9)
+K_JIT, K_W, K_NEST, K_LUMEN, K_FAT, K_TISSUE, K_CELL, K_CLUSTER, K_FIBRE = range(9)
 
 
 @dataclass
@@ -45,7 +45,8 @@ class Seeds:
     prop: dict[str, np.ndarray]
 
 
-def _k(scene: Scene, what: int) -> int:
+def field_key(scene: Scene, what: int) -> int:
+    """The hash key of one named random field (K_*) of a scene."""
     return scene.key + 1000003 * (what + 1)
 
 
@@ -65,9 +66,9 @@ def seeds_for_region(scene: Scene, y0_um: float, x0_um: float, h_um: float, w_um
     iu, iv = np.meshgrid(np.arange(u0, u0 + nu), np.arange(v0, v0 + nv), indexing="ij")
     iu, iv = iu.ravel(), iv.ravel()
     j = scene.jitter
-    su = iu + 0.5 + j * (2 * noise.uniform(_k(scene, _K_JIT), iu, iv, 0) - 1)
-    sv = iv + 0.5 + j * (2 * noise.uniform(_k(scene, _K_JIT), iu, iv, 1) - 1)
-    weight = scene.power * (2 * noise.uniform(_k(scene, _K_W), iu, iv) - 1)
+    su = iu + 0.5 + j * (2 * noise.uniform(field_key(scene, K_JIT), iu, iv, 0) - 1)
+    sv = iv + 0.5 + j * (2 * noise.uniform(field_key(scene, K_JIT), iu, iv, 1) - 1)
+    weight = scene.power * (2 * noise.uniform(field_key(scene, K_W), iu, iv) - 1)
     c, s = math.cos(scene.angle), math.sin(scene.angle)
     x = scene.spacing_um * (su * c - sv * s)
     y = scene.spacing_um * (su * s + sv * c)
@@ -87,7 +88,7 @@ def seeds_for_region(scene: Scene, y0_um: float, x0_um: float, h_um: float, w_um
 
 def nest_field(scene: Scene, y_um: np.ndarray, x_um: np.ndarray) -> np.ndarray:
     """The smooth field whose high values are tumour nests, at points (microns)."""
-    return noise.fbm_points(_k(scene, _K_NEST), y_um, x_um, 160.0)
+    return noise.fbm_points(field_key(scene, K_NEST), y_um, x_um, 160.0)
 
 
 def _classify(scene: Scene, seeds: Seeds, iu: np.ndarray, iv: np.ndarray) -> None:
@@ -95,19 +96,23 @@ def _classify(scene: Scene, seeds: Seeds, iu: np.ndarray, iv: np.ndarray) -> Non
     y, x = seeds.y, seeds.x
     n = len(y)
     nest = nest_field(scene, y, x)
-    fat = noise.fbm_points(_k(scene, _K_FAT), y, x, 300.0)
-    lumen = noise.fbm_points(_k(scene, _K_LUMEN), y, x, 45.0, octaves=2)
-    tissue = noise.fbm_points(_k(scene, _K_TISSUE), y, x, 1500.0)
+    fat = noise.fbm_points(field_key(scene, K_FAT), y, x, 300.0)
+    lumen = noise.fbm_points(field_key(scene, K_LUMEN), y, x, 45.0, octaves=2)
+    tissue = noise.fbm_points(field_key(scene, K_TISSUE), y, x, 1500.0)
     kind = np.full(n, STROMA, np.uint8)
     kind[fat > scene.fat_level] = FAT
     kind[nest > scene.tumour_level] = TUMOUR
     inner = nest > scene.tumour_level + 0.04
-    kind[(kind == TUMOUR) & inner & (lumen > scene.lumen_level)] = LUMEN
+    kind[(kind == TUMOUR) & inner & (lumen > scene.lumen_level)
+         & (noise.uniform(field_key(scene, K_LUMEN), iu, iv) < 0.6)] = LUMEN
+    # empty holes in the stroma (vessels, tears): rendered like lumina
+    hole = noise.fbm_points(field_key(scene, K_LUMEN) + 11, y, x, 70.0, octaves=2)
+    kind[(kind == STROMA) & (hole > scene.lumen_level + 0.02)] = LUMEN
     kind[tissue < scene.tissue_level] = GLASS
     seeds.kind = kind
 
     def r(i: int) -> np.ndarray:
-        return noise.uniform(_k(scene, _K_CELL), iu, iv, i)
+        return noise.uniform(field_key(scene, K_CELL), iu, iv, i)
 
     s = scene.spacing_um
     ns = scene.nucleus_scale
@@ -131,7 +136,7 @@ def _classify(scene: Scene, seeds: Seeds, iu: np.ndarray, iv: np.ndarray) -> Non
     theta = 2 * math.pi * r(3)
     # fibroblasts lie along the collagen fibres: across the fibre field's gradient
     if fib.any():
-        k = _k(scene, _K_FIBRE)
+        k = field_key(scene, K_FIBRE)
         e = 1.0
         gy = noise.fbm_points(k, y + e, x, 90.0) - noise.fbm_points(k, y - e, x, 90.0)
         gx = noise.fbm_points(k, y, x + e, 90.0) - noise.fbm_points(k, y, x - e, 90.0)
@@ -140,7 +145,7 @@ def _classify(scene: Scene, seeds: Seeds, iu: np.ndarray, iv: np.ndarray) -> Non
     off = np.where(nuc == NUC_TUMOUR, 0.08 * s, 0.0)
     ny = y + off * (2 * r(4) - 1)
     nx = x + off * (2 * r(5) - 1)
-    hdark = np.select([nuc == NUC_TUMOUR, lym, fib], [0.35 + 0.65 * r(6), 0.95 + 0.5 * r(6), 0.5 + 0.4 * r(6)], 0.0)
+    hdark = np.select([nuc == NUC_TUMOUR, lym, fib], [0.25 + 0.5 * r(6), 0.75 + 0.4 * r(6), 0.4 + 0.35 * r(6)], 0.0)
     seeds.prop = {
         "na": a.astype(np.float32), "nb": b.astype(np.float32),
         "ncos": np.cos(theta).astype(np.float32), "nsin": np.sin(theta).astype(np.float32),
@@ -148,11 +153,14 @@ def _classify(scene: Scene, seeds: Seeds, iu: np.ndarray, iv: np.ndarray) -> Non
         "e1": (0.10 * r(7)).astype(np.float32), "p1": (2 * math.pi * r(8)).astype(np.float32),
         "e2": (0.06 * r(9)).astype(np.float32), "p2": (2 * math.pi * r(10)).astype(np.float32),
         "hdark": hdark.astype(np.float32),
-        "cyto": (0.07 + 0.07 * r(11)).astype(np.float32),
+        # a nucleolus in about half the tumour nuclei: offset (fraction of the semi-axes), radius (um)
+        "nl_r": np.where((nuc == NUC_TUMOUR) & (r(19) < 0.5), 0.45 + 0.35 * r(20), 0.0).astype(np.float32),
+        "nl_p": (0.45 * (2 * r(21) - 1)).astype(np.float32), "nl_q": (0.45 * (2 * r(22) - 1)).astype(np.float32),
+        "cyto": (0.10 + 0.08 * r(11)).astype(np.float32),
         # membrane draws (uniforms), turned into category-specific values by render
         "u_int": r(12), "u_comp": r(13), "u_width": r(14), "u_phase": r(15), "u_arcs": r(16),
         "u_cat": r(17), "u_blush": r(18),
-        "cluster": noise.fbm_points(_k(scene, _K_CLUSTER), y, x, 60.0, octaves=2),
+        "cluster": noise.fbm_points(field_key(scene, K_CLUSTER), y, x, 60.0, octaves=2),
     }
 
 

@@ -37,6 +37,9 @@ class AugmentConfig:
         return asdict(self)
 
 
+DEFAULT_AUGMENT = AugmentConfig()
+
+
 def _matrices():
     from skimage.color import hed_from_rgb, rgb_from_hed
 
@@ -55,12 +58,12 @@ def stain_jitter(rgb: np.ndarray, alpha: np.ndarray, beta: np.ndarray,
     od = -np.log(np.clip(rgb, _EPS, 1.0))
     conc = od.reshape(-1, 3) @ hed_from_rgb
     conc = conc * alpha + beta
-    od2 = np.clip(conc, 0, None) @ (rgb_from_hed if vectors is None else vectors)
+    od2 = conc @ (rgb_from_hed if vectors is None else vectors)
     return np.exp(-od2).reshape(rgb.shape)
 
 
 def augment(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-            config: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
+            config: AugmentConfig = DEFAULT_AUGMENT) -> tuple[np.ndarray, np.ndarray]:
     """Randomly transform one square patch: uint8 RGB (P, P, 3), labels (P, P) -> same shapes.
 
     Geometry (flips, 90-degree rotations) applies to both; colour, blur and

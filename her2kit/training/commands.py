@@ -38,7 +38,13 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     from her2kit import __version__
-    from her2kit.checkpoint import build_model, checkpoint_paths, load_tensors, read_metadata, unflatten_optimizer_state
+    from her2kit.checkpoint import (
+        build_model,
+        checkpoint_paths,
+        load_tensors,
+        read_metadata,
+        unflatten_optimizer_state,
+    )
     from her2kit.inference import DEFAULT_MPP, DEFAULT_NORMALISATION, default_device
     from her2kit.training.augment import AugmentConfig
     from her2kit.training.dataset import index_rows, load_folder, split, subset

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from her2kit.evaluation.metrics import CLASS_NAMES, confusion_matrix, json_safe, pixel_metrics
 from her2kit.inference import normalise
-from her2kit.training.augment import AugmentConfig, augment
+from her2kit.training.augment import DEFAULT_AUGMENT, AugmentConfig, augment
 from her2kit.training.dataset import LabelledImage, PatchSampler
 
 
@@ -161,7 +161,7 @@ def _seed_epoch(seed: int, epoch: int) -> np.random.Generator:
 
 def train_model(model: torch.nn.Module, train_images: list[LabelledImage], val_images: list[LabelledImage],
                 config: TrainConfig, out_dir: Path, metadata: dict[str, Any], device: str = "cpu",
-                resume: dict[str, Any] | None = None, aug: AugmentConfig | None = AugmentConfig(),
+                resume: dict[str, Any] | None = None, aug: AugmentConfig | None = DEFAULT_AUGMENT,
                 progress: bool = True) -> dict[str, Any]:
     """Train ``model`` for ``config.epochs`` epochs; writes last.* and best.* into ``out_dir``.
 

@@ -31,6 +31,32 @@ class TaskFailed(Exception):
         self.message = message
 
 
+def keep_heap_small() -> None:
+    """Make glibc return freed large arrays to the OS at once (no-op elsewhere).
+
+    Blocks allocate and free hundreds of MB of arrays. By default glibc raises
+    its mmap threshold after such frees, so later arrays come from the heap,
+    which fragments: a long in-process run then grows by a few MB per block.
+    Fixing the thresholds (what dask's worker processes get from
+    ``MALLOC_TRIM_THRESHOLD_``) keeps memory flat.
+    """
+    global _tuned
+    if _tuned:
+        return
+    _tuned = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic growth)
+    except (OSError, AttributeError):
+        pass
+
+
+_tuned = False
+
+
 class SyncExecutor:
     """Runs tasks in this process, one at a time."""
 
@@ -43,6 +69,7 @@ class SyncExecutor:
 
     def run(self, fn: Callable, items: Sequence[tuple], key: str = "task") -> Iterator[tuple[tuple, Any]]:
         """Yield (item, fn(*item)) as each finishes; a raising task stops the run."""
+        keep_heap_small()
         for item in items:
             yield item, fn(*item)
 
@@ -104,10 +131,12 @@ def torch_threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def make_executor(workers: int = 1, scheduler: str | None = None, client: Any = None):
+def make_executor(workers: int = 1, scheduler: str | None = None, client: Any = None,
+                  connect_timeout: float = 20.0):
     """The executor for these options (see the module docstring).
 
-    Raises Her2kitError when the scheduler cannot be reached.
+    Raises Her2kitError when the scheduler cannot be reached within
+    ``connect_timeout`` seconds.
     """
     from her2kit.errors import Her2kitError
 
@@ -117,7 +146,7 @@ def make_executor(workers: int = 1, scheduler: str | None = None, client: Any = 
         from distributed import Client
 
         try:
-            c = Client(scheduler, timeout="20s")
+            c = Client(scheduler, timeout=f"{connect_timeout}s")
         except Exception as exc:  # OSError / TimeoutError with a long text
             raise Her2kitError(f"cannot reach dask scheduler {scheduler}: {type(exc).__name__}") from None
         return DaskExecutor(c, kind=f"scheduler {scheduler}")

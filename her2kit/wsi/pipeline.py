@@ -89,11 +89,12 @@ def run_slide(
     segment_only: bool = False,
     block: int = 2048,
     halo: int = 128,
-    tissue: bool = True,
+    tissue: bool | str = True,
     device: str | None = None,
     progress: bool = True,
     executor: Any = None,
     cell_params: dict | None = None,
+    cell_finder: str | None = None,
 ) -> dict:
     """Segment (and score) one slide in blocks, writing into ``out_dir``.
 
@@ -125,12 +126,17 @@ def run_slide(
         block: block side in pixels at the segmenter's resolution.
         halo: context margin in pixels at the segmenter's resolution, on every
             side of a block (should exceed the largest cell diameter).
-        tissue: process only blocks with tissue (low-resolution tissue mask).
+        tissue: process only blocks with tissue: True uses the "tissue-otsu"
+            preprocessor, a string names another preprocessor plugin (stage
+            "tissue"), False processes every block.
         device: torch device for string segmenters (default: cuda if available).
         progress: tqdm bar over blocks on stderr.
         executor: an executor from :func:`her2kit.wsi.cluster.make_executor`
             to share between slides (overrides workers/scheduler/client).
-        cell_params: options passed to ``find_cells``.
+        cell_params: :class:`~her2kit.scoring.cells.CellParams` fields (a dict)
+            passed to ``find_cells``.
+        cell_finder: "module:function" used instead of ``find_cells`` (same
+            signature; e.g. a cheaper one for benchmarks).
 
     Returns:
         The summary written to ``score.json`` (score, subcategory, cells_total,
@@ -147,6 +153,8 @@ def run_slide(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     path = os.fspath(path)
+    if cell_params is not None and hasattr(cell_params, "to_dict"):
+        cell_params = cell_params.to_dict()
     out_dir = Path(out_dir)
     if _complete(out_dir, segment_only) and not force:
         summary = {}
@@ -181,8 +189,9 @@ def run_slide(
             "level_downsample": h0 / slide.level_shape(level)[0],
             "scale": scale, "block0": grid.block0, "halo0": grid.halo0,
             "model": seg_name, "model_mpp": seg_mpp, "id_stride": grid.id_stride(),
-            "segment_only": bool(segment_only), "tissue": bool(tissue), "roi": roi,
+            "segment_only": bool(segment_only), "tissue": tissue, "roi": roi,
             "cell_params": cell_params, "features": not segment_only,
+            "cell_finder": cell_finder,
             "work_dir": str(ledger.dir.resolve()),
             "labels_path": str(ledger.labels_path.resolve()),
             "her2kit_version": __version__,
@@ -198,10 +207,13 @@ def run_slide(
         t = time.perf_counter()
         fractions = None
         if tissue:
+            from her2kit.plugins import registry
             from her2kit.preprocess.tissue import tissue_mask_of
 
+            name = tissue if isinstance(tissue, str) else "tissue-otsu"
+            detector = registry().get("preprocessor", name).factory()
             small, small_ds = _thumbnail(slide, ledger, mpp0, "tissue", target_mpp=8.0)
-            mask = tissue_mask_of(small, small_ds * mpp0)
+            mask = tissue_mask_of(small, small_ds * mpp0, detector)
             fractions = tissue_fractions(grid, mask, small_ds)
         # the report's picture: <= 1024 px on the long side
         thumb, thumb_ds = _thumbnail(slide, ledger, mpp0, "picture", target_mpp=0.0,
@@ -325,12 +337,13 @@ def _formatter(a: np.ndarray):
 
 
 def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
-            heat: Any = None) -> tuple[dict[str, np.ndarray], int]:
-    """Stream the blocks' cells into cells.csv (block order, then rank) and
-    return the small columns needed for the score (category, tumour)."""
+            heat: Any = None) -> tuple[np.ndarray, int]:
+    """Stream the blocks' cells into cells.csv (block order, then rank); return
+    the tumour cells' counts per category (0..3) and the number of all cells.
+    Nothing grows with the number of cells."""
     from her2kit.scoring.cells import COLUMNS
 
-    keep: dict[str, list[np.ndarray]] = {"category": [], "tumour": []}
+    counts = np.zeros(4, np.int64)
     names: list[str] | None = None
     n = 0
     f = open(csv_path, "w", newline="", encoding="utf-8") if csv_path is not None else None
@@ -350,9 +363,10 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
                 fmts = [_formatter(a) for a in arrays]
                 for row in zip(*arrays, strict=True):
                     writer.writerow([fm(v) for fm, v in zip(fmts, row, strict=True)])
-            for k in keep:
-                if k in cols:
-                    keep[k].append(cols[k])
+            cat = np.clip(cols["category"].astype(np.int64), 0, 3)
+            if "tumour" in cols:
+                cat = cat[cols["tumour"].astype(bool)]
+            counts += np.bincount(cat, minlength=4)[:4]
             if heat is not None:
                 heat.add(cols)
         if names is None and writer is not None:
@@ -360,7 +374,7 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
     finally:
         if f is not None:
             f.close()
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in keep.items()}, n
+    return counts, n
 
 
 def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int],
@@ -375,8 +389,8 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
     staged: list[str] = []
     if not segment_only:
         heat = report.HeatMap(thumb.shape[:2], thumb_ds, plan["mpp"])
-        cols, n = _gather(ledger, selected, work / "cells.csv", heat)
-        summary.update(report.score_cells(cols))
+        counts, n = _gather(ledger, selected, work / "cells.csv", heat)
+        summary.update(report.score_counts(counts))
         summary["cells_all"] = int(n)
         from her2kit.wsi import features
 

@@ -78,14 +78,13 @@ class HeatMap:
         return out
 
 
-def score_cells(cols: dict[str, np.ndarray]) -> dict[str, Any]:
-    """score.json fields (ASCO/CAP 2018 over tumour cells) from the category and tumour columns."""
+def score_counts(counts: np.ndarray) -> dict[str, Any]:
+    """score.json fields (ASCO/CAP 2018) from tumour-cell counts per category (n0..n3)."""
     from her2kit.scoring.rules import asco_cap_score
 
-    cat = np.asarray(cols.get("category", np.zeros(0)), np.int64)
-    tumour = (np.asarray(cols["tumour"]).astype(bool) if "tumour" in cols
-              else np.ones(len(cat), bool))
-    result = asco_cap_score(cat[tumour])
+    # the scorer takes categories; int8 keeps this at one byte per tumour cell
+    categories = np.repeat(np.arange(4, dtype=np.int8), np.asarray(counts, np.int64))
+    result = asco_cap_score(categories)
     return result.to_dict() if hasattr(result, "to_dict") else dataclasses.asdict(result)
 
 

@@ -125,10 +125,18 @@ def table_columns(table: Any) -> dict[str, np.ndarray]:
 
 
 def find_block_cells(rgb: np.ndarray, probs: np.ndarray, plan: dict) -> Any:
-    """Cells of one block + halo (the scoring helper's find_cells)."""
-    from her2kit.scoring.cells import find_cells
+    """Cells of one block + halo: :func:`her2kit.scoring.cells.find_cells`, or the
+    plan's ``cell_finder`` ("module:function" with the same signature)."""
+    import importlib
 
-    return find_cells(rgb, probs, plan["model_mpp"], plan.get("cell_params"))
+    from her2kit.scoring.cells import CellParams
+
+    target = plan.get("cell_finder") or "her2kit.scoring.cells:find_cells"
+    module, _, name = target.partition(":")
+    finder = getattr(importlib.import_module(module), name)
+    params = plan.get("cell_params")
+    params = CellParams.from_dict(params) if isinstance(params, dict) else params
+    return finder(rgb, probs, plan["model_mpp"], params)
 
 
 def _nucleus_centroids(nuclei: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,338 @@
+"""Whole-slide pipeline benchmarks; prints a table and writes JSON.
+
+    python benchmarks/bench_wsi.py --out benchmarks/wsi.json [--quick]
+        [--sections hed,memory,throughput,tissue,workers]
+
+Sections:
+  hed         H/DAB colour deconvolution (HedDeconvolver) vs skimage.color.rgb2hed
+              on the same 4096^2 image: rate in Mpx/s and the ratio.
+  memory      peak RSS of `run_slide` (in-process, workers=1) on a small and a
+              large all-tissue slide, each in a fresh process; ratio large/small.
+  throughput  the segmenter alone on the pipeline's own block+halo tiles vs
+              the whole pipeline (`segment_only`), in pixels per second.
+  tissue      time of a slide with 30 % tissue vs the same slide all tissue.
+  workers     pipeline time with 2 local worker processes vs 1.
+
+Slides are made by tiling one rendered 1024^2 synthetic patch (her2kit.synth)
+over the tissue area and glass elsewhere, written as OME-Zarr with a pyramid.
+The segmenter is StainSegmenter (per-pixel colour deconvolution) unless
+--model names a model plugin or checkpoint; cell finding is the real
+find_cells unless --cells quick (a cheap labeller, for slides too big to run
+find_cells on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+GLASS = np.array([238, 242, 236], np.uint8)
+
+
+# --- a cheap cell finder (--cells quick) ---------------------------------------------
+
+
+def quick_cells(rgb, probs, mpp, params=None):
+    """Nuclei = connected nucleus pixels; cells = nuclei grown by 4 um. Same
+    outputs as find_cells (table, labels, semantic) at a fraction of the cost."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import expand_labels
+
+    from her2kit.scoring.cells import CellResult
+
+    nuclei, n = ndi.label(probs[2] > 0.5)
+    nuclei = nuclei.astype(np.uint32)
+    cells = expand_labels(nuclei, distance=4.0 / mpp).astype(np.uint32)
+    ids = np.arange(1, n + 1)
+    flat = cells.ravel().astype(np.int64)
+    w = cells.shape[1]
+    idx = np.arange(flat.size, dtype=np.int64)
+    count = np.maximum(np.bincount(flat, minlength=n + 1)[1:], 1)
+    y = np.bincount(flat, weights=(idx // w).astype(np.float64), minlength=n + 1)[1:] / count
+    x = np.bincount(flat, weights=(idx % w).astype(np.float64), minlength=n + 1)[1:] / count
+    mem = np.bincount(flat, weights=probs[1].ravel(), minlength=n + 1)[1:] / count
+    table = {"id": ids, "y": y, "x": x, "category": np.clip((mem * 8).astype(np.int64), 0, 3),
+             "tumour": np.ones(n, bool), "area_um2": count * mpp * mpp}
+    return CellResult(table, cells, nuclei, np.argmax(probs, axis=0).astype(np.uint8), mpp)
+
+
+# --- slides ----------------------------------------------------------------------------
+
+
+def make_slide(path: Path, size: int, tissue: float = 1.0, seed: int = 7) -> Path:
+    """An OME-Zarr slide of size^2 px at 0.5 um/px: a tissue band covering
+    ``tissue`` of the width (left), glass elsewhere. Written chunk by chunk."""
+    from her2kit import omezarr
+    from her2kit.synth.images import make_patch
+
+    if path.exists():
+        return path
+    patch = make_patch(seed, 1024, "2+").region.rgb
+    chunk = 1024
+    band = int(round(size * tissue))
+    tmp = path.with_name(path.name + ".part")
+    root = omezarr.create_multiscale_image(str(tmp), (size, size), 0.5, chunk=chunk)
+    arr = root["0"]
+    glass = np.empty((chunk, chunk, 3), np.uint8)
+    glass[:] = GLASS
+    for y in range(0, size, chunk):
+        for x in range(0, size, chunk):
+            h, w = min(chunk, size - y), min(chunk, size - x)
+            block = glass[:h, :w].copy()
+            if x < band:
+                tw = min(w, band - x)
+                block[:, :tw] = patch[:h, :tw]
+            omezarr.write_region(arr, y, x, block)
+    omezarr.build_pyramid(root)
+    os.replace(tmp, path)
+    return path
+
+
+def make_segmenter(model: str | None):
+    if model is None:
+        from her2kit.wsi.stain_segmenter import StainSegmenter
+
+        return StainSegmenter()
+    if model == "her2net-untrained":
+        import torch
+
+        from her2kit.inference import Segmenter
+        from her2kit.models.her2net import Her2Net
+
+        torch.manual_seed(0)
+        return Segmenter(Her2Net(width=8).eval(), {"mpp": 0.5}, "her2net-untrained", "cpu")
+    from her2kit.inference import load_segmenter
+
+    return load_segmenter(model, device="cpu")
+
+
+def finder(cells: str) -> str | None:
+    return "bench_wsi:quick_cells" if cells == "quick" else None
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+def bench_hed(quick: bool) -> dict:
+    from skimage.color import rgb2hed
+
+    from her2kit.preprocess.stain import HedDeconvolver
+    from her2kit.synth.images import make_patch
+
+    side = 2048 if quick else 4096
+    patch = make_patch(3, 1024, "2+").region.rgb
+    rgb = np.ascontiguousarray(np.tile(patch, (side // 1024, side // 1024, 1)))
+    hed = HedDeconvolver()
+    hed(rgb[:64, :64])
+
+    def best(fn, n):
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn(rgb)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    ours = best(hed, 3)
+    ref = best(rgb2hed, 2)
+    mpx = rgb.shape[0] * rgb.shape[1] / 1e6
+    return {"name": "hed_deconvolution", "shape": list(rgb.shape), "her2kit_s": round(ours, 3),
+            "skimage_s": round(ref, 3), "her2kit_mpx_s": round(mpx / ours, 1),
+            "skimage_mpx_s": round(mpx / ref, 1), "speedup": round(ref / ours, 2),
+            "target_speedup": 3.0}
+
+
+class RssSampler:
+    """Peak resident memory of this process while running, sampled every 20 ms
+    from /proc (ru_maxrss cannot be reset, and imports set it before the run)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = self.now()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def now() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _loop(self):
+        while not self.stop.wait(0.02):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.now())
+
+
+def one_run(slide: str, out: str, block: int, halo: int, workers: int, model: str | None,
+            cells: str, segment_only: bool, tissue: bool = True) -> dict:
+    """Run the pipeline once in this process; report its time and peak RSS (MiB)."""
+    sys.path.insert(0, str(HERE))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    import her2kit.scoring.cells  # noqa: F401  (imports before the baseline)
+    import her2kit.wsi.pipeline  # noqa: F401
+    from her2kit.wsi.pipeline import run_slide
+
+    seg = make_segmenter(model)
+    rss0 = RssSampler.now()
+    t = time.perf_counter()
+    with RssSampler() as sampler:
+        s = run_slide(slide, out, seg, block=block, halo=halo, workers=workers, force=True,
+                      segment_only=segment_only, progress=False, cell_finder=finder(cells),
+                      tissue=tissue)
+    wall = time.perf_counter() - t
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(sampler.peak, 1),
+            "rss_before_mb": round(rss0, 1),
+            "maxrss_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "blocks": s["wsi"]["blocks_tissue"],
+            "blocks_total": s["wsi"]["blocks_total"], "timings_s": s["run"]["timings_s"],
+            "tissue_fraction": s["wsi"]["tissue_fraction"]}
+
+
+def run_child(**kw) -> dict:
+    """:func:`one_run` in a fresh Python process (clean peak-memory figures)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_one", json.dumps(kw)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"child failed: {p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(work: Path, sizes: tuple[int, int], block: int, halo: int, model, cells) -> dict:
+    runs = {}
+    for size in sizes:
+        slide = make_slide(work / f"full{size}.zarr", size)
+        runs[size] = run_child(slide=str(slide), out=str(work / f"mem{size}"), block=block, halo=halo,
+                               workers=1, model=model, cells=cells, segment_only=True)
+    small, large = runs[sizes[0]], runs[sizes[1]]
+    return {"name": "peak_memory", "sizes": list(sizes), "block": block, "halo": halo,
+            "cells": cells, "model": model or "stain-threshold", "runs": {str(k): v for k, v in runs.items()},
+            "ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
+            "growth_ratio": round((large["peak_rss_mb"] - large["rss_before_mb"])
+                                  / max(small["peak_rss_mb"] - small["rss_before_mb"], 1.0), 3),
+            "target_ratio": 1.3}
+
+
+def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells) -> dict:
+    from her2kit.readers import open_slide
+    from her2kit.wsi.blocks import make_grid
+    from her2kit.wsi.worker import read_block
+
+    slide_path = make_slide(work / f"full{size}.zarr", size)
+    seg = make_segmenter(model)
+    slide = open_slide(str(slide_path))
+    grid = make_grid(slide.shape, seg.mpp / slide.mpp, block, halo)
+    plan = {"shape": list(slide.shape), "block0": grid.block0, "halo0": grid.halo0,
+            "scale": grid.scale, "level": 0, "level_downsample": 1.0}
+    tiles = [read_block(slide, plan, b) for b in grid.blocks()]
+    seg.predict(tiles[0][:64, :64])
+    t = time.perf_counter()
+    for tile in tiles:
+        seg.predict(tile)
+    model_s = time.perf_counter() - t
+    tile_px = sum(t.shape[0] * t.shape[1] for t in tiles)
+    run = run_child(slide=str(slide_path), out=str(work / "thr"), block=block, halo=halo, workers=1,
+                    model=model, cells=cells, segment_only=True)
+    return {"name": "throughput", "size": size, "block": block, "halo": halo, "blocks": len(tiles),
+            "model": getattr(seg, "name", "?"), "cells": cells,
+            "model_s": round(model_s, 2), "model_mpx_s": round(tile_px / model_s / 1e6, 3),
+            "pipeline_s": run["wall_s"], "pipeline_mpx_s": round(tile_px / run["wall_s"] / 1e6, 3),
+            "pipeline_timings_s": run["timings_s"],
+            "ratio": round(model_s / run["wall_s"], 3), "target_ratio": 0.8}
+
+
+def bench_tissue(work: Path, size: int, block: int, halo: int, model, cells) -> dict:
+    part = make_slide(work / f"tissue30_{size}.zarr", size, tissue=0.3)
+    full = make_slide(work / f"full{size}.zarr", size)
+    a = run_child(slide=str(part), out=str(work / "t30"), block=block, halo=halo, workers=1,
+                  model=model, cells=cells, segment_only=True)
+    b = run_child(slide=str(full), out=str(work / "t100"), block=block, halo=halo, workers=1,
+                  model=model, cells=cells, segment_only=True)
+    return {"name": "tissue_30_vs_100", "size": size, "block": block, "cells": cells,
+            "tissue30": a, "tissue100": b, "ratio": round(a["wall_s"] / b["wall_s"], 3),
+            "target_ratio": 0.4}
+
+
+def bench_workers(work: Path, size: int, block: int, halo: int, model, cells) -> dict:
+    full = make_slide(work / f"full{size}.zarr", size)
+    runs = {}
+    for n in (1, 2):
+        runs[n] = run_child(slide=str(full), out=str(work / f"w{n}"), block=block, halo=halo,
+                            workers=n, model=model, cells=cells, segment_only=True)
+    return {"name": "workers_2_vs_1", "size": size, "block": block, "cells": cells,
+            "cpu_count": os.cpu_count(), "runs": {str(k): v for k, v in runs.items()},
+            "speedup": round(runs[1]["wall_s"] / runs[2]["wall_s"], 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_one":
+        print(json.dumps(one_run(**json.loads(argv[1]))))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="JSON file")
+    p.add_argument("--quick", action="store_true", help="small sizes")
+    p.add_argument("--sections", default="hed,memory,throughput,tissue,workers")
+    p.add_argument("--model", default=None, help="model name/checkpoint, or her2net-untrained "
+                   "(default: the StainSegmenter double)")
+    p.add_argument("--throughput-model", default=None, help="model for the throughput section "
+                   "(e.g. her2net-untrained: same cost as the trained net)")
+    p.add_argument("--cells", choices=["real", "quick"], default="real")
+    p.add_argument("--memory-cells", choices=["real", "quick"], default="quick")
+    p.add_argument("--memory-sizes", default=None, help="SMALL,LARGE (default 10000,40000; quick 1024,4096)")
+    p.add_argument("--memory-block", type=int, default=1024)
+    p.add_argument("--size", type=int, default=None, help="slide side for tissue/workers")
+    p.add_argument("--throughput-size", type=int, default=None)
+    p.add_argument("--block", type=int, default=None)
+    p.add_argument("--halo", type=int, default=64)
+    p.add_argument("--work", default=None, help="folder for slides and outputs (default: a temp dir)")
+    args = p.parse_args(argv)
+    size = args.size or (1024 if args.quick else 4096)
+    block = args.block or (256 if args.quick else 512)
+    sizes = tuple(int(v) for v in (args.memory_sizes or ("1024,4096" if args.quick else "10000,40000")).split(","))
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_wsi_"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for section in args.sections.split(","):
+        t = time.perf_counter()
+        if section == "hed":
+            r = bench_hed(args.quick)
+        elif section == "memory":
+            r = bench_memory(work, sizes, args.memory_block, args.halo, args.model, args.memory_cells)
+        elif section == "throughput":
+            r = bench_throughput(work, args.throughput_size or size, block, args.halo,
+                                 args.throughput_model or args.model, args.cells)
+        elif section == "tissue":
+            r = bench_tissue(work, size, block, args.halo, args.model, args.cells)
+        elif section == "workers":
+            r = bench_workers(work, size, block, args.halo, args.model, args.cells)
+        else:
+            raise SystemExit(f"unknown section {section}")
+        r["bench_s"] = round(time.perf_counter() - t, 1)
+        results.append(r)
+        keys = [k for k in ("speedup", "ratio", "target_ratio", "target_speedup") if k in r]
+        print(f"{r['name']}: " + ", ".join(f"{k} {r[k]}" for k in keys), flush=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

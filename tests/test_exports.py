@@ -1,0 +1,123 @@
+"""Output files: GeoJSON (spec + QuPath fields), cells.csv, score.json, labels.zarr, overlay, report."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from her2kit.scoring import exports
+from her2kit.scoring.cells import find_cells, probabilities_from_mask
+from her2kit.scoring.phantom import make_phantom
+
+
+@pytest.fixture(scope="module")
+def phantom_result():
+    p = make_phantom([0, 1, 2, 3] * 3, stroma=3, seed=1)
+    r = find_cells(p.rgb, probabilities_from_mask(p.mask), p.mpp)
+    return p, r
+
+
+def _check_ring(ring):
+    assert isinstance(ring, list) and len(ring) >= 4
+    assert ring[0] == ring[-1], "ring not closed"
+    for pt in ring:
+        assert len(pt) == 2 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in pt)
+
+
+def test_geojson_is_valid_qupath_detections(tmp_path, phantom_result):
+    p, r = phantom_result
+    polys = exports.cell_polygons(r.cell_labels, r.nucleus_labels, r.table["id"], scale=2.0,
+                                  offset=(100.0, 50.0))
+    n = exports.write_cells_geojson(tmp_path / "cells.geojson", exports.cell_features(r.table, polys))
+    doc = json.loads((tmp_path / "cells.geojson").read_text())
+    assert doc["type"] == "FeatureCollection"
+    assert len(doc["features"]) == n == len(r)
+    names = set()
+    for f in doc["features"]:
+        assert f["type"] == "Feature"
+        assert set(f) >= {"type", "geometry", "properties"}
+        assert f["geometry"]["type"] == "Polygon"
+        for ring in f["geometry"]["coordinates"]:
+            _check_ring(ring)
+        props = f["properties"]
+        assert props["objectType"] == "cell"
+        cls = props["classification"]
+        assert isinstance(cls["name"], str)
+        assert len(cls["color"]) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in cls["color"])
+        names.add(cls["name"])
+        assert isinstance(props["measurements"], dict)
+        assert all(isinstance(v, float) for v in props["measurements"].values())
+        assert {"completeness", "intensity", "area_um2"} <= set(props["measurements"])
+        assert f["nucleusGeometry"]["type"] == "Polygon"
+        for ring in f["nucleusGeometry"]["coordinates"]:
+            _check_ring(ring)
+    assert {"HER2 0", "HER2 1+", "HER2 2+", "HER2 3+"} <= names
+    assert "Stroma" in names
+    # coordinates are full-resolution: scale 2, offset (y 100, x 50)
+    xs = [pt[0] for f in doc["features"] for pt in f["geometry"]["coordinates"][0]]
+    ys = [pt[1] for f in doc["features"] for pt in f["geometry"]["coordinates"][0]]
+    assert min(xs) >= 50 and max(xs) <= 50 + 2 * p.rgb.shape[1]
+    assert min(ys) >= 100 and max(ys) <= 100 + 2 * p.rgb.shape[0]
+
+
+def test_polygon_area_matches_label_area(phantom_result):
+    _, r = phantom_result
+    polys = exports.cell_polygons(r.cell_labels, r.nucleus_labels, r.table["id"], tolerance=0)
+    for cid in r.table["id"][:5]:
+        ring = np.array(polys[int(cid)][0])
+        x, y = ring[:, 0], ring[:, 1]
+        area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+        pixels = int((r.cell_labels == cid).sum())
+        assert area == pytest.approx(pixels, rel=0.15)
+
+
+def test_cells_csv_and_score_json(tmp_path, phantom_result):
+    _, r = phantom_result
+    exports.write_cells_csv(tmp_path / "cells.csv", r.table)
+    rows = list(csv.DictReader(open(tmp_path / "cells.csv")))
+    assert len(rows) == len(r)
+    assert list(rows[0])[:7] == ["id", "y", "x", "category", "tumour", "completeness", "intensity"]
+    assert [int(x["id"]) for x in rows] == list(r.table["id"])
+    exports.write_score_json(tmp_path / "score.json", {"score": None, "h": np.float64(1.5),
+                                                       "n": np.int64(3), "bad": float("nan")})
+    doc = json.loads((tmp_path / "score.json").read_text())
+    assert doc == {"score": None, "h": 1.5, "n": 3, "bad": None}
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_labels_zarr_ngff(tmp_path, phantom_result):
+    import zarr
+
+    p, r = phantom_result
+    exports.write_labels_zarr(tmp_path / "labels.zarr", r.semantic, r.cell_labels, p.mpp, chunk=64)
+    root = zarr.open_group(str(tmp_path / "labels.zarr"), mode="r")
+    assert list(root["labels"].attrs["labels"]) == ["semantic", "cells"]
+    cells = root["labels/cells"]
+    ms = cells.attrs["multiscales"][0]
+    assert ms["version"] == "0.4"
+    level0 = np.asarray(cells["0"])
+    assert level0.dtype == np.uint32 and np.array_equal(level0, r.cell_labels)
+    assert np.array_equal(np.asarray(root["labels/semantic/0"]), r.semantic)
+    assert len(ms["datasets"]) >= 2  # a pyramid
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [p.mpp, p.mpp]
+
+
+def test_overlay_and_report(tmp_path, phantom_result):
+    p, r = phantom_result
+    ov = exports.overlay_image(p.rgb, r.cell_labels, r.table)
+    assert ov.shape == p.rgb.shape and ov.dtype == np.uint8
+    # a category-3 cell's outline is red
+    cid = r.table["id"][(r.table["category"] == 3) & r.table["tumour"]][0]
+    edge = (r.cell_labels == cid) & (ov == np.array(exports.CATEGORY_COLOURS[3], np.uint8)).all(-1)
+    assert edge.sum() > 10
+    exports.write_overlay_png(tmp_path / "overlay.png", ov)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "overlay.png").size == (p.rgb.shape[1], p.rgb.shape[0])
+    summary = {"score": "2+", "subcategory": None, "cells_total": 12, "h_score": 150.0,
+               "percent": {"0": 25.0, "1": 25.0, "2": 25.0, "3": 25.0}, "percent_complete": 50.0,
+               "input": "x.png"}
+    exports.write_report_html(tmp_path / "report.html", p.rgb, ov, summary, r.table)
+    page = (tmp_path / "report.html").read_text()
+    assert "HER2 2+" in page and page.count("data:image/png;base64,") == 4

@@ -1,0 +1,105 @@
+"""ASCO/CAP 2018 rule table, H-score, percent complete and the scorer plugins."""
+
+import numpy as np
+import pytest
+
+from her2kit.scoring.rules import (
+    AscoCap2018,
+    HScore,
+    PercentComplete,
+    asco_cap_score,
+    h_score,
+    percent_complete,
+    quadratic_weighted_kappa,
+    score_from_counts,
+)
+
+
+def cats(n0=0, n1=0, n2=0, n3=0):
+    return np.repeat([0, 1, 2, 3], [n0, n1, n2, n3])
+
+
+@pytest.mark.parametrize("counts, expected", [
+    # exactly 10% is not more than 10%
+    # 10% category 3: not 3+, and 10% stained is not >10% for 2+ or 1+ either
+    ((90, 0, 0, 10), ("0", "ultralow")),
+    ((89, 0, 0, 11), ("3+", None)),
+    ((90, 0, 10, 0), ("0", "ultralow")),
+    ((89, 0, 11, 0), ("2+", None)),
+    ((90, 10, 0, 0), ("0", "ultralow")),
+    ((89, 11, 0, 0), ("1+", None)),
+    ((100, 0, 0, 0), ("0", "null")),
+    ((99, 1, 0, 0), ("0", "ultralow")),
+    ((0, 0, 0, 0), (None, None)),
+    # 2+ counts category 3 with category 2
+    ((84, 0, 8, 8), ("2+", None)),
+    # 1+ counts every stained cell
+    ((88, 6, 6, 0), ("1+", None)),
+    ((0, 0, 0, 1), ("3+", None)),
+    ((5, 95, 0, 0), ("1+", None)),
+    ((10, 0, 90, 0), ("2+", None)),
+    # ties: several categories above 10% -> the highest wins; 2+ at exactly 10% falls to 1+
+    ((78, 0, 11, 11), ("3+", None)),
+    ((67, 11, 11, 11), ("3+", None)),
+    ((80, 10, 5, 5), ("1+", None)),
+    ((25, 25, 25, 25), ("3+", None)),
+])
+def test_rule_table(counts, expected):
+    assert score_from_counts(counts) == expected
+    r = asco_cap_score(cats(*counts))
+    assert (r.score, r.subcategory) == expected
+    assert r.cells_total == sum(counts)
+
+
+def test_exact_threshold_with_large_counts():
+    # 1000 cells: 100 = 10% (not >10%), 101 = 10.1% (>10%)
+    assert score_from_counts((900, 0, 0, 100))[0] == "0"
+    assert score_from_counts((899, 0, 0, 101))[0] == "3+"
+    assert score_from_counts((900, 100, 0, 0)) == ("0", "ultralow")
+    assert score_from_counts((899, 101, 0, 0)) == ("1+", None)
+
+
+def test_no_cells_is_undefined_with_a_note():
+    r = asco_cap_score(np.zeros(0, int))
+    assert r.score is None and r.cells_total == 0
+    assert r.note == "no tumour cells found"
+    assert r.h_score == 0.0 and r.percent_complete == 0.0
+
+
+def test_percentages_h_score_and_complete():
+    r = asco_cap_score(cats(40, 30, 20, 10))
+    assert r.percent == {"0": 40.0, "1": 30.0, "2": 20.0, "3": 10.0}
+    assert r.h_score == pytest.approx(30 + 40 + 30)
+    assert r.percent_complete == pytest.approx(30.0)
+    assert r.counts == {"0": 40, "1": 30, "2": 20, "3": 10}
+    assert h_score([0, 0, 0, 7]) == 300.0
+    assert h_score([5, 0, 0, 0]) == 0.0
+    assert percent_complete([1, 1, 1, 1]) == 50.0
+
+
+def test_bad_categories_rejected():
+    with pytest.raises(ValueError):
+        asco_cap_score(np.array([0, 4]))
+
+
+def test_scorer_plugins_use_tumour_cells_only():
+    from her2kit.plugins import registry
+
+    table = {"category": np.array([3, 3, 0, 0, 0]), "tumour": np.array([1, 0, 1, 1, 1], bool)}
+    reg = registry()
+    asco = reg.get("scorer", "asco-cap-2018").factory()
+    assert isinstance(asco, AscoCap2018)
+    r = asco(table)
+    assert r.cells_total == 4 and r.score == "3+"  # 1 of 4 tumour cells is 25%
+    assert reg.get("scorer", "h-score").factory()(table) == pytest.approx(75.0)
+    assert isinstance(reg.get("scorer", "h-score").factory(), HScore)
+    pc = reg.get("scorer", "percent-complete").factory()
+    assert isinstance(pc, PercentComplete) and pc(table) == pytest.approx(25.0)
+
+
+def test_quadratic_weighted_kappa():
+    assert quadratic_weighted_kappa(["0", "1+", "2+", "3+"], ["0", "1+", "2+", "3+"]) == 1.0
+    worse = quadratic_weighted_kappa(["0", "1+", "2+", "3+"], ["3+", "2+", "1+", "0"])
+    assert worse < 0
+    near = quadratic_weighted_kappa(["0", "1+", "2+", "3+"] * 3, ["0", "1+", "2+", "2+"] * 3)
+    assert 0.8 < near < 1.0

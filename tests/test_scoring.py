@@ -1,0 +1,236 @@
+"""Cells from probabilities, stain deconvolution, ROI, the score command and its bad inputs."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from her2kit.preprocess.stain import HedDeconvolver
+from her2kit.scoring.cells import CellParams, categorise, find_cells, probabilities_from_mask
+from her2kit.scoring.phantom import make_phantom
+
+
+def _cli(*args, cwd=None):
+    env = dict(os.environ, HER2KIT_NO_PLUGINS="1")
+    return subprocess.run([sys.executable, "-m", "her2kit", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env)
+
+
+# --- stain ---------------------------------------------------------------------------------
+
+
+def test_hed_round_trip_and_channels():
+    d = HedDeconvolver()
+    stains = np.array([[[0.3, 0.0, 0.0], [0.0, 0.6, 0.0], [0.2, 0.4, 0.0], [0.0, 0.0, 0.0]]])
+    rgb = d.to_rgb(stains)
+    back = d(rgb)
+    assert back.dtype == np.float32 and back.shape == (1, 4, 3)
+    assert np.allclose(back[..., :2], stains[..., :2], atol=0.02)
+    assert np.allclose(d.dab(rgb), stains[..., 1], atol=0.02)
+    assert np.allclose(d.haematoxylin(rgb), stains[..., 0], atol=0.02)
+    assert d.dab(np.full((2, 2, 3), 255, np.uint8)).max() == 0.0  # glass: no stain
+    with pytest.raises(ValueError):
+        d(np.zeros((2, 2), np.uint8))
+
+
+def test_hed_plugin_record():
+    from her2kit.plugins import registry
+
+    fn = registry().get("preprocessor", "hed").factory()
+    assert isinstance(fn, HedDeconvolver)
+
+
+# --- cells ---------------------------------------------------------------------------------
+
+
+def _match(phantom, result):
+    """True category of each detected cell, via the phantom cell under its centroid (-1: none)."""
+    ys = np.clip(np.round(result.table["y"]).astype(int), 0, phantom.cells.shape[0] - 1)
+    xs = np.clip(np.round(result.table["x"]).astype(int), 0, phantom.cells.shape[1] - 1)
+    tid = phantom.cells[ys, xs].astype(int)
+    return np.where(tid > 0, phantom.categories[np.maximum(tid, 1) - 1], -1)
+
+
+def test_find_cells_on_phantom_categories_and_stroma():
+    cats = [0, 1, 2, 3] * 6
+    p = make_phantom(cats, stroma=4, seed=3)
+    r = find_cells(p.rgb, probabilities_from_mask(p.mask, seed=1), p.mpp)
+    truth = _match(p, r)
+    tumour = r.table["tumour"]
+    # every phantom cell found once, stroma nuclei found and excluded
+    assert sorted(truth[truth >= 0]) == sorted(cats)
+    assert (~tumour).sum() >= 3 and (truth[~tumour] == -1).all()
+    acc = (r.table["category"][truth >= 0] == truth[truth >= 0]).mean()
+    assert acc >= 0.9, (acc, r.table["category"][truth >= 0], truth[truth >= 0])
+    assert r.cell_labels.dtype == np.uint32 and r.nucleus_labels.dtype == np.uint32
+    assert set(np.unique(r.cell_labels)) - {0} == set(r.table["id"])
+    assert r.semantic.dtype == np.uint8 and r.semantic.max() <= 2
+    # every nucleus lies inside its own cell
+    nz = r.nucleus_labels > 0
+    assert (r.cell_labels[nz] == r.nucleus_labels[nz]).mean() > 0.99
+
+
+def test_find_cells_on_empty_and_bad_input():
+    rgb = np.full((64, 64, 3), 240, np.uint8)
+    probs = np.zeros((3, 64, 64), np.float32)
+    probs[0] = 1
+    r = find_cells(rgb, probs, 0.5)
+    assert len(r) == 0 and r.cell_labels.max() == 0
+    with pytest.raises(ValueError):
+        find_cells(rgb, probs[:2], 0.5)
+    with pytest.raises(ValueError):
+        find_cells(rgb, probs, 0.0)
+
+
+def test_categorise_rule():
+    p = CellParams(any_fraction=0.2, complete_fraction=0.9, weak_od=0.1, moderate_od=0.3, intense_od=0.5)
+    comp = np.array([0.1, 0.5, 0.5, 1.0, 1.0, 1.0])
+    inten = np.array([0.9, 0.2, 0.4, 0.05, 0.2, 0.6])
+    assert list(categorise(comp, inten, p)) == [0, 1, 2, 1, 2, 3]
+
+
+# --- ROI -----------------------------------------------------------------------------------
+
+
+def test_roi_parsing_and_filter(tmp_path):
+    from her2kit.scoring.roi import inside, load_roi
+
+    square = [[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]
+    hole = [[40, 40], [60, 40], [60, 60], [40, 60], [40, 40]]
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square, hole]},
+         "properties": {"objectType": "annotation"}},
+        {"type": "Feature", "geometry": {"type": "MultiPolygon",
+                                         "coordinates": [[[[200, 200], [210, 200], [210, 210], [200, 200]]]]}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]}},
+    ]}
+    f = tmp_path / "roi.geojson"
+    f.write_text(json.dumps(doc))
+    polys = load_roi(f)
+    assert len(polys) == 2
+    got = inside(polys, np.array([10, 50, 150, 208]), np.array([10, 50, 150, 202]))
+    assert list(got) == [True, False, False, True]
+    # a bare list of features and a single Feature are accepted too
+    f.write_text(json.dumps(doc["features"][:1]))
+    assert len(load_roi(f)) == 1
+    f.write_text('{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}}')
+    from her2kit.errors import InputError
+
+    with pytest.raises(InputError, match="no Polygon"):
+        load_roi(f)
+    f.write_text("not json")
+    with pytest.raises(InputError, match="GeoJSON"):
+        load_roi(f)
+
+
+class TruthSegmenter:
+    """Stands in for the network: one-hot probabilities of a known mask."""
+
+    name = "truth-masks"
+
+    def __init__(self, mask, mpp):
+        self.mask, self.mpp = mask, mpp
+
+    def predict(self, rgb):
+        assert rgb.shape[:2] == self.mask.shape
+        return probabilities_from_mask(self.mask)
+
+
+def test_analyse_image_with_roi_and_resampling():
+    from her2kit.scoring.commands import analyse_image
+    from her2kit.scoring.roi import parse_roi
+
+    p = make_phantom([2] * 16, seed=2)
+    seg = TruthSegmenter(p.mask, p.mpp)
+    full, _ = analyse_image(p.rgb, p.mpp, seg)
+    h, w = p.mask.shape
+    roi = parse_roi({"type": "Polygon", "coordinates": [[[0, 0], [w / 2, 0], [w / 2, h], [0, h], [0, 0]]]})
+    half, _ = analyse_image(p.rgb, p.mpp, seg, roi=roi)
+    assert 0 < len(half) < len(full)
+    assert (half.table["x"] < w / 2).all()
+    assert set(np.unique(half.cell_labels)) - {0} == set(half.table["id"])
+    # an input at twice the model's resolution: labels back at input size, coordinates in input pixels
+    from skimage.transform import rescale
+
+    big = np.clip(rescale(p.rgb, 2, channel_axis=-1, preserve_range=True, order=1), 0, 255).astype(np.uint8)
+    res, _ = analyse_image(big, p.mpp / 2, seg)
+    assert res.cell_labels.shape == big.shape[:2]
+    assert len(res) == len(full)
+    assert np.allclose(np.sort(res.table["x"]), np.sort(full.table["x"] * 2 + 0.5), atol=1.5)
+
+
+def test_synthetic_image_scores_right(tmp_path):
+    """A synthetic 3+ image (her2kit.synth) scored with ground-truth probabilities, through run()."""
+    from PIL import Image
+
+    from her2kit.scoring.commands import run
+    from her2kit.synth.images import make_patch
+
+    patch = make_patch(7, 384, "3+")
+    assert patch.score == "3+"
+    img = tmp_path / "case.png"
+    Image.fromarray(patch.region.rgb).save(img)
+    seg = TruthSegmenter(patch.region.semantic, 0.5)
+    args = argparse.Namespace(inputs=[str(img)], out=str(tmp_path / "out"), model=None, mpp=0.5,
+                              force=False, roi=None, scorer="asco-cap-2018", device=None,
+                              workers=1, scheduler=None)
+    assert run(args, get_segmenter=lambda: seg) == 0
+    out = tmp_path / "out" / "case"
+    doc = json.loads((out / "score.json").read_text())
+    assert doc["score"] == "3+"
+    assert doc["cells_total"] > 20 and doc["model"] == "truth-masks"
+    assert set(doc["percent"]) == {"0", "1", "2", "3"}
+    for name in ("cells.csv", "cells.geojson", "labels.zarr", "overlay.png", "report.html"):
+        assert (out / name).exists(), name
+
+
+# --- command line: bad input gets one line, not a traceback ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("bad")
+    Image.fromarray(np.full((64, 64, 3), 245, np.uint8)).save(d / "blank.png")
+    (d / "empty.png").write_bytes(b"")
+    (d / "garbage.png").write_bytes(b"this is not a png at all")
+    return d
+
+
+def _one_line_error(proc, *words):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("her2kit: error")]
+    assert errors, proc.stderr
+    for w in words:
+        assert any(w in e for e in errors), (w, proc.stderr)
+
+
+def test_cli_mpp_missing_and_zero(bad_inputs, tmp_path):
+    blank = str(bad_inputs / "blank.png")
+    _one_line_error(_cli("score", blank, "--out", str(tmp_path)), "blank.png", "--mpp")
+    _one_line_error(_cli("score", blank, "--out", str(tmp_path), "--mpp", "0"), "implausible")
+    _one_line_error(_cli("score", blank, "--out", str(tmp_path), "--mpp", "50"), "implausible")
+
+
+def test_cli_empty_and_unreadable(bad_inputs, tmp_path):
+    proc = _cli("score", str(bad_inputs / "empty.png"), str(bad_inputs / "garbage.png"),
+                "--out", str(tmp_path), "--mpp", "0.5")
+    _one_line_error(proc, "empty.png", "garbage.png")
+    assert "2 of 2 inputs failed" in proc.stderr
+
+
+def test_cli_all_background_gives_no_score_and_others_continue(bad_inputs, tmp_path):
+    proc = _cli("score", str(bad_inputs / "garbage.png"), str(bad_inputs / "blank.png"),
+                "--out", str(tmp_path), "--mpp", "0.5")
+    _one_line_error(proc, "garbage.png")  # the bad one fails ...
+    doc = json.loads((tmp_path / "blank" / "score.json").read_text())  # ... the blank one is answered
+    assert doc["score"] is None and doc["cells_total"] == 0
+    assert "no tissue" in doc["note"]
+    assert "score is undefined" in proc.stderr
+    assert (tmp_path / "blank" / "report.html").exists()

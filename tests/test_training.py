@@ -1,0 +1,223 @@
+"""her2kit train / evaluate: data folders, augmentation, determinism, resume, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from her2kit.errors import InputError
+from her2kit.training.augment import AugmentConfig, augment, stain_jitter
+from her2kit.training.dataset import (
+    PatchSampler,
+    index_rows,
+    load_folder,
+    pattern_of_categories,
+    split,
+    subset,
+)
+
+SCORES = ["0", "1+", "2+", "3+"]
+
+
+def make_folder(folder: Path, n: int = 4, size: int = 64, seed: int = 0, index: bool = True) -> Path:
+    """A tiny labelled folder: blue nuclei in brown rings on a pale background."""
+    rng = np.random.default_rng(seed)
+    for d in ("images", "masks", "cells"):
+        (folder / d).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    rows = []
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        cells = []
+        for c in range(6):
+            cy, cx = rng.integers(8, size - 8, 2)
+            r = int(rng.integers(4, 7))
+            d = np.hypot(yy - cy, xx - cx)
+            mask[(d < r + 1.5) & (d >= r)] = 1
+            mask[d < r * 0.5] = 2
+            cells.append((c + 1, int(cy), int(cx), int(rng.integers(4)), 1))
+        rgb = np.full((size, size, 3), 230.0)
+        rgb[mask == 1] = (150, 90, 40)
+        rgb[mask == 2] = (80, 80, 160)
+        rgb = np.clip(rgb + rng.normal(0, 6, rgb.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(rgb).save(folder / f"images/{i:04d}.png")
+        Image.fromarray(mask).save(folder / f"masks/{i:04d}.png")
+        with open(folder / f"cells/{i:04d}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "y", "x", "category", "tumour"])
+            w.writerows(cells)
+        rows.append((f"images/{i:04d}.png", f"masks/{i:04d}.png", SCORES[i % 4], 0.5))
+    if index:
+        with open(folder / "index.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image", "mask", "score", "mpp"])
+            w.writerows(rows)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("tiny"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HER2KIT_DISABLE_PLUGINS": "1"}
+    return subprocess.run([sys.executable, "-m", "her2kit", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_folder_reading_with_and_without_index(tiny, tmp_path):
+    images = load_folder(tiny)
+    assert len(images) == 4 and images[1].score == 1 and images[0].mpp == 0.5
+    assert images[0].rgb.shape == (64, 64, 3) and images[0].mask.max() == 2
+    assert images[0].cells.shape == (6, 3)
+    bare = make_folder(tmp_path / "bare", n=2, index=False)
+    rows = index_rows(bare)
+    assert [Path(r["image"]).name for r in rows] == ["0000.png", "0001.png"]
+    assert load_folder(bare)[0].score is None
+
+
+def test_bad_folders_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="no labelled images"):
+        index_rows((tmp_path / "empty").mkdir() or tmp_path / "empty")
+    bad = make_folder(tmp_path / "bad", n=1)
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(bad / "masks/0000.png")
+    with pytest.raises(InputError, match="0, 1 or 2"):
+        load_folder(bad)
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(bad / "masks/0000.png")
+    with pytest.raises(InputError, match="differs"):
+        load_folder(bad)
+
+
+def test_split_and_fraction_are_seeded_and_nested():
+    train, val = split(20, seed=3)
+    assert (train, val) == split(20, seed=3)
+    assert len(val) == 2 and not set(train) & set(val)
+    assert split(20, seed=4) != (train, val)
+    a, b, c = (set(subset(train, f, 3)) for f in (0.25, 0.5, 0.75))
+    assert a < b < c and len(a) == round(len(train) * 0.25)
+
+
+def test_pattern_labels_follow_asco_cap_thresholds():
+    assert pattern_of_categories(np.array([0] * 9 + [3])) == 1 - 1  # 10% is not "> 10%"
+    assert pattern_of_categories(np.array([0] * 8 + [3] * 2)) == 3
+    assert pattern_of_categories(np.array([0] * 8 + [2, 3])) == 2
+    assert pattern_of_categories(np.array([1] * 5 + [0] * 5)) == 1
+    assert pattern_of_categories(np.array([3, 3])) == -1  # too few cells
+
+
+def test_patch_sampler_pads_small_images_and_labels_patterns(tiny):
+    images = load_folder(tiny)
+    sampler = PatchSampler(images, patch=80)
+    plan = sampler.epoch_plan(np.random.default_rng(0))
+    assert len(plan) == len(sampler) == 4
+    rgb, mask, label = sampler.crop(*plan[0])
+    assert rgb.shape == (80, 80, 3) and mask.shape == (80, 80)
+    assert label == pattern_of_categories(images[plan[0][0]].cells[:, 2])
+
+
+def test_augment_keeps_labels_aligned_and_stain_identity():
+    rng = np.random.default_rng(0)
+    rgb = np.where(rng.random((32, 32, 3)) < 0.5, 40, 220).astype(np.uint8)
+    mask = (rgb[..., 0] > 128).astype(np.uint8)
+    geometry_only = AugmentConfig(stain_scale=(0, 0, 0), stain_shift=(0, 0, 0), stain_vector=0, brightness=0,
+                                  contrast=0, blur_probability=0, noise_sigma=0)
+    for _ in range(6):
+        a, m = augment(rgb, mask, rng, geometry_only)
+        assert np.array_equal(m, (a[..., 0] > 128).astype(np.uint8))
+    x = rgb.astype(np.float64) / 255
+    same = stain_jitter(x, np.ones(3), np.zeros(3))
+    np.testing.assert_allclose(same[x > 1 / 255], x[x > 1 / 255], atol=1e-6)
+    darker = stain_jitter(x, np.array([1.5, 1.0, 1.0]), np.zeros(3))
+    assert darker.mean() < same.mean()
+    a, m = augment(rgb, mask, rng)
+    assert a.dtype == np.uint8 and a.shape == rgb.shape and m.shape == mask.shape
+
+
+def _train_in_process(data: Path, out: Path, *extra: str) -> int:
+    from her2kit.cli import main
+
+    return main(["train", "--data", str(data), "--model", "segnet", "--out", str(out), "--width", "4",
+                 "--patch", "48", "--batch", "2", "--seed", "5", *extra])
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_same_seed_same_result_and_resume(tiny, tmp_path, monkeypatch):
+    assert _train_in_process(tiny, tmp_path / "a", "--epochs", "2") == 0
+    assert _train_in_process(tiny, tmp_path / "b", "--epochs", "2") == 0
+    wa, wb = _weights(tmp_path / "a/last.safetensors"), _weights(tmp_path / "b/last.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # interrupt a 2-epoch run during epoch 2, then resume: same weights as uninterrupted
+    import her2kit.training.loop as loop
+
+    real_validate, calls = loop.validate, []
+
+    def interrupting_validate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validate", interrupting_validate)
+    assert _train_in_process(tiny, tmp_path / "c", "--epochs", "2") == 130
+    monkeypatch.setattr(loop, "validate", real_validate)
+    assert json.loads((tmp_path / "c/last.json").read_text())["epoch"] == 1
+    assert _train_in_process(tiny, tmp_path / "c", "--epochs", "2", "--resume") == 0
+    wc = _weights(tmp_path / "c/last.safetensors")
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    meta = json.loads((tmp_path / "c/last.json").read_text())
+    assert meta["epoch"] == 2 and len(meta["history"]) == 2
+    assert (tmp_path / "c/last.optim.safetensors").is_file()
+    # nothing left to do: a second resume is a no-op
+    assert _train_in_process(tiny, tmp_path / "c", "--epochs", "2", "--resume") == 0
+
+
+def test_train_and_evaluate_end_to_end(tiny, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", str(tiny), "--model", "her2net", "--out", str(out), "--epochs", "1",
+                "--width", "4", "--patch", "48", "--batch", "2")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "best.json").read_text())
+    assert meta["architecture"] == "her2net" and meta["options"]["width"] == 4
+    assert meta["classes"] == ["background", "membrane", "nucleus"] and meta["mpp"] == 0.5
+    for key in ("normalisation", "data", "metrics", "epoch", "train"):
+        assert key in meta
+    assert (out / "best.safetensors").stat().st_size > 1000
+    ev = tmp_path / "eval"
+    r = run_cli("evaluate", "--data", str(tiny), "--model", str(out / "best.json"), "--out", str(ev))
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((ev / "metrics.json").read_text())
+    model = metrics["models"]["run/best"]
+    for cls in ("membrane", "nucleus", "background"):
+        assert set(model["pixel"][cls]) == {"dice", "cc", "sa", "precision", "recall", "f_score", "npv",
+                                             "accuracy", "fpr"}
+        assert cls in model["auc"]
+    assert {"accuracy", "qwk", "confusion"} <= set(model["score"])
+    assert np.asarray(model["score"]["confusion"]).sum() == 4
+    assert np.asarray(model["pixel_confusion"]).sum() == 4 * 64 * 64
+    for name in ("comparison.md", "comparison.json", "by_score.md", "roc.png", "confusion_pixels.png"):
+        assert (ev / name).is_file(), name
+
+
+def test_cli_errors_are_one_line(tiny, tmp_path):
+    pt = tmp_path / "model.pt"
+    torch.save({"x": torch.zeros(1)}, pt)
+    r = run_cli("evaluate", "--data", str(tiny), "--model", str(pt), "--out", str(tmp_path / "e"))
+    assert r.returncode == 1 and "pickle" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "nowhere" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,400 @@
+"""Whole-slide pipeline: blocks, stitching, resume, cluster, bad slides.
+
+Small synthetic slides (512^2 px at 0.5 um/px) with small blocks (192 + halo
+48) and a cheap segmenter double (per-pixel colour deconvolution), so each
+run takes about a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from her2kit.errors import Her2kitError, InputError
+from her2kit.wsi.blocks import make_grid, select_blocks, tissue_fractions
+from her2kit.wsi.pipeline import run_slide, run_slides
+from her2kit.wsi.stain_segmenter import StainSegmenter
+
+BLOCK, HALO = 192, 48
+GLASS = np.array([238, 242, 236], np.uint8)
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory) -> dict[str, str]:
+    """A 512^2 synthetic 2+ slide as OME-Zarr and as OME-TIFF."""
+    from her2kit.synth.slide import make_slide
+
+    d = tmp_path_factory.mktemp("slides")
+    zarr_path, tiff_path = str(d / "s.zarr"), str(d / "s.ome.tif")
+    make_slide(zarr_path, (512, 512), "2+", seed=3, chunk=256, tiff=tiff_path, progress=False)
+    return {"zarr": zarr_path, "tiff": tiff_path}
+
+
+@pytest.fixture(scope="module")
+def reference(slides, tmp_path_factory) -> Path:
+    """An uninterrupted 3 x 3-block run of the Zarr slide."""
+    out = tmp_path_factory.mktemp("ref") / "s"
+    run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    return out
+
+
+def read_cells(path: Path) -> dict[str, np.ndarray]:
+    with open(path / "cells.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def stable_json(path: Path) -> dict:
+    """score.json without the "run" section (timings, blocks resumed: differ by design)."""
+    d = json.loads((path / "score.json").read_text())
+    d.pop("run")
+    return d
+
+
+def label_level0(path: Path, name: str) -> np.ndarray:
+    import zarr
+
+    return zarr.open_array(str(path / "labels.zarr" / "labels" / name / "0"), mode="r")[:]
+
+
+def test_end_to_end_zarr(reference):
+    out = reference
+    for name in ("score.json", "cells.csv", "cells.geojson", "overlay.png", "report.html"):
+        assert (out / name).is_file(), name
+    assert not (out / ".her2kit-work").exists()
+    s = json.loads((out / "score.json").read_text())
+    assert s["score"] in ("0", "1+", "2+", "3+")
+    assert s["wsi"]["blocks_total"] == 9 and s["wsi"]["blocks_tissue"] == 9
+    assert s["run"]["blocks_run"] == 9 and "blocks" in s["run"]["timings_s"]
+    assert abs(sum(s["percent"].values()) - 100) < 1e-6
+    cells = read_cells(out)
+    assert s["cells_all"] == len(cells["id"]) > 100
+    # labels: full resolution, multiscale, ids = cells.csv ids
+    lab = label_level0(out, "cells")
+    sem = label_level0(out, "semantic")
+    assert lab.shape == sem.shape == (512, 512)
+    assert set(np.unique(sem)) <= {0, 1, 2}
+    assert set(np.unique(lab)) - {0} == set(cells["id"].astype(np.int64).tolist())
+    import zarr
+
+    g = zarr.open_group(str(out / "labels.zarr" / "labels" / "cells"), mode="r")
+    ms = g.attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and len(ms["datasets"]) >= 2
+    assert g["1"].shape == (256, 256)
+    gj = json.loads((out / "cells.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) >= 0.95 * len(cells["id"])
+    f = gj["features"][0]
+    assert f["properties"]["objectType"] == "cell" and f["geometry"]["type"] == "Polygon"
+    html = (out / "report.html").read_text()
+    assert "HER2 score" in html and "heat map" in html and "data:image/png;base64" in html
+
+
+def test_cells_on_block_borders_counted_once(reference):
+    cells = read_cells(reference)
+    ids = cells["id"].astype(np.int64)
+    assert len(np.unique(ids)) == len(ids)
+    # no duplicates under another id: two cells never share a centroid
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(np.stack([cells["y"], cells["x"]], 1)).query_pairs(2.0)
+    assert not pairs
+    # ids encode the owning block: block index * 2^20 + rank
+    grid = make_grid((512, 512), 1.0, BLOCK, HALO)
+    owner = ids // grid.id_stride()
+    assert owner.max() < len(grid) and len(np.unique(owner)) == 9
+    # cells cut by a block border are whole in labels/cells (the seam pass):
+    # some ids have pixels on both sides of the first vertical border
+    lab = label_level0(reference, "cells")
+    b = grid.block0
+    left, right = set(np.unique(lab[:, b - 3:b])) - {0}, set(np.unique(lab[:, b:b + 3])) - {0}
+    straddling = left & right
+    assert len(straddling) >= 3
+    for cid in straddling:  # each is one cell, owned by one block, in cells.csv once
+        assert (ids == cid).sum() == 1
+
+
+def test_blocks_equal_whole(slides, reference, tmp_path):
+    """Scoring in 9 blocks equals scoring in one block (the whole image).
+
+    Tolerance: same score; cell count within 2 %; >= 97 % of the cells of
+    one run have a cell of the other within 3 px with the same category.
+    Not exact because cell finding is not perfectly local: the compact
+    watershed breaks ties by pixel order, and a large cell territory can be
+    cut by the halo edge (halo 48 px here, 128 by default).
+    """
+    whole = tmp_path / "whole"
+    run_slide(slides["zarr"], whole, StainSegmenter(), block=512, halo=HALO, progress=False)
+    a, b = stable_json(reference), stable_json(whole)
+    assert b["wsi"]["blocks_total"] == 1
+    assert a["score"] == b["score"]
+    ca, cb = read_cells(reference), read_cells(whole)
+    assert abs(len(ca["id"]) - len(cb["id"])) <= 0.02 * len(cb["id"])
+    from scipy.spatial import cKDTree
+
+    d, j = cKDTree(np.stack([cb["y"], cb["x"]], 1)).query(np.stack([ca["y"], ca["x"]], 1))
+    same = (d <= 3.0) & (ca["category"] == cb["category"][j])
+    assert same.mean() >= 0.97
+    for k in "0123":
+        assert abs(a["percent"][k] - b["percent"][k]) <= 3.0
+
+
+def test_end_to_end_ome_tiff_matches_zarr(slides, reference, tmp_path):
+    out = tmp_path / "t"
+    s = run_slide(slides["tiff"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    assert s["wsi"]["blocks_total"] == 9
+    # the same pixels through another reader give the same cells
+    assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
+    assert s["score"] == json.loads((reference / "score.json").read_text())["score"]
+
+
+class CrashAfter:
+    """A segmenter double that raises in its n-th call (a crash mid-run)."""
+
+    def __init__(self, n: int):
+        self.inner = StainSegmenter()
+        self.mpp, self.name, self.n, self.calls = self.inner.mpp, self.inner.name, n, 0
+
+    def predict(self, rgb):
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("simulated crash")
+        return self.inner.predict(rgb)
+
+
+def test_crash_and_resume_in_process(slides, reference, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    with pytest.raises(Her2kitError, match="simulated crash"):
+        run_slide(slides["zarr"], out, CrashAfter(5), block=BLOCK, halo=HALO, progress=False)
+    blocks = sorted((out / ".her2kit-work" / "blocks").glob("*.npz"))
+    assert len(blocks) == 4 and not (out / "score.json").exists()
+    # a second crash inside a block's label write (labels half written, no record)
+    from her2kit.wsi import labelstore
+
+    real = labelstore.write_region
+    calls = {"n": 0}
+
+    def torn_write(path, y, x, semantic, cells):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            labelstore.open_level(path, "semantic")[y:y + 8, x:x + 8] = 1
+            raise RuntimeError("killed mid-write")
+        real(path, y, x, semantic, cells)
+
+    monkeypatch.setattr(labelstore, "write_region", torn_write)
+    with pytest.raises(Her2kitError, match="killed mid-write"):
+        run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    monkeypatch.setattr(labelstore, "write_region", real)
+    s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    assert s["run"]["blocks_resumed"] == 5 and s["run"]["blocks_run"] == 4
+    assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
+    assert stable_json(out) | {"input": 0} == stable_json(reference) | {"input": 0}
+    np.testing.assert_array_equal(label_level0(out, "cells"), label_level0(reference, "cells"))
+    np.testing.assert_array_equal(label_level0(out, "semantic"), label_level0(reference, "semantic"))
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from her2kit.wsi.pipeline import run_slide
+    from her2kit.wsi.stain_segmenter import StainSegmenter
+
+    class KillAt(StainSegmenter):
+        calls = 0
+        def predict(self, rgb):
+            KillAt.calls += 1
+            if KillAt.calls == int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().predict(rgb)
+
+    if __name__ == "__main__":
+        run_slide(sys.argv[1], sys.argv[2], KillAt(), block=int(sys.argv[4]),
+                  halo=int(sys.argv[5]), progress=False)
+""")
+
+
+def test_kill_9_and_resume(slides, reference, tmp_path):
+    out = tmp_path / "k"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    p = subprocess.run([sys.executable, str(script), slides["zarr"], str(out), "7", str(BLOCK), str(HALO)],
+                       capture_output=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    assert len(list((out / ".her2kit-work" / "blocks").glob("*.npz"))) == 6
+    s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    assert s["run"]["blocks_resumed"] == 6
+    assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
+    assert stable_json(out) == stable_json(reference)
+    assert (out / "cells.geojson").read_bytes() == (reference / "cells.geojson").read_bytes()
+
+
+def test_rerun_does_nothing_unless_force(slides, tmp_path):
+    out = tmp_path / "f"
+    run_slide(slides["zarr"], out, StainSegmenter(), block=512, halo=HALO, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = run_slide(slides["zarr"], out, CrashAfter(1), block=512, halo=HALO, progress=False)
+    assert again["skipped"] and again["score"] is not None
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    old_csv = (out / "cells.csv").read_bytes()
+    forced = run_slide(slides["zarr"], out, StainSegmenter(), block=512, halo=HALO, progress=False,
+                       force=True)
+    assert not forced.get("skipped") and forced["run"]["blocks_run"] == 1
+    assert (out / "score.json").stat().st_mtime_ns > before["score.json"]
+    assert (out / "cells.csv").read_bytes() == old_csv
+
+
+def test_segment_only_writes_labels_only(slides, tmp_path):
+    out = tmp_path / "seg"
+    s = run_slide(slides["zarr"], out, StainSegmenter(), block=256, halo=HALO, progress=False,
+                  segment_only=True)
+    assert (out / "labels.zarr").is_dir() and not (out / "score.json").exists()
+    assert not (out / "cells.csv").exists() and "score" not in s
+    assert label_level0(out, "cells").max() > 0
+
+
+def test_cluster_tcp(slides, reference, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, scheduler_port=0,
+                      protocol="tcp", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        out = tmp_path / "c"
+        s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO,
+                      scheduler=cluster.scheduler_address, progress=False)
+    assert s["run"]["executor"].startswith("scheduler tcp://")
+    assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
+    assert stable_json(out) == stable_json(reference)
+
+
+def test_unreachable_scheduler_is_one_line():
+    from her2kit.wsi.cluster import make_executor
+
+    with pytest.raises(Her2kitError, match="cannot reach dask scheduler tcp://127.0.0.1:1"):
+        make_executor(scheduler="tcp://127.0.0.1:1", connect_timeout=1)
+
+
+def _bad_slides(src: str, d: Path) -> dict[str, str]:
+    import zarr
+
+    corrupt = d / "corrupt.zarr"
+    shutil.copytree(src, corrupt)
+    level0 = corrupt / "0"
+    chunks = [p for p in level0.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    for p in chunks:  # every level-0 chunk: whichever a block reads is garbage
+        p.write_bytes(b"\x00garbage" * 10)
+    missing = d / "missing.zarr"
+    shutil.copytree(src, missing)
+    shutil.rmtree(missing / "1")
+    empty = d / "empty.zarr"
+    zarr.create_array(str(empty), shape=(0, 0, 3), dtype="uint8", chunks=(64, 64, 3),
+                      zarr_format=2)
+    return {"corrupt": str(corrupt), "missing": str(missing), "empty": str(empty)}
+
+
+def test_bad_slides_fail_alone(slides, tmp_path, capsys):
+    bad = _bad_slides(slides["zarr"], tmp_path)
+    inputs = [bad["corrupt"], bad["missing"], slides["zarr"], bad["empty"],
+              str(tmp_path / "nothing.zarr")]
+    results = run_slides(inputs, tmp_path / "out", StainSegmenter(), block=256, halo=HALO,
+                         progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4, err
+    for line, name in zip(err, ["corrupt", "missing", "empty", "nothing"], strict=True):
+        assert line.startswith("her2kit: error: ") and name in line and "Traceback" not in line
+    by = {Path(r["input"]).name: r for r in results}
+    assert "error" in by["corrupt.zarr"] and "error" in by["missing.zarr"]
+    assert "empty" in by["empty.zarr"]["error"] and "error" in by["nothing.zarr"]
+    good = by["s.zarr"]
+    assert "error" not in good and (tmp_path / "out" / "s" / "score.json").is_file()
+
+
+def test_corrupt_chunk_in_a_block_is_input_error(slides, tmp_path):
+    """A chunk read by a block task (the thumbnails are cached from a first,
+    interrupted run): the block's one-line error names the file."""
+    bad = tmp_path / "c.zarr"
+    shutil.copytree(slides["zarr"], bad)
+    with pytest.raises(Her2kitError, match="simulated crash"):
+        run_slide(str(bad), tmp_path / "o", CrashAfter(2), block=256, halo=HALO, progress=False)
+    for p in (bad / "0").rglob("*"):
+        if p.is_file() and not p.name.startswith("."):
+            p.write_bytes(b"junk")
+    with pytest.raises(InputError) as e:
+        run_slide(str(bad), tmp_path / "o", CrashAfter(0), block=256, halo=HALO, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(str(bad)) and "cannot read pixels of block" in msg and "\n" not in msg
+
+
+def _glass_slide(src: str, path: Path, tissue_fraction: float) -> None:
+    """A 1024^2 slide: glass with a tissue square covering ``tissue_fraction`` of it."""
+    from her2kit import omezarr
+    from her2kit.readers import open_slide
+
+    tissue = open_slide(src).read_region(0, 0, 512, 512)
+    side = int(round(1024 * tissue_fraction**0.5))
+    canvas = np.empty((1024, 1024, 3), np.uint8)
+    canvas[:] = GLASS
+    canvas[:side, :side] = np.tile(tissue, (2, 2, 1))[:side, :side]
+    root = omezarr.create_multiscale_image(str(path), (1024, 1024), 0.5, chunk=256)
+    omezarr.write_region(root["0"], 0, 0, canvas)
+    omezarr.build_pyramid(root)
+
+
+def test_tissue_selects_fewer_blocks(slides, tmp_path):
+    from her2kit.preprocess.tissue import slide_tissue_mask
+    from her2kit.readers import open_slide
+
+    path = tmp_path / "t30.zarr"
+    _glass_slide(slides["zarr"], path, 0.3)
+    slide = open_slide(str(path))
+    mask, ds = slide_tissue_mask(slide)
+    assert 0.25 <= mask.mean() <= 0.4
+    grid = make_grid(slide.shape, 1.0, 256, HALO)
+    chosen = select_blocks(grid, tissue_fractions(grid, mask, ds))
+    # tissue covers 561^2 px: blocks rows/cols 0..2 (9 of 16), never the glass ones
+    assert sorted(chosen) == [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    s = run_slide(str(path), tmp_path / "o", StainSegmenter(), block=256, halo=HALO,
+                  progress=False, segment_only=True)
+    assert s["wsi"]["blocks_tissue"] == 9 and s["wsi"]["blocks_total"] == 16
+    lab = label_level0(tmp_path / "o", "cells")
+    assert lab[768:, :].max() == 0 and lab[:, 768:].max() == 0 and lab[:512, :512].max() > 0
+    assert len(select_blocks(grid, None)) == 16  # without tissue detection every block runs
+
+
+def test_resampling_to_model_mpp(slides, tmp_path):
+    """A segmenter at 1.0 um/px on a 0.5 um/px slide: read from level 1, labels at level 0."""
+    seg = StainSegmenter(mpp=1.0)
+    out = tmp_path / "lo"
+    s = run_slide(slides["zarr"], out, seg, block=128, halo=24, progress=False)
+    assert s["wsi"]["grid"]["level"] == 1 and s["wsi"]["grid"]["scale"] == 2.0
+    assert label_level0(out, "cells").shape == (512, 512)
+    cells = read_cells(out)
+    assert cells["y"].max() < 512 and cells["x"].max() > 256  # level-0 pixel coordinates
+    lab = label_level0(out, "cells")
+    assert set(np.unique(lab)) - {0} == set(cells["id"].astype(np.int64).tolist())
+
+
+def test_roi_keeps_cells_inside(slides, reference, tmp_path):
+    roi = [[(0, 0), (300, 0), (300, 200), (0, 200)]]  # (x, y) vertices, level-0 pixels
+    out = tmp_path / "roi"
+    run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, roi=roi,
+              progress=False)
+    cells, ref = read_cells(out), read_cells(reference)
+    assert len(cells["id"]) and (cells["x"] < 301).all() and (cells["y"] < 201).all()
+    assert len(cells["id"]) < len(ref["id"])
+
+
+def test_grid_geometry():
+    g = make_grid((1000, 700), 2.0, 300, 50)
+    assert g.block0 == 512 and g.halo0 == 100 and (g.rows, g.cols) == (2, 2)
+    assert g.extent(g.block(0)) == (0, 0, 612, 612)
+    assert g.extent(g.block(3)) == (412, 412, 588, 288)
+    assert sorted(g.neighbours(0)) == [1, 2, 3]
+    assert g.id_stride() == 2**20
+    assert make_grid((10**6, 10**6), 1.0, 1024, 64).id_stride() < 2**20
