@@ -68,20 +68,20 @@ inline at::Tensor tlstm_rec_matrix(const at::Tensor& w_h, int64_t K) {
 
 // Peephole gradients from the pre-activation gradients (dgates, gates'
 // layout): p_i and p_f see c_{t-1} (the neighbour one step back along the
-// walk), p_o sees c_t. In each half the walk is dim 1 of (B, L, N, ...).
+// walk), p_o sees c_t. In each half the walk is dim 0 of (L, B, N, ...).
 inline at::Tensor tlstm_peep_grad(const at::Tensor& dgates, const at::Tensor& cells, int64_t B,
                                   int64_t H, int64_t W, int64_t K) {
   at::Tensor dpeep = at::zeros({4, 3, K}, dgates.options());
   for (int half = 0; half < 2; ++half) {
     const int64_t L = half == 0 ? H : W, N = half == 0 ? W : H;
-    const auto dg6 = dgates.select(0, half).view({B, L, N, 2, 4, K});
-    const auto c5 = cells.select(0, half).view({B, L, N, 2, K});
+    const auto dg6 = dgates.select(0, half).view({L, B, N, 2, 4, K});
+    const auto c5 = cells.select(0, half).view({L, B, N, 2, K});
     for (int j = 0; j < 2; ++j) {
       const int s = 2 * half + j;
       if (L > 1) {
         const int64_t cur0 = j == 0 ? 1 : 0, prev0 = j == 0 ? 0 : 1;
-        const auto dgs = dg6.select(3, j).narrow(1, cur0, L - 1);
-        const auto cprev = c5.select(3, j).narrow(1, prev0, L - 1);
+        const auto dgs = dg6.select(3, j).narrow(0, cur0, L - 1);
+        const auto cprev = c5.select(3, j).narrow(0, prev0, L - 1);
         for (int gi = 0; gi < 2; ++gi) {
           dpeep[s][gi].copy_((dgs.select(3, gi) * cprev).sum({0, 1, 2}));
         }
@@ -92,22 +92,35 @@ inline at::Tensor tlstm_peep_grad(const at::Tensor& dgates, const at::Tensor& ce
   return dpeep;
 }
 
+// Rows [pos*B*N + r0, +rows) of sweep s's block (`width` columns per sweep)
+// in a (2, P, 2*width) halves buffer (gates, dgates).
+inline at::Tensor tlstm_block(const at::Tensor& buf, int s, int64_t first, int64_t rows,
+                              int64_t width) {
+  return buf.select(0, s >> 1).narrow(0, first, rows).narrow(1, (s & 1) * width, width);
+}
+
 // A backend whose step kernel runs all rows of the sweeps of one group at
-// once (CUDA): the recurrent GEMM of a step is one batched GEMM over the
-// group's sweeps, then one step-kernel launch. Kernel::fwd(a) / bwd(a).
+// once (CUDA): per step, one GEMM per sweep for the recurrent term, then one
+// step-kernel launch for the group. Kernel::fwd(a) / bwd(a).
 template <class Kernel>
 struct StepwiseSweeps {
   template <typename T>
-  static void forward_sweeps(TlstmFwdStep<T> a, const at::Tensor& hist, const at::Tensor& whm) {
+  static void forward_sweeps(TlstmFwdStep<T> a, const at::Tensor& /*gates*/,
+                             const at::Tensor& hist, const at::Tensor& whm) {
     const TlstmGeom all = a.g;
     for (TlstmGeom g : tlstm_groups(all.B, all.H, all.W, all.K)) {
       const int64_t BN = g.B * g.N;
-      hist.narrow(0, g.s0, g.ns).narrow(1, 0, BN).zero_();
       at::Tensor rec = at::empty({g.ns, BN, 4 * g.K}, hist.options());
-      const at::Tensor wg = whm.narrow(0, g.s0, g.ns);
+      for (int i = 0; i < g.ns; ++i) {
+        hist.select(0, g.s0 + i).narrow(0, g.pos(g.s0 + i, 0) * BN, BN).zero_();
+      }
       for (int64_t t = 0; t < g.L; ++t) {
         g.t = t;
-        if (t > 0) at::bmm_out(rec, hist.narrow(0, g.s0, g.ns).narrow(1, t * BN, BN), wg);
+        for (int i = 0; t > 0 && i < g.ns; ++i) {
+          const int s = g.s0 + i;
+          at::Tensor out = rec.select(0, i);
+          at::mm_out(out, hist.select(0, s).narrow(0, g.pos(s, t) * BN, BN), whm.select(0, s));
+        }
         a.g = g;
         a.rec = t > 0 ? rec.data_ptr<T>() : nullptr;
         a.rec_stride = BN * 4 * g.K;
@@ -117,14 +130,13 @@ struct StepwiseSweeps {
   }
 
   template <typename T>
-  static at::Tensor backward_sweeps(TlstmBwdStep<T> a, const at::Tensor& dg_step,
+  static at::Tensor backward_sweeps(TlstmBwdStep<T> a, const at::Tensor& dgates,
                                     const at::Tensor& whmT) {
     const TlstmGeom all = a.g;
     for (TlstmGeom g : tlstm_groups(all.B, all.H, all.W, all.K)) {
       const int64_t BN = g.B * g.N;
-      at::Tensor dcell = at::zeros({g.ns, BN, g.K}, dg_step.options());
-      at::Tensor dhist = at::empty({g.ns, BN, 3 * g.K}, dg_step.options());
-      const at::Tensor wg = whmT.narrow(0, g.s0, g.ns);
+      at::Tensor dcell = at::zeros({g.ns, BN, g.K}, dgates.options());
+      at::Tensor dhist = at::empty({g.ns, BN, 3 * g.K}, dgates.options());
       for (int64_t t = g.L - 1; t >= 0; --t) {
         g.t = t;
         a.g = g;
@@ -134,17 +146,22 @@ struct StepwiseSweeps {
         a.dcell_stride = BN * g.K;
         a.dpeep = nullptr;
         Kernel::bwd(a);
-        if (t > 0) at::bmm_out(dhist, dg_step.narrow(0, g.s0, g.ns).narrow(1, t * BN, BN), wg);
+        for (int i = 0; t > 0 && i < g.ns; ++i) {
+          const int s = g.s0 + i;
+          at::Tensor out = dhist.select(0, i);
+          at::mm_out(out, tlstm_block(dgates, s, g.pos(s, t) * BN, BN, 4 * g.K), whmT.select(0, s));
+        }
       }
     }
     return at::Tensor();  // the driver computes the peephole gradients
   }
 };
 
-// x (B, C, H, W) as rows of the two halves: (B, H, W, C) and (B, W, H, C).
+// x (B, C, H, W) as rows of the two halves, in walking order: (H, B, W, C)
+// and (W, B, H, C).
 inline at::Tensor tlstm_rows_of(const at::Tensor& x, int half) {
   const int64_t P = x.size(0) * x.size(2) * x.size(3);
-  return (half == 0 ? x.permute({0, 2, 3, 1}) : x.permute({0, 3, 2, 1})).reshape({P, x.size(1)});
+  return (half == 0 ? x.permute({2, 0, 3, 1}) : x.permute({3, 0, 2, 1})).reshape({P, x.size(1)});
 }
 
 // Returns the hidden maps (B, 4K, H, W) and what backward needs: gates
@@ -161,7 +178,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_forward_impl(
   // pair's rows in the order its steps walk them.
   at::Tensor gates = at::empty({2, P, 8 * K}, x.options());
   for (int half = 0; half < 2; ++half) {
-    at::addmm_out(gates.select(0, half), b_x.narrow(0, 2 * half, 2).reshape({8 * K}),
+    at::Tensor out_half = gates.select(0, half);
+    at::addmm_out(out_half, b_x.narrow(0, 2 * half, 2).reshape({8 * K}),
                   tlstm_rows_of(x, half), w_x.narrow(0, 2 * half, 2).reshape({8 * K, C}).t());
   }
   at::Tensor cells = at::empty({2, P, 2 * K}, x.options());
@@ -178,12 +196,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_forward_impl(
     a.hidden = hidden.data_ptr<scalar_t>();
     a.hist = hist.data_ptr<scalar_t>();
     a.peep = pc.data_ptr<scalar_t>();
-    Backend::template forward_sweeps<scalar_t>(a, hist, whm);
+    Backend::template forward_sweeps<scalar_t>(a, gates, hist, whm);
   });
   at::Tensor out = at::empty({B, 4 * K, H, W}, x.options());
-  out.narrow(1, 0, 2 * K).copy_(hidden.select(0, 0).view({B, H, W, 2 * K}).permute({0, 3, 1, 2}));
+  out.narrow(1, 0, 2 * K).copy_(hidden.select(0, 0).view({H, B, W, 2 * K}).permute({1, 3, 0, 2}));
   out.narrow(1, 2 * K, 2 * K)
-      .copy_(hidden.select(0, 1).view({B, W, H, 2 * K}).permute({0, 3, 2, 1}));
+      .copy_(hidden.select(0, 1).view({W, B, H, 2 * K}).permute({1, 3, 2, 0}));
   return {out, gates, cells, hist};
 }
 
@@ -211,15 +229,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_bac
 
   // The output's gradient in the halves' layout (2, P, 2K).
   at::Tensor dh = at::empty({2, P, 2 * K}, x.options());
-  dh.select(0, 0).view({B, H, W, 2 * K}).copy_(grad_hidden.narrow(1, 0, 2 * K).permute({0, 2, 3, 1}));
+  dh.select(0, 0).view({H, B, W, 2 * K}).copy_(grad_hidden.narrow(1, 0, 2 * K).permute({2, 0, 3, 1}));
   dh.select(0, 1)
-      .view({B, W, H, 2 * K})
-      .copy_(grad_hidden.narrow(1, 2 * K, 2 * K).permute({0, 3, 2, 1}));
+      .view({W, B, H, 2 * K})
+      .copy_(grad_hidden.narrow(1, 2 * K, 2 * K).permute({3, 0, 2, 1}));
   const at::Tensor gc = gates.contiguous(), cc = cells.contiguous(), hc = hist.contiguous();
   const at::Tensor pc = peep.contiguous();
   const at::Tensor whmT = tlstm_rec_matrix(w_h, K).transpose(1, 2).contiguous();  // (4, 4K, 3K)
   at::Tensor dg_pix = at::empty({2, P, 8 * K}, x.options());
-  at::Tensor dg_step = at::empty({4, P, 4 * K}, x.options());
 
   at::Tensor dpeep;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tlstm_backward", [&] {
@@ -228,27 +245,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_bac
     a.gates = gc.data_ptr<scalar_t>();
     a.cells = cc.data_ptr<scalar_t>();
     a.dhidden = dh.data_ptr<scalar_t>();
-    a.dgates_pix = dg_pix.data_ptr<scalar_t>();
-    a.dgates_step = dg_step.data_ptr<scalar_t>();
+    a.dgates = dg_pix.data_ptr<scalar_t>();
     a.peep = pc.data_ptr<scalar_t>();
-    dpeep = Backend::template backward_sweeps<scalar_t>(a, dg_step, whmT);
+    dpeep = Backend::template backward_sweeps<scalar_t>(a, dg_pix, whmT);
   });
   if (!dpeep.defined()) dpeep = tlstm_peep_grad(dg_pix, cc, B, H, W, K);
 
   // Weight and input gradients: one GEMM each over all pixels (and steps),
   // per pair of sweeps for the input side.
-  const at::Tensor dwhm = at::bmm(hc.transpose(1, 2), dg_step);  // (4, 3K, 4K)
+  at::Tensor dwhm = at::empty({4, 3 * K, 4 * K}, x.options());
+  for (int s = 0; s < 4; ++s) {
+    at::Tensor out = dwhm.select(0, s);
+    at::mm_out(out, hc.select(0, s).t(), tlstm_block(dg_pix, s, 0, P, 4 * K));
+  }
   at::Tensor dw_h = dwhm.view({4, 3, K, 4 * K}).permute({0, 3, 2, 1}).contiguous();
   at::Tensor dw_x = at::empty({4, 4 * K, C}, x.options());
   at::Tensor dx = at::empty({B, C, H, W}, x.options());
   for (int half = 0; half < 2; ++half) {
     const at::Tensor dg = dg_pix.select(0, half);
-    at::mm_out(dw_x.narrow(0, 2 * half, 2).view({8 * K, C}), dg.t(), tlstm_rows_of(x, half));
+    at::Tensor dw_half = dw_x.narrow(0, 2 * half, 2).view({8 * K, C});
+    at::mm_out(dw_half, dg.t(), tlstm_rows_of(x, half));
     const at::Tensor dxr = at::mm(dg, w_x.narrow(0, 2 * half, 2).reshape({8 * K, C}));
     if (half == 0) {
-      dx.copy_(dxr.view({B, H, W, C}).permute({0, 3, 1, 2}));
+      dx.copy_(dxr.view({H, B, W, C}).permute({1, 3, 0, 2}));
     } else {
-      dx.add_(dxr.view({B, W, H, C}).permute({0, 3, 2, 1}));
+      dx.add_(dxr.view({W, B, H, C}).permute({1, 3, 2, 0}));
     }
   }
   at::Tensor db = dg_pix.sum(1).view({4, 4 * K});

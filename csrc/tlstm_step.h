@@ -3,20 +3,22 @@
 // and the CUDA kernels (csrc/cuda/*.cu), which nvcc compiles without torch.
 //
 // Layouts (row-major, P = B*H*W). Each pair of sweeps that walks the same
-// axis shares a "half" laid out along its own walk: half 0 (down, up) in
-// (B, H, W) order, half 1 (right, left) in (B, W, H) order, so the rows of a
-// step are contiguous for every sweep. Row q = (b*L + pos)*N + n, where pos
-// is the coordinate along the walk (t for down/right, L-1-t for up/left).
+// axis shares a "half" laid out in walking order: half 0 (down, up) as
+// (H, B, W), half 1 (right, left) as (W, B, H). Row q = (pos*B + b)*N + n,
+// where pos is the coordinate along the walk (t for down/right, L-1-t for
+// up/left): the rows of one step of all images are contiguous.
 //   gates  (2, P, 8K)  sweep s owns columns [4K*(s%2), +4K) of half s/2, in
 //                      the order i, f, g, o. Forward reads the input
 //                      projection W_x x + b there and overwrites it with the
 //                      activated gates; backward's dgates has this layout too.
 //   cells  (2, P, 2K)  c of sweep s in columns [K*(s%2), +K) of half s/2
 //   hidden (2, P, 2K)  h, the same way
-//   hist   (4, P, 3K)  per sweep, step-major rows r = (t*B + b)*N + n: the
-//                      recurrent conv's input for step t, i.e. h_{t-1} at
-//                      n-1, n, n+1 (zero outside the row, zero at t = 0).
-//   rec    (ns, B*N, 4K) per sweep: hist_t @ Wh, the recurrent pre-activation.
+//   hist   (4, P, 3K)  per sweep, rows as above: row q holds the recurrent
+//                      conv's input at that position, i.e. the previous
+//                      step's h at n-1, n, n+1 (zero outside the row, zero
+//                      at the first step).
+//   rec    (ns, B*N, 4K) optional, per sweep: hist @ Wh for the step (CUDA);
+//                      null when the caller already added it into gates (CPU).
 // Sweeps: 0 down (pos = y), 1 up, 2 right (pos = x), 3 left. Vertical
 // sweeps walk L = H steps over rows of N = W pixels, horizontal sweeps
 // L = W steps over columns of N = H pixels.
@@ -38,11 +40,14 @@ struct TlstmGeom {
   int64_t L, N;
   int64_t t;  // the step
 
-  // Row, within the half of sweep s, of row n of image b at step `step`.
+  // Coordinate along the walk of step `step` of sweep s.
+  H2K_HD int64_t pos(int s, int64_t step) const {
+    return (s % 2 == 0) ? step : (s < 2 ? H : W) - 1 - step;
+  }
+  // Row, within the half of sweep s (and in hist), of row n of image b at
+  // step `step`.
   H2K_HD int64_t row(int s, int64_t step, int64_t b, int64_t n) const {
-    const int64_t Ls = s < 2 ? H : W, Ns = s < 2 ? W : H;
-    const int64_t pos = (s % 2 == 0) ? step : Ls - 1 - step;
-    return (b * Ls + pos) * Ns + n;
+    return (pos(s, step) * B + b) * (s < 2 ? W : H) + n;
   }
   // Offsets (in elements) of that row's gate block (4K wide) and state
   // block (K wide) in the gates / cells / hidden buffers.
@@ -61,7 +66,7 @@ struct TlstmFwdStep {
   T* cells;        // (2, P, 2K)
   T* hidden;       // (2, P, 2K)
   T* hist;         // (4, P, 3K); step t+1's rows are written
-  const T* rec;    // (4, B*N_max, 4K) rows of sweep s at s*rec_stride; null at t = 0
+  const T* rec;    // (ns, B*N, 4K) rows of sweep s0+i at i*rec_stride, or null
   int64_t rec_stride;
   const T* peep;   // (4, 3, K): p_i, p_f, p_o per sweep
 };
@@ -72,12 +77,11 @@ struct TlstmBwdStep {
   const T* gates;   // (2, P, 8K) activated gates saved by forward
   const T* cells;   // (2, P, 2K)
   const T* dhidden; // (2, P, 2K) gradient of the output
-  const T* dhist;   // (4, B*N_max, 4K) dG_{t+1} @ Wh^T per sweep (3K wide), null at t = L-1
+  const T* dhist;   // (ns, B*N, 3K) dG_{t+1} @ Wh^T per sweep, null at t = L-1
   int64_t dhist_stride;
-  T* dcell;         // (4, B*N_max, K) in: dL/dc_t from step t+1; out: dL/dc_{t-1}
+  T* dcell;         // (ns, B*N, K) in: dL/dc_t from step t+1; out: dL/dc_{t-1}
   int64_t dcell_stride;
-  T* dgates_pix;    // (2, P, 8K) dL/d(pre-activation), the gates' layout
-  T* dgates_step;   // (4, P, 4K) the same, step-major (rows as hist)
+  T* dgates;        // (2, P, 8K) dL/d(pre-activation), the gates' layout
   const T* peep;    // (4, 3, K)
   T* dpeep;         // optional (3, K) accumulator for this sweep's peephole
                     // gradients (CPU); null: the driver computes them

@@ -182,3 +182,27 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, 
         raise InputError(weights, f"weights do not fit architecture {metadata['architecture']!r} "
                                   f"with options {metadata.get('options')} ({first})") from None
     return model.to(device).eval(), metadata
+
+
+def publish_checkpoint(src: str | os.PathLike, dst_stem: str | os.PathLike, extra: dict[str, Any]) -> Path:
+    """Copy checkpoint ``src`` to DST_STEM.safetensors/.json, merging ``extra`` into its JSON.
+
+    Used to ship trained weights (e.g. her2kit/weights/her2net-default) with
+    the commands that made them; optimizer state is not copied. Returns the
+    new .json path.
+    """
+    import shutil
+
+    weights, _ = checkpoint_paths(src)
+    meta = read_metadata(src)
+    meta.pop("optimizer", None)
+    meta.update(extra)
+    dst = Path(dst_stem)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    out_w = _sibling(dst, ".safetensors")
+    tmp = out_w.with_name(out_w.name + ".tmp")
+    shutil.copyfile(weights, tmp)
+    os.replace(tmp, out_w)
+    out_m = _sibling(dst, ".json")
+    write_json(meta, out_m)
+    return out_m

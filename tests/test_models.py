@@ -61,6 +61,19 @@ def test_her2net_structure_matches_the_paper():
     assert len(ablated.context) == 0
 
 
+def test_her2net_trains_on_a_batch_of_one_and_skips_are_optional():
+    from her2kit.models.her2net import Her2Net
+
+    torch.manual_seed(0)
+    net = Her2Net(width=4).train()
+    out = net(torch.randn(1, 3, 40, 56))  # batch norm in train mode, one image
+    out["pixel"].sum().backward()
+    plain = Her2Net(width=4, skips=False).eval()
+    assert plain.options["skips"] is False
+    with torch.no_grad():
+        assert plain(torch.randn(1, 3, 40, 56))["pixel"].shape == (1, 3, 40, 56)
+
+
 def test_adaptive_spp_matches_native_op_layout():
     from her2kit.models.blocks import adaptive_spp
     from her2kit.ops import SPP
@@ -184,3 +197,27 @@ def test_load_segmenter_by_name_without_weights_says_how_to_train():
 
     with pytest.raises(Her2kitError, match="her2kit train"):
         load_segmenter("segnet", device="cpu")
+
+
+def test_shipped_default_weights():
+    import json
+
+    from her2kit.inference import WEIGHTS_DIR, load_segmenter
+
+    weights = WEIGHTS_DIR / "her2net-default.safetensors"
+    meta = json.loads((WEIGHTS_DIR / "her2net-default.json").read_text())
+    assert weights.stat().st_size <= 10 * 2**20
+    assert meta["shipped"]["train_command"].startswith("her2kit train ")
+    assert meta["shipped"]["synth_command"].startswith("her2kit synth images ")
+    seg = load_segmenter(device="cpu")
+    assert seg.name == "her2net" and seg.mpp == meta["mpp"]
+    # a clean synthetic-like patch: nuclei (blue disc) inside a brown ring
+    yy, xx = np.mgrid[:96, :96]
+    d = np.hypot(yy - 48, xx - 48)
+    rgb = np.full((96, 96, 3), 235, np.uint8)
+    rgb[(d > 20) & (d < 23)] = (120, 70, 30)
+    rgb[d < 8] = (90, 90, 170)
+    p = seg.predict(rgb)
+    assert p.shape == (3, 96, 96)
+    assert p[2, 48, 48] > 0.5 and p[0, 5, 5] > 0.5
+    assert seg.predict_pattern(rgb).shape == (4,)

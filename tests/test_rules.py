@@ -103,3 +103,20 @@ def test_quadratic_weighted_kappa():
     assert worse < 0
     near = quadratic_weighted_kappa(["0", "1+", "2+", "3+"] * 3, ["0", "1+", "2+", "2+"] * 3)
     assert 0.8 < near < 1.0
+
+
+def test_pattern_scorer_needs_the_image():
+    from her2kit.errors import Her2kitError
+    from her2kit.plugins import registry
+
+    scorer = registry().get("scorer", "her2net-pattern").factory()
+    with pytest.raises(Her2kitError, match="image"):
+        scorer({"category": np.array([1])})
+
+    class FakeSegmenter:
+        def predict_pattern(self, rgb):
+            return np.array([0.1, 0.2, 0.6, 0.1], np.float32)
+
+    out = scorer(None, image=np.zeros((8, 8, 3), np.uint8), segmenter=FakeSegmenter())
+    assert out["score"] == "2+"
+    assert out["probabilities"]["2+"] == pytest.approx(0.6)

@@ -56,29 +56,31 @@ void run_chains(const std::vector<Chain>& chains, F&& body) {
 
 struct CpuBackend {
   template <typename T>
-  static void forward_sweeps(TlstmFwdStep<T> a0, const at::Tensor& hist, const at::Tensor& whm) {
+  static void forward_sweeps(TlstmFwdStep<T> a0, const at::Tensor& gates, const at::Tensor& hist,
+                             const at::Tensor& whm) {
     const TlstmGeom G = a0.g;
     const int64_t K = G.K;
     run_chains(make_chains(G), [&](const Chain& ch) {
-      const int64_t rows = (ch.b1 - ch.b0) * ch.N, r0 = ch.b0 * ch.N;
-      at::Tensor rec = at::empty({G.B * ch.N, 4 * K}, hist.options());
-      const at::Tensor hs = hist.select(0, ch.s), ws = whm.select(0, ch.s);
-      hs.narrow(0, r0, rows).zero_();
-      at::Tensor rec_rows = rec.narrow(0, r0, rows);
+      const int64_t rows = (ch.b1 - ch.b0) * ch.N, r0 = ch.b0 * ch.N, BN = G.B * ch.N;
       TlstmFwdStep<T> a = a0;
       a.g = TlstmGeom{G.B, G.H, G.W, K, ch.s, 1, ch.L, ch.N, 0};
-      a.rec_stride = 0;
+      a.rec = nullptr;  // the GEMM below adds the recurrent term into the gates
+      const at::Tensor hs = hist.select(0, ch.s), ws = whm.select(0, ch.s);
+      hs.narrow(0, a.g.pos(ch.s, 0) * BN + r0, rows).zero_();
       for (int64_t t = 0; t < ch.L; ++t) {
         a.g.t = t;
-        if (t > 0) at::mm_out(rec_rows, hs.narrow(0, t * G.B * ch.N + r0, rows), ws);
-        a.rec = t > 0 ? rec.data_ptr<T>() : nullptr;
+        const int64_t first = a.g.pos(ch.s, t) * BN + r0;
+        if (t > 0) {
+          at::Tensor gblock = tlstm_block(gates, ch.s, first, rows, 4 * K);
+          gblock.addmm_(hs.narrow(0, first, rows), ws);
+        }
         fwd_rows_any(a, r0, r0 + rows);
       }
     });
   }
 
   template <typename T>
-  static at::Tensor backward_sweeps(TlstmBwdStep<T> a0, const at::Tensor& dg_step,
+  static at::Tensor backward_sweeps(TlstmBwdStep<T> a0, const at::Tensor& dgates,
                                     const at::Tensor& whmT) {
     const TlstmGeom G = a0.g;
     const int64_t K = G.K;
@@ -86,13 +88,13 @@ struct CpuBackend {
     // Peephole gradients per chain, summed in chain order: deterministic
     // whichever thread ran which chain.
     at::Tensor dpeep_parts = at::zeros({static_cast<int64_t>(chains.size()), 3, K},
-                                       dg_step.options());
+                                       dgates.options());
     run_chains(chains, [&](const Chain& ch) {
-      const int64_t rows = (ch.b1 - ch.b0) * ch.N, r0 = ch.b0 * ch.N;
-      at::Tensor dcell = at::zeros({G.B * ch.N, K}, dg_step.options());
-      at::Tensor dhist = at::empty({G.B * ch.N, 3 * K}, dg_step.options());
-      const at::Tensor ds = dg_step.select(0, ch.s), ws = whmT.select(0, ch.s);
+      const int64_t rows = (ch.b1 - ch.b0) * ch.N, r0 = ch.b0 * ch.N, BN = G.B * ch.N;
+      at::Tensor dcell = at::zeros({BN, K}, dgates.options());
+      at::Tensor dhist = at::empty({BN, 3 * K}, dgates.options());
       at::Tensor dhist_rows = dhist.narrow(0, r0, rows);
+      const at::Tensor ws = whmT.select(0, ch.s);
       TlstmBwdStep<T> a = a0;
       a.g = TlstmGeom{G.B, G.H, G.W, K, ch.s, 1, ch.L, ch.N, 0};
       a.dcell = dcell.data_ptr<T>();
@@ -103,10 +105,13 @@ struct CpuBackend {
         a.g.t = t;
         a.dhist = t + 1 < ch.L ? dhist.data_ptr<T>() : nullptr;
         bwd_rows_any(a, r0, r0 + rows);
-        if (t > 0) at::mm_out(dhist_rows, ds.narrow(0, t * G.B * ch.N + r0, rows), ws);
+        if (t > 0) {
+          const int64_t first = a.g.pos(ch.s, t) * BN + r0;
+          at::mm_out(dhist_rows, tlstm_block(dgates, ch.s, first, rows, 4 * K), ws);
+        }
       }
     });
-    at::Tensor dpeep = at::zeros({4, 3, K}, dg_step.options());
+    at::Tensor dpeep = at::zeros({4, 3, K}, dgates.options());
     for (size_t i = 0; i < chains.size(); ++i) dpeep[chains[i].s] += dpeep_parts[i];
     return dpeep;
   }

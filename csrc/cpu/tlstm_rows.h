@@ -79,15 +79,21 @@ H2K_ALWAYS_INLINE void fwd_rows(const TlstmFwdStep<T>& a, int64_t begin, int64_t
         h[k] = o * tanh_(cn);
       }
     } else {
-      const T* __restrict r = a.rec + sl * a.rec_stride + bn * 4 * K;
+      // The recurrent term: already added into the gates by the step's GEMM
+      // (the CPU chains), or given separately in `rec` (the stepwise driver).
+      if (a.rec != nullptr) {
+        const T* __restrict r = a.rec + sl * a.rec_stride + bn * 4 * K;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < 4 * K; ++j) gt[j] += r[j];
+      }
       const T* __restrict cp = a.cells + g.state_at(s, g.row(s, g.t - 1, b, n));
       #pragma GCC ivdep  // rows, gates and states never overlap
       for (int64_t k = 0; k < K; ++k) {
-        const T i = sigm(gt[k] + r[k] + pi[k] * cp[k]);
-        const T f = sigm(gt[K + k] + r[K + k] + pf[k] * cp[k]);
-        const T gg = tanh_(gt[2 * K + k] + r[2 * K + k]);
+        const T i = sigm(gt[k] + pi[k] * cp[k]);
+        const T f = sigm(gt[K + k] + pf[k] * cp[k]);
+        const T gg = tanh_(gt[2 * K + k]);
         const T cn = f * cp[k] + i * gg;
-        const T o = sigm(gt[3 * K + k] + r[3 * K + k] + po[k] * cn);
+        const T o = sigm(gt[3 * K + k] + po[k] * cn);
         gt[k] = i;
         gt[K + k] = f;
         gt[2 * K + k] = gg;
@@ -99,7 +105,7 @@ H2K_ALWAYS_INLINE void fwd_rows(const TlstmFwdStep<T>& a, int64_t begin, int64_t
     if (g.t + 1 < g.L) {
       // Scatter h_t into the next step's recurrent input: row m holds
       // h[m-1], h[m], h[m+1]; outside the row it is zero.
-      T* hb = a.hist + s * P * 3 * K + ((g.t + 1) * g.B + b) * g.N * 3 * K;
+      T* hb = a.hist + s * P * 3 * K + g.row(s, g.t + 1, b, 0) * 3 * K;
       std::memcpy(hb + n * 3 * K + K, h, K * sizeof(T));
       if (n + 1 < g.N) std::memcpy(hb + (n + 1) * 3 * K, h, K * sizeof(T));
       if (n > 0) std::memcpy(hb + (n - 1) * 3 * K + 2 * K, h, K * sizeof(T));
@@ -126,8 +132,7 @@ H2K_ALWAYS_INLINE void bwd_rows(const TlstmBwdStep<T>& a, int64_t begin, int64_t
     const T* __restrict cp =
         g.t > 0 ? a.cells + g.state_at(s, g.row(s, g.t - 1, b, n)) : zeros.data();
     T* __restrict dc = a.dcell + sl * a.dcell_stride + bn * K;
-    T* __restrict dgp = a.dgates_pix + g.gate_at(s, q);
-    T* __restrict dgs = a.dgates_step + s * P * 4 * K + (g.t * BN + bn) * 4 * K;
+    T* __restrict dgp = a.dgates + g.gate_at(s, q);
     const T* __restrict pi = a.peep + s * 3 * K;
     const T* __restrict pf = pi + K;
     const T* __restrict po = pi + 2 * K;
@@ -164,10 +169,6 @@ H2K_ALWAYS_INLINE void bwd_rows(const TlstmBwdStep<T>& a, int64_t begin, int64_t
       dgp[K + k] = daf;
       dgp[2 * K + k] = dag;
       dgp[3 * K + k] = dao;
-      dgs[k] = dai;
-      dgs[K + k] = daf;
-      dgs[2 * K + k] = dag;
-      dgs[3 * K + k] = dao;
     }
     if (dpi != nullptr) {
       T* __restrict dpf = dpi + K;

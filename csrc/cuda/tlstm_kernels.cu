@@ -31,11 +31,13 @@ __global__ void tlstm_fwd_kernel(TlstmFwdStep<T> a) {
     const T* pe = a.peep + s * 3 * K;
     T ri = 0, rf = 0, rg = 0, ro = 0, cprev = 0;
     if (g.t > 0) {
-      const T* r = a.rec + sl * a.rec_stride + bn * 4 * K;
-      ri = r[k];
-      rf = r[K + k];
-      rg = r[2 * K + k];
-      ro = r[3 * K + k];
+      if (a.rec != nullptr) {
+        const T* r = a.rec + sl * a.rec_stride + bn * 4 * K;
+        ri = r[k];
+        rf = r[K + k];
+        rg = r[2 * K + k];
+        ro = r[3 * K + k];
+      }
       cprev = a.cells[g.state_at(s, g.row(s, g.t - 1, b, n)) + k];
     }
     const T i = d_sigm(gt[k] + ri + pe[k] * cprev);
@@ -52,7 +54,7 @@ __global__ void tlstm_fwd_kernel(TlstmFwdStep<T> a) {
     a.hidden[g.state_at(s, q) + k] = h;
     if (g.t + 1 < g.L) {
       // Row m of the next step's recurrent input holds h[m-1], h[m], h[m+1].
-      T* hb = a.hist + s * P * 3 * K + ((g.t + 1) * g.B + b) * g.N * 3 * K;
+      T* hb = a.hist + s * P * 3 * K + g.row(s, g.t + 1, b, 0) * 3 * K;
       hb[n * 3 * K + K + k] = h;
       if (n + 1 < g.N) hb[(n + 1) * 3 * K + k] = h;
       if (n > 0) hb[(n - 1) * 3 * K + 2 * K + k] = h;
@@ -95,16 +97,11 @@ __global__ void tlstm_bwd_kernel(TlstmBwdStep<T> a) {
     const T dag = dc * i * (T(1) - gg * gg);
     const T daf = dc * cprev * f * (T(1) - f);
     *dcp = dc * f + dai * pe[k] + daf * pe[K + k];
-    T* dgp = a.dgates_pix + g.gate_at(s, q);
-    T* dgs = a.dgates_step + s * P * 4 * K + (g.t * BN + bn) * 4 * K;
+    T* dgp = a.dgates + g.gate_at(s, q);
     dgp[k] = dai;
     dgp[K + k] = daf;
     dgp[2 * K + k] = dag;
     dgp[3 * K + k] = dao;
-    dgs[k] = dai;
-    dgs[K + k] = daf;
-    dgs[2 * K + k] = dag;
-    dgs[3 * K + k] = dao;
   }
 }
 

@@ -10,7 +10,10 @@ size, and SPP + fully connected layers over the 4 membrane-staining patterns
 of the patch (any patch size).
 
 ``width`` is the first stage's channel count (doubling per stage);
-``tlstm=False`` / ``spp=False`` build the ablations.
+``tlstm=False`` / ``spp=False`` build the ablations. ``skips`` (default on;
+not in the paper) adds each encoder stage's features to the unpooled decoder
+features of the same stage, which makes the 32-layer network trainable on a
+CPU budget; ``skips=False`` is the paper's plain conv/deconv network.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ class Her2Net(IndexedEncoderDecoder):
     architecture = "her2net"
 
     def __init__(self, width: int = 8, tlstm: bool = True, spp: bool = True,
-                 dropout: float = 0.2, native_ops: bool = True):
+                 dropout: float = 0.0, skips: bool = True, native_ops: bool = True):
         super().__init__(width, stages=(4, 4, 4, 4), classes=len(CLASSES),
-                         dropout=dropout, dropout_stages=(3,))
-        self.options = {"width": width, "tlstm": tlstm, "spp": spp, "dropout": dropout}
+                         dropout=dropout, dropout_stages=(3,), skips=skips)
+        self.options = {"width": width, "tlstm": tlstm, "spp": spp, "dropout": dropout, "skips": skips}
         c = self.channels
         self.context_stages = (2, 3)
         self.context = nn.ModuleDict(

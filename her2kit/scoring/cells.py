@@ -60,12 +60,12 @@ class CellParams:
     n_sectors: int = 16
     sector_stat: str = "mean"           # DAB OD of a sector: "mean" or "max" of its ring pixels
     # staining -> category
-    stain_od: float = 0.12              # sector counts as stained at this DAB OD
-    complete_fraction: float = 0.85     # completeness at or above: complete
+    stain_od: float = 0.045              # sector counts as stained at this DAB OD
+    complete_fraction: float = 0.5     # completeness at or above: complete
     any_fraction: float = 0.1           # completeness below: unstained (category 0)
-    intense_od: float = 0.55            # complete and intensity >= : category 3
-    weak_od: float = 0.2                # complete and intensity < : category 1 (faint)
-    moderate_od: float = 0.5            # incomplete and intensity >= : category 2
+    intense_od: float = 0.32            # complete and intensity >= : category 3
+    weak_od: float = 0.08                # complete and intensity < : category 1 (faint)
+    moderate_od: float = 0.51            # incomplete and intensity >= : category 2
     # tumour rule
     min_tumour_nucleus_um2: float = 12.0  # smaller nuclei (debris) are not tumour
     max_elongation: float = 2.2           # major/minor axis above (fibroblasts) not tumour
@@ -76,6 +76,7 @@ class CellParams:
     dab_elevation: float = 0.0            # weight of the DAB crest in the territory watershed (0-1)
     dab_scale_od: float = 0.3             # DAB OD that counts as a full crest
     subtract_baseline: bool = True        # measure DAB above the image's unstained level
+    enclosed_rings: bool = True           # a closed membrane ring belongs to the nucleus inside
     extra: dict = field(default_factory=dict)  # room for plugins' own parameters
 
     def to_dict(self) -> dict:
@@ -221,7 +222,45 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     grown = expand_labels(interior, distance=_px(params.membrane_width_um, mpp))
     cells = np.where(interior > 0, interior,
                      np.where(membrane & (grown == territory), territory, 0))
+    if params.enclosed_rings:
+        cells = _claim_enclosing_membrane(cells, membrane, nuclei, mpp, params)
     return cells.astype(np.uint32)
+
+
+def _claim_enclosing_membrane(cells: np.ndarray, membrane: np.ndarray, nuclei: np.ndarray,
+                              mpp: float, params: CellParams) -> np.ndarray:
+    """Give a closed membrane ring wholly to the one nucleus it encloses.
+
+    A stained membrane lies inside its own cell, against the border. The
+    watershed splits a membrane band along its middle, so an unstained
+    neighbour would get the outer half of a stained cell's ring (and the
+    stained cell would lose it). Where the membrane closes around exactly one
+    nucleus, the ring pixels near that hole go to that nucleus's cell; between
+    two enclosed cells the band is split by distance to their holes.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import expand_labels
+
+    holes = ndi.binary_fill_holes(membrane) & ~membrane
+    if not holes.any():
+        return cells
+    hole_lab, n_holes = ndi.label(holes)
+    inside = (hole_lab > 0) & (nuclei > 0)
+    if not inside.any():
+        return cells
+    pairs, counts = np.unique(np.stack([hole_lab[inside], nuclei[inside].astype(np.int64)]),
+                              axis=1, return_counts=True)
+    # one nucleus per hole (holes with several nuclei are clusters: leave them)
+    per_hole = np.bincount(pairs[0], minlength=n_holes + 1)
+    owner = np.zeros(n_holes + 1, dtype=np.int64)
+    single = per_hole[pairs[0]] == 1
+    owner[pairs[0][single]] = pairs[1][single]
+    owned = owner[hole_lab]
+    if not owned.any():
+        return cells
+    grown = expand_labels(owned, distance=_px(params.membrane_width_um, mpp) + 1.0)
+    claim = (grown > 0) & (membrane | (owned > 0))
+    return np.where(claim, grown, cells)
 
 
 def dab_baseline(dab: np.ndarray, probs: np.ndarray) -> float:

@@ -244,6 +244,9 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
         if getattr(args, "scorer", None) == "her2net-pattern":
             small = resample(rgb, mpp / float(segmenter.mpp))
             timings["pattern"] = _scorer("her2net-pattern")(result.table, image=small, segmenter=segmenter)
+    note = timings.pop("note", None)
+    pattern = timings.pop("pattern", None)
+    timings = {"read_s": read_s, **timings}
     summary = summarise(result, mpp, model_name,
                         getattr(args, "scorer", "asco-cap-2018"),
                         extra={"input": os.fspath(path), "shape": [h, w],

@@ -3,7 +3,9 @@
 Much simpler than :mod:`her2kit.synth` (no texture, no stroma field): cells
 on a jittered hexagonal lattice, a round nucleus in each, each cell's own
 membrane as the inner edge of its Voronoi region, and DAB on that membrane
-according to the cell's category. Useful to check the cell logic without the
+according to the cell's category (DAB ODs on the scale the calibrated
+thresholds expect). As in :mod:`her2kit.synth`, the mask's membrane class
+marks stained membrane only. Useful to check the cell logic without the
 full generator.
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: (completeness, DAB OD) drawn for each category.
-STAINING = {0: (0.0, 0.0), 1: (0.45, 0.2), 2: (1.0, 0.4), 3: (1.0, 0.9)}
+STAINING = {0: (0.0, 0.0), 1: (0.4, 0.07), 2: (1.0, 0.22), 3: (1.0, 0.6)}
 
 
 @dataclass
@@ -72,7 +74,6 @@ def make_phantom(categories: list[int] | np.ndarray, mpp: float = 0.5, spacing_u
     for y, x in centres:
         nucleus |= (yy - y) ** 2 + (xx - x) ** 2 <= r_nuc**2
     mask = np.zeros((h, w), dtype=np.uint8)
-    mask[membrane] = 1
     mask[nucleus] = 2
 
     conc = np.zeros((h, w, 3), dtype=np.float64)
@@ -87,6 +88,8 @@ def make_phantom(categories: list[int] | np.ndarray, mpp: float = 0.5, spacing_u
     od = np.array([STAINING[int(c)][1] for c in cats])
     on = frac < completeness[owner]
     conc[my[on], mx[on], 1] = od[owner[on]]
+    # as in her2kit.synth, the membrane class marks stained membrane only
+    mask[my[on], mx[on]] = 1
     if stroma:
         x0 = w - extra_w + sp / 2
         for j in range(stroma):

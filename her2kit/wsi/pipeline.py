@@ -176,12 +176,9 @@ def run_slide(
         if mpp0 is None:
             raise InputError(path, "the file does not say its resolution; give --mpp (microns per pixel)")
         seg, seg_name, seg_mpp = _segmenter_info(segmenter, device)
-        if not isinstance(segmenter, str):
-            segmenter = seg
         level = _choose_level(slide, mpp0, seg_mpp)
         scale = seg_mpp / mpp0
         grid = make_grid((h0, w0), scale, block, halo)
-        out_dir.mkdir(parents=True, exist_ok=True)
         ledger = Ledger(out_dir / WORK)
         plan = {
             "path": os.path.abspath(path) if "://" not in path else path,
@@ -197,10 +194,14 @@ def run_slide(
             "her2kit_version": __version__,
         }
         plan["device"] = device
-        resumed = ledger.start(plan, force=force)
-        if not resumed:
-            labelstore.create(ledger.labels_path, (h0, w0), label_chunk(grid.block0), mpp0)
-            ledger.commit_plan(plan)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            resumed = ledger.start(plan, force=force)
+            if not resumed:
+                labelstore.create(ledger.labels_path, (h0, w0), label_chunk(grid.block0), mpp0)
+                ledger.commit_plan(plan)
+        except OSError as exc:  # the output side, not the input
+            raise Her2kitError(f"{out_dir}: cannot write: {_one_line(exc)}") from None
         timings["open"] = time.perf_counter() - t_start
 
         # tissue at low resolution (and the thumbnail for the report)
@@ -409,14 +410,17 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
         summary["wsi"] = wsi
         timings["total"] = time.perf_counter() - t_start
         summary["run"] = {**run_info, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-        atomic_write_bytes(work / "segment.json", (json.dumps(summary, indent=2) + "\n").encode())
+    # the run's summary travels with the labels (segment writes nothing else)
+    import zarr
+
+    root = zarr.open_group(str(ledger.labels_path), mode="r+", zarr_format=2)
+    root.attrs["her2kit"] = json.loads(json.dumps(
+        {k: v for k, v in summary.items() if k not in ("percent", "counts")}, default=str))
 
     # rename into place: labels first, score.json (the "complete" marker) last
     _replace_dir(ledger.labels_path, out_dir / "labels.zarr")
     for name in staged:
         os.replace(work / name, out_dir / name)
-    if segment_only:
-        os.replace(work / "segment.json", out_dir / "segment.json")
     shutil.rmtree(work, ignore_errors=True)
     summary["out"] = str(out_dir)
     return summary
