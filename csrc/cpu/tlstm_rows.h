@@ -118,7 +118,7 @@ H2K_ALWAYS_INLINE void fwd_rows(const TlstmFwdStep<T>& a, int64_t begin, int64_t
 template <typename T>
 H2K_ALWAYS_INLINE void bwd_rows(const TlstmBwdStep<T>& a, int64_t begin, int64_t end) {
   const TlstmGeom& g = a.g;
-  const int64_t K = g.K, BN = g.B * g.N, P = g.B * g.H * g.W;
+  const int64_t K = g.K, BN = g.B * g.N;
   std::vector<T> dh(K), zeros(K, T(0));
   T* __restrict dhp = dh.data();
   for (int64_t row = begin; row < end; ++row) {

@@ -67,7 +67,7 @@ __global__ void tlstm_fwd_kernel(TlstmFwdStep<T> a) {
 template <typename T>
 __global__ void tlstm_bwd_kernel(TlstmBwdStep<T> a) {
   const TlstmGeom& g = a.g;
-  const int64_t K = g.K, BN = g.B * g.N, P = g.B * g.H * g.W;
+  const int64_t K = g.K, BN = g.B * g.N;
   const int64_t total = g.ns * BN * K;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total;
        e += (int64_t)gridDim.x * blockDim.x) {

@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="training folder from `her2kit synth images` (repeatable)")
     ap.add_argument("--check", default=None, help="held-out folder to evaluate the fitted parameters on")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--start", action="append", default=[],
+                    help="CellParams JSON to start the ascent from too (repeatable); the best fit wins")
     ap.add_argument("--out", default=None, help="write the fitted CellParams JSON here")
     args = ap.parse_args(argv)
     params = CellParams()
@@ -139,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     cat = np.concatenate([p[1] for p in parts])
     images = [im for p in parts for im in p[2]]
     fitted, score = fit_thresholds(sec, cat, params, images)
+    for path in args.start:
+        # the ascent is greedy: other starting points can reach better optima
+        with open(path) as f:
+            start = params.with_(**{k: v for k, v in json.load(f).items() if k in GRIDS})
+        other, other_score = fit_thresholds(sec, cat, start, images)
+        print(f"start {path}: objective {other_score:.4f}", file=sys.stderr)
+        if other_score > score:
+            fitted, score = other, other_score
     names = list(GRIDS)
     print(json.dumps({"fitted": {k: getattr(fitted, k) for k in names}, "objective": score,
                       "train_image_accuracy": image_accuracy(images, fitted),

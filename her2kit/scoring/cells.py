@@ -10,19 +10,22 @@ with ``mpp``):
 
 1. Nuclei: pixels with nucleus probability >= ``nucleus_threshold``; touching
    nuclei split by a watershed on the distance map, seeded by its h-maxima.
-2. Cell territories: a watershed on the membrane probability seeded by the
-   nuclei, limited to ``max_cell_radius_um`` from a nucleus; the part of a
-   territory that lies beyond a membrane (seen from its nucleus) is cut off,
-   so edge cells stop at their own membrane.
-3. Membrane ring: the cell's membrane pixels plus a band of
-   ``ring_width_um`` inside its outline (where no membrane is seen, the outline
-   is where a membrane would be).
-4. Staining: DAB optical density (colour deconvolution), smoothed, taken in
-   ``n_sectors`` angular sectors around the nucleus; a sector is stained when
-   the mean DAB OD of its ring pixels reaches ``stain_od``. Completeness = stained
-   sectors / all sectors; intensity = mean DAB OD of the stained sectors.
-5. Category (DESIGN.md): see :func:`categorise`.
-6. Tumour cells: see :func:`tumour_rule`.
+2. Tumour or stroma from the nucleus alone (:func:`tumour_rule`); a stromal
+   cell's outline is its nucleus plus a thin rim.
+3. Cell territories: a compact watershed on the membrane probability seeded
+   at the nucleus centroids, limited to ``max_cell_radius_um`` beyond a
+   nucleus; the part of a territory beyond a membrane (seen from its
+   nucleus) is cut off, and a closed membrane ring goes wholly to the one
+   nucleus it encloses (a stained membrane lies inside its own cell).
+4. Membrane ring: the cell's membrane pixels plus a band of
+   ``ring_width_um`` inside its outline.
+5. Staining: DAB optical density (colour deconvolution) above the image's
+   unstained level, in ``n_sectors`` angular sectors around the nucleus; a
+   sector is stained when the mean DAB OD of its membrane pixels (of its
+   band pixels where no membrane is seen) reaches ``stain_od``.
+   Completeness = stained sectors / all sectors; intensity = mean DAB OD of
+   the stained sectors.
+6. Category (DESIGN.md): see :func:`categorise`.
 """
 
 from __future__ import annotations
