@@ -78,15 +78,31 @@ def spp_ops(B: int, C: int, H: int, W: int, levels=SPP_LEVELS) -> float:
     return B * C * total
 
 
-def run(quick: bool = False, device: str | None = None, progress: bool = True) -> list[dict]:
-    """Run all benchmarks; returns the records (see the module docstring)."""
+def run(
+    quick: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    tlstm_shapes: list[tuple[int, int, int, int, int]] | None = None,
+    spp_shapes: list[tuple[int, int, int, int]] | None = None,
+    matmul_n: int | None = None,
+) -> list[dict]:
+    """Run all benchmarks; returns the records (see the module docstring).
+
+    ``tlstm_shapes`` (B, C, H, W, K), ``spp_shapes`` (B, C, H, W) and
+    ``matmul_n`` override the defaults (tests use tiny ones).
+    """
     import torch
 
     from her2kit.ops import TLSTM, native_available, spp, spp_reference, tlstm, tlstm_reference
 
     if not native_available():
         raise Her2kitError("bench: the native ops (her2kit._C) are not built; nothing to compare")
-    dev = torch.device(device or "cpu")
+    try:
+        dev = torch.device(device or "cpu")
+    except (RuntimeError, ValueError) as exc:
+        raise Her2kitError(f"bench: bad --device {device!r}: {exc}") from None
+    tlstm_shapes = TLSTM_SHAPES if tlstm_shapes is None else tlstm_shapes
+    spp_shapes = SPP_SHAPES if spp_shapes is None else spp_shapes
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise Her2kitError(f"bench: device {device!r} requested but CUDA is not available")
     best_ms = _timer(dev)
@@ -94,6 +110,7 @@ def run(quick: bool = False, device: str | None = None, progress: bool = True) -
     reps_nat = 3 if quick else 10
     torch.manual_seed(0)
     mm_n, mm_reps = (1024, 5) if quick else (2048, 5)
+    mm_n = matmul_n or mm_n
     # The machine may be shared: measure the matmul rate before and after,
     # keep the best (the machine's capability, not its worst moment).
     limit = matmul_gflops(dev, mm_n, mm_reps)
@@ -101,7 +118,7 @@ def run(quick: bool = False, device: str | None = None, progress: bool = True) -
     from tqdm import tqdm
 
     bar = tqdm(
-        total=2 * len(TLSTM_SHAPES) + 2 * len(SPP_SHAPES),
+        total=2 * len(tlstm_shapes) + 2 * len(spp_shapes),
         desc="bench",
         disable=not progress,
         file=sys.stderr,
@@ -122,7 +139,7 @@ def run(quick: bool = False, device: str | None = None, progress: bool = True) -
         )
         bar.update(1)
 
-    for B, C, H, W, K in TLSTM_SHAPES:
+    for B, C, H, W, K in tlstm_shapes:
         m = TLSTM(C, K, K).to(dev)
         x = torch.randn(B, C, H, W, device=dev, requires_grad=True)
         params = [x, m.w_x, m.b_x, m.w_h, m.peep]
@@ -152,7 +169,7 @@ def run(quick: bool = False, device: str | None = None, progress: bool = True) -
             3 * flops,
         )
 
-    for B, C, H, W in SPP_SHAPES:
+    for B, C, H, W in spp_shapes:
         x = torch.randn(B, C, H, W, device=dev, requires_grad=True)
         gout = torch.randn(B, C, sum(n * n for n in SPP_LEVELS), device=dev)
         shape = {"B": B, "C": C, "H": H, "W": W, "levels": list(SPP_LEVELS)}

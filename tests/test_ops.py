@@ -416,3 +416,39 @@ def test_torch_compile_traces_native_ops():
     a, b = f(x), compiled(x)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
+
+
+@needs_native
+def test_bench_records(tmp_path):
+    from her2kit import bench
+
+    records = bench.run(
+        quick=True,
+        progress=False,
+        tlstm_shapes=[(1, 2, 4, 5, 2)],
+        spp_shapes=[(1, 2, 7, 6)],
+        matmul_n=128,
+    )
+    assert [r["name"] for r in records] == ["tlstm_fwd", "tlstm_fwd_bwd", "spp_fwd", "spp_fwd_bwd"]
+    keys = {
+        "name",
+        "shape",
+        "reference_ms",
+        "native_ms",
+        "speedup",
+        "device",
+        "gflops",
+        "limit_gflops",
+    }
+    for r in records:
+        assert set(r) == keys
+        assert r["native_ms"] > 0 and r["reference_ms"] > 0 and r["limit_gflops"] > 0
+        assert r["device"] == "cpu"
+    assert bench.tlstm_flops(1, 2, 4, 5, 2) == 4 * (2 * 20 * 2 * 8 + 2 * 20 * 6 * 8)
+    assert bench.spp_ops(1, 1, 4, 4, (1, 2)) == 16 + 16
+    out = tmp_path / "b.json"
+    bench.write_json(records, str(out))
+    import json
+
+    assert json.loads(out.read_text()) == records
+    assert list(tmp_path.iterdir()) == [out]

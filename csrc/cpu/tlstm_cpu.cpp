@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstdint>
 #include <vector>
 
@@ -36,8 +35,7 @@ std::vector<Chain> make_chains(const TlstmGeom& g) {
     const int64_t L = s < 2 ? g.H : g.W, N = s < 2 ? g.W : g.H;
     // About 128 rows per chain: big enough for an efficient GEMM, small
     // enough to balance the threads.
-    static const int64_t target = std::getenv("H2K_CHAIN_ROWS") ? std::atol(std::getenv("H2K_CHAIN_ROWS")) : 128;
-    const int64_t per = std::max<int64_t>(1, std::min<int64_t>(g.B, (target + N - 1) / N));
+    const int64_t per = std::max<int64_t>(1, std::min<int64_t>(g.B, (128 + N - 1) / N));
     const int64_t nchunks = (g.B + per - 1) / per;
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t b0 = c * g.B / nchunks, b1 = (c + 1) * g.B / nchunks;

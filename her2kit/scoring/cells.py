@@ -63,12 +63,12 @@ class CellParams:
     n_sectors: int = 16
     sector_stat: str = "mean"           # DAB OD of a sector: "mean" or "max" of its ring pixels
     # staining -> category
-    stain_od: float = 0.045              # sector counts as stained at this DAB OD
-    complete_fraction: float = 0.5     # completeness at or above: complete
-    any_fraction: float = 0.1           # completeness below: unstained (category 0)
-    intense_od: float = 0.32            # complete and intensity >= : category 3
+    stain_od: float = 0.025              # sector counts as stained at this DAB OD
+    complete_fraction: float = 0.65625     # completeness at or above: complete
+    any_fraction: float = 0.28125           # completeness below: unstained (category 0)
+    intense_od: float = 0.34            # complete and intensity >= : category 3
     weak_od: float = 0.08                # complete and intensity < : category 1 (faint)
-    moderate_od: float = 0.51            # incomplete and intensity >= : category 2
+    moderate_od: float = 0.39            # incomplete and intensity >= : category 2
     # tumour rule
     min_tumour_nucleus_um2: float = 12.0  # smaller nuclei (debris) are not tumour
     max_elongation: float = 2.2           # major/minor axis above (fibroblasts) not tumour
@@ -80,6 +80,7 @@ class CellParams:
     dab_scale_od: float = 0.3             # DAB OD that counts as a full crest
     subtract_baseline: bool = True        # measure DAB above the image's unstained level
     enclosed_rings: bool = True           # a closed membrane ring belongs to the nucleus inside
+    arc_ownership: float = 1.5            # an open arc goes to the cell seeing it over this x more sectors (0: off)
     extra: dict = field(default_factory=dict)  # room for plugins' own parameters
 
     def to_dict(self) -> dict:
@@ -227,7 +228,55 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
                      np.where(membrane & (grown == territory), territory, 0))
     if params.enclosed_rings:
         cells = _claim_enclosing_membrane(cells, membrane, nuclei, mpp, params)
+    if params.arc_ownership > 0:
+        cells = _claim_wrapping_arcs(cells, membrane, nuclei, params)
     return cells.astype(np.uint32)
+
+
+def _claim_wrapping_arcs(cells: np.ndarray, membrane: np.ndarray, nuclei: np.ndarray,
+                         params: CellParams) -> np.ndarray:
+    """Give an open membrane arc wholly to the cell it wraps around.
+
+    An arc of stained membrane follows its own cell's outline, so seen from
+    that cell's nucleus it covers more angular sectors than seen from a
+    neighbour's. Where one of the cells sharing an arc sees it over at least
+    ``arc_ownership`` times as many sectors as any other, it gets the arc.
+    """
+    from scipy import ndimage as ndi
+
+    comp, n_comp = ndi.label(membrane & (cells > 0), structure=np.ones((3, 3)))
+    if n_comp == 0:
+        return cells
+    n = int(nuclei.max(initial=0))
+    ids = np.arange(1, n + 1)
+    cy = np.zeros(n + 1)
+    cx = np.zeros(n + 1)
+    centres = ndi.center_of_mass(np.ones(nuclei.shape, np.uint8), nuclei, ids)
+    cy[1:] = [c[0] for c in centres]
+    cx[1:] = [c[1] for c in centres]
+    py, px = np.nonzero(comp)
+    pc = comp[py, px]
+    po = cells[py, px].astype(np.int64)
+    order = np.argsort(pc, kind="stable")
+    py, px, pc, po = py[order], px[order], pc[order], po[order]
+    bounds = np.searchsorted(pc, np.arange(1, n_comp + 2))
+    k = params.n_sectors
+    out = cells.copy()
+    for c in range(n_comp):
+        a, b = bounds[c], bounds[c + 1]
+        owners = np.unique(po[a:b])
+        if owners.size < 2 or owners.size > 3:
+            continue
+        cover = []
+        for o in owners:
+            ang = np.arctan2(py[a:b] - cy[o], px[a:b] - cx[o])
+            cover.append(np.unique(((ang + np.pi) / (2 * np.pi) * k).astype(np.int64)).size)
+        cover = np.array(cover)
+        best = int(np.argmax(cover))
+        rest = np.delete(cover, best)
+        if cover[best] >= params.arc_ownership * max(rest.max(), 1):
+            out[py[a:b], px[a:b]] = owners[best]
+    return out
 
 
 def _claim_enclosing_membrane(cells: np.ndarray, membrane: np.ndarray, nuclei: np.ndarray,
