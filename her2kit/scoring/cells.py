@@ -62,13 +62,14 @@ class CellParams:
     smooth_um: float = 0.0              # Gaussian sigma on DAB OD before the sector statistic
     n_sectors: int = 16
     sector_stat: str = "mean"           # DAB OD of a sector: "mean" or "max" of its ring pixels
-    # staining -> category
-    stain_od: float = 0.025              # sector counts as stained at this DAB OD
-    complete_fraction: float = 0.65625     # completeness at or above: complete
-    any_fraction: float = 0.28125           # completeness below: unstained (category 0)
-    intense_od: float = 0.34            # complete and intensity >= : category 3
-    weak_od: float = 0.08                # complete and intensity < : category 1 (faint)
-    moderate_od: float = 0.39            # incomplete and intensity >= : category 2
+    # staining -> category: fitted with `python -m her2kit.scoring.calibrate` on synthetic
+    # seeds 100 and 300 (64 images), see docs/scoring.md
+    stain_od: float = 0.035  # sector counts as stained at this DAB OD
+    complete_fraction: float = 0.59375  # completeness at or above: complete
+    any_fraction: float = 0.21875  # completeness below: unstained (category 0)
+    intense_od: float = 0.34  # complete and intensity >= : category 3
+    weak_od: float = 0.09  # complete and intensity < : category 1 (faint)
+    moderate_od: float = 0.37  # incomplete and intensity >= : category 2
     # tumour rule
     min_tumour_nucleus_um2: float = 12.0  # smaller nuclei (debris) are not tumour
     max_elongation: float = 2.2           # major/minor axis above (fibroblasts) not tumour

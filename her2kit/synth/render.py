@@ -71,23 +71,42 @@ def assign_categories(scene: Scene, seeds: tissue.Seeds, present: np.ndarray | N
     With ``counts``, the tumour cells in ``present`` (seed indices) get exactly
     ``counts(n)`` cells per category: stronger categories go to cells with a
     higher key (random, plus a smooth field so positive cells cluster within
-    nests). Other tumour seeds draw from ``scene.fractions``.
+    nests). Other tumour seeds (all of them in slides) take the category of
+    their key's quantile in ``scene.fractions``: the expected mix is
+    ``fractions``, with the same spatial clustering.
     """
     cat = np.full(len(seeds.kind), -1, np.int8)
     tum = seeds.kind == TUMOUR
     f = scene.fractions
-    u = seeds.prop["u_cat"]
-    drawn = np.where(u < f[3], 3, np.where(u < f[3] + f[2], 2, np.where(u < f[3] + f[2] + f[1], 1, 0)))
+    key = 0.6 * seeds.prop["u_cat"] + 0.4 * seeds.prop["cluster"]
+    # thresholds at quantiles of the key's distribution keep the expected mix equal to f
+    t3, t2, t1 = (_key_quantile(1 - q) for q in (f[3], f[3] + f[2], f[3] + f[2] + f[1]))
+    drawn = np.where(key >= t3, 3, np.where(key >= t2, 2, np.where(key >= t1, 1, 0)))
     cat[tum] = drawn[tum]
     if counts is not None and present is not None:
         idx = present[tum[present]]
         n = len(idx)
         c = counts(n)
-        key = 0.6 * u[idx] + 0.4 * seeds.prop["cluster"][idx]
-        order = idx[np.argsort(-key, kind="stable")]
+        order = idx[np.argsort(-key[idx], kind="stable")]
         cats = np.repeat(np.array([3, 2, 1, 0], np.int8), [c[3], c[2], c[1], c[0]])
         cat[order] = cats
     return cat
+
+
+@functools.lru_cache(maxsize=1)
+def _key_sample() -> np.ndarray:
+    n = np.arange(40000)
+    y, x = noise.uniform(4242, n, 0) * 1e5, noise.uniform(4242, n, 1) * 1e5
+    return np.sort(0.6 * noise.uniform(4242, n, 2) + 0.4 * noise.fbm_points(99, y, x, 60.0, octaves=2))
+
+
+def _key_quantile(q: float) -> float:
+    """Quantile of the category key (0.6 uniform + 0.4 smooth field); +inf / -inf beyond [0, 1]."""
+    if q >= 1 - 1e-12:
+        return np.inf
+    if q <= 0:
+        return -np.inf
+    return float(np.quantile(_key_sample(), q))
 
 
 def _membrane_params(scene: Scene, seeds: tissue.Seeds, cat: np.ndarray) -> dict[str, np.ndarray]:
