@@ -10,8 +10,8 @@ Prints a table and writes the JSON records described in her2kit/bench.py
     python benchmarks/bench_ops.py --cpu-time
 
 measures instead, on one thread, the CPU time (not wall time) of the native
-TLSTM forward+backward against the CPU time of a 1024^3 float32 matmul: an
-efficiency figure that stays meaningful when other jobs share the cores.
+TLSTM forward+backward, of the reference, and of a 1024^3 float32 matmul:
+figures that stay meaningful when other jobs share the cores.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def cpu_time_efficiency(repeats: int = 5) -> None:
     import torch
 
     from her2kit.bench import TLSTM_SHAPES, tlstm_flops
-    from her2kit.ops import TLSTM, tlstm
+    from her2kit.ops import TLSTM, tlstm, tlstm_reference
 
     torch.set_num_threads(1)
 
@@ -47,10 +47,12 @@ def cpu_time_efficiency(repeats: int = 5) -> None:
         p = [x, m.w_x, m.b_x, m.w_h, m.peep]
         g = torch.randn(B, 4 * K, H, W)
         sec = best(lambda p=p, g=g: torch.autograd.grad(tlstm(*p), p, g))
+        ref = best(lambda p=p, g=g: torch.autograd.grad(tlstm_reference(*p), p, g))
         rate = 3 * tlstm_flops(B, C, H, W, K) / sec / 1e9
         print(
-            f"tlstm_fwd_bwd B={B} C={C} H={H} W={W} K={K}: {sec * 1e3:.1f} ms CPU, "
-            f"{rate:.1f} GFLOP/s = {100 * rate / mm:.0f}% of 1-thread matmul ({mm:.1f} GFLOP/s)"
+            f"tlstm_fwd_bwd B={B} C={C} H={H} W={W} K={K}: native {sec * 1e3:.1f} ms CPU, "
+            f"reference {ref * 1e3:.1f} ms CPU ({ref / sec:.1f}x); native {rate:.1f} GFLOP/s "
+            f"= {100 * rate / mm:.0f}% of 1-thread matmul ({mm:.1f} GFLOP/s)"
         )
 
 

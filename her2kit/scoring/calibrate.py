@@ -131,11 +131,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="training folder from `her2kit synth images` (repeatable)")
     ap.add_argument("--check", default=None, help="held-out folder to evaluate the fitted parameters on")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--params", default=None,
+                    help="CellParams JSON for everything but the fitted thresholds (default: built-in)")
     ap.add_argument("--start", action="append", default=[],
                     help="CellParams JSON to start the ascent from too (repeatable); the best fit wins")
     ap.add_argument("--out", default=None, help="write the fitted CellParams JSON here")
     args = ap.parse_args(argv)
     params = CellParams()
+    if args.params:
+        with open(args.params) as f:
+            params = CellParams.from_dict(json.load(f))
     parts = [collect(d, params, args.limit) for d in args.data]
     sec = np.concatenate([p[0] for p in parts])
     cat = np.concatenate([p[1] for p in parts])

@@ -31,30 +31,29 @@ class TaskFailed(Exception):
         self.message = message
 
 
-def keep_heap_small() -> None:
-    """Make glibc return freed large arrays to the OS at once (no-op elsewhere).
+def release_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; no-op elsewhere).
 
-    Blocks allocate and free hundreds of MB of arrays. By default glibc raises
-    its mmap threshold after such frees, so later arrays come from the heap,
-    which fragments: a long in-process run then grows by a few MB per block.
-    Fixing the thresholds (what dask's worker processes get from
-    ``MALLOC_TRIM_THRESHOLD_``) keeps memory flat.
+    Blocks allocate and free hundreds of MB of arrays; glibc keeps freed
+    fragments in its heap, so without this a long in-process run grows by a
+    few MB per block. Trimming once per block keeps memory flat at no
+    measurable cost (fixing glibc's mmap threshold instead costs ~13 % more
+    CPU in the segmenter through page faults). dask's worker processes get
+    the same effect from ``MALLOC_TRIM_THRESHOLD_``.
     """
-    global _tuned
-    if _tuned:
-        return
-    _tuned = True
-    try:
-        import ctypes
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic growth)
-    except (OSError, AttributeError):
-        pass
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
-_tuned = False
+_malloc_trim: Any = None
 
 
 class SyncExecutor:
@@ -69,9 +68,10 @@ class SyncExecutor:
 
     def run(self, fn: Callable, items: Sequence[tuple], key: str = "task") -> Iterator[tuple[tuple, Any]]:
         """Yield (item, fn(*item)) as each finishes; a raising task stops the run."""
-        keep_heap_small()
         for item in items:
-            yield item, fn(*item)
+            result = fn(*item)
+            release_memory()
+            yield item, result
 
     def close(self) -> None:
         pass

@@ -318,7 +318,7 @@ def _pyramid(plan: dict, ledger: Ledger, executor: Any, path: str) -> None:
     for level in range(1, labelstore.level_count(labels)):
         if ledger.marked(f"level-{level}"):
             continue
-        items = [(plan, *r) for r in labelstore.pyramid_regions(labels, level, 4 * chunk)]
+        items = [(plan, *r) for r in labelstore.pyramid_regions(labels, level, 2 * chunk)]
         for _, r in executor.run(pyramid_region, items, key="pyramid"):
             if "error" in r:
                 _raise_task_error(path, r)
