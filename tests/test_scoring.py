@@ -99,6 +99,62 @@ def test_categorise_rule():
     assert list(categorise(comp, inten, p)) == [0, 1, 2, 1, 2, 3]
 
 
+def _two_cells(shared: bool):
+    """Two touching 16 x 16 um cells, A (left) and B (right), at 0.5 um/px: (rgb, mask).
+
+    ``shared=False``: only A is stained, its band lies inside A against its
+    right, top and bottom borders (as her2kit.synth draws it), B is unstained.
+    ``shared=True``: one membrane centred on the cell borders, stained all
+    round both cells (as in tissue, where neighbours share a membrane).
+    """
+    from scipy import ndimage as ndi
+
+    h, w = 56, 88
+    yy, xx = np.mgrid[:h, :w]
+    a = (yy >= 12) & (yy < 44) & (xx >= 12) & (xx < 44)
+    box = (yy >= 12) & (yy < 44) & (xx >= 12) & (xx < 76)
+    if shared:
+        d = np.minimum.reduce([np.abs(yy - 11.5), np.abs(yy - 43.5), np.abs(xx - 11.5),
+                               np.abs(xx - 43.5), np.abs(xx - 75.5)])
+        d = np.where((yy >= 10) & (yy < 46) & (xx >= 10) & (xx < 78), d, np.inf)
+        dab, band = np.exp(-0.7 * (d / 1.5) ** 2), d < 1.5
+    else:
+        d = np.where(a, np.minimum.reduce([43 - xx, yy - 12, 43 - yy]), np.inf)
+        dab, band = 1.2 * np.exp(-0.7 * (d / 2.0) ** 2), d < 2
+    nuc = ((yy - 28) ** 2 + (xx - 28) ** 2 <= 49) | ((yy - 28) ** 2 + (xx - 60) ** 2 <= 49)
+    stains = np.zeros((h, w, 3))
+    stains[..., 0] = np.where(nuc, 0.35, np.where(box, 0.06, 0.0))
+    stains[..., 1] = ndi.gaussian_filter(np.where(nuc, 0.0, dab) + 0.02, 0.7)  # optical blur
+    mask = np.zeros((h, w), np.uint8)
+    mask[band & ~nuc] = 1
+    mask[nuc] = 2
+    return HedDeconvolver().to_rgb(stains), mask
+
+
+def _categories_left_right(rgb, mask, params):
+    r = find_cells(rgb, probabilities_from_mask(mask, seed=0), 0.5, params)
+    assert len(r) == 2 and r.tumour.all()
+    order = np.argsort(r.table["x"])
+    return [int(c) for c in r.table["category"][order]], r.table["completeness"][order]
+
+
+def test_unstained_cell_next_to_stained_band_stays_zero():
+    rgb, mask = _two_cells(shared=False)
+    cats, comp = _categories_left_right(rgb, mask, CellParams())
+    assert cats[0] >= 2  # A: intense, 3 of 4 sides
+    assert cats[1] == 0 and comp[1] < 0.15  # B: the neighbour's band is not B's staining
+    # the old ring (watershed split mid-band, band pixels measured up to the border)
+    # reads B as stained: this is what the side rule and the guard fix
+    old = CellParams(side_window_um=0, foreign_guard_um=0, enclosed_rings=False, arc_ownership=0)
+    assert _categories_left_right(rgb, mask, old)[0][1] >= 1
+
+
+def test_shared_stained_membrane_counts_for_both_cells():
+    rgb, mask = _two_cells(shared=True)
+    cats, comp = _categories_left_right(rgb, mask, CellParams())
+    assert cats == [3, 3] and (comp > 0.9).all()
+
+
 # --- ROI -----------------------------------------------------------------------------------
 
 

@@ -7,10 +7,13 @@ are ``od @ inv(M)``. The vectors are skimage's (``skimage.color.hed_from_rgb``
 uses the same ones), but the output here is in OD units along each stain's
 unit vector, not skimage's rescaled logarithm.
 
-Speed matters on whole slides: everything runs in float32 on flat arrays and
-the projection is one (N, 3) x (3, 3) matrix product (about 2.5x faster than
-``skimage.color.rgb2hed`` on a 4096^2 image with 2 cores; a 256-entry lookup
-table for the logarithm was slower than numpy's vectorised log).
+Speed matters on whole slides: a uint8 intensity has only 256 values, so the
+logarithm is a 256-entry float32 lookup table (``np.take``), and the
+projection is a float32 (N, 3) x (3, 3) matrix product into a preallocated
+output; both run on chunks of 65536 pixels that stay in cache. One stain
+alone is three table look-ups (per channel, the log already multiplied by
+that stain's column) and two additions. See benchmarks/bench_wsi.py
+(section ``hed``) for the speed against ``skimage.color.rgb2hed``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ class HedDeconvolver:
         # amounts = od @ inverse, od = -log10((I + 1) / 256) = ln((I + 1) / 256) * (-1 / ln 10)
         self.inverse = np.linalg.inv(self.matrix)
         self._project = (-self.inverse / np.log(10.0)).astype(np.float32)
+        # ln((I + 1) / 256) for every uint8 I, and per channel c and stain s the
+        # product ln(...) * project[c, s] (one stain = sum of three look-ups)
+        log_i = np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)
+        self._log_lut = log_i.astype(np.float32)
+        self._stain_lut = np.ascontiguousarray(
+            (log_i[None, :, None] * (-self.inverse / np.log(10.0))[:, None, :]).transpose(2, 0, 1),
+            dtype=np.float32)  # (stain, channel, 256)
 
     @staticmethod
     def _check(rgb: np.ndarray) -> np.ndarray:
@@ -56,28 +66,39 @@ class HedDeconvolver:
             raise ValueError(f"expected uint8 RGB (..., 3), got {rgb.dtype} {rgb.shape}")
         return rgb
 
-    @staticmethod
-    def _log_intensity(rgb: np.ndarray) -> np.ndarray:
-        # all element-wise work on the flat array: broadcasting along a
-        # trailing axis of 3 is several times slower in numpy
-        x = rgb.astype(np.float32).reshape(-1, 3)
-        flat = x.reshape(-1)
-        flat += np.float32(1.0)
-        flat *= np.float32(1.0 / 256.0)
-        np.log(flat, out=flat)
-        return x
+    #: pixels per chunk: a chunk's uint8 input, float32 logs and output stay in cache
+    CHUNK = 1 << 16
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         rgb = self._check(rgb)
-        return (self._log_intensity(rgb) @ self._project).reshape(rgb.shape)
+        flat = np.ascontiguousarray(rgb).reshape(-1, 3)
+        out = np.empty((flat.shape[0], 3), dtype=np.float32)
+        buf = np.empty((min(self.CHUNK, flat.shape[0]), 3), dtype=np.float32)
+        for start in range(0, flat.shape[0], self.CHUNK):
+            stop = min(start + self.CHUNK, flat.shape[0])
+            logs = buf[: stop - start]
+            np.take(self._log_lut, flat[start:stop], out=logs)
+            np.matmul(logs, self._project, out=out[start:stop])
+        return out.reshape(rgb.shape)
 
     def channel(self, rgb: np.ndarray, index: int) -> np.ndarray:
         """One stain (0 haematoxylin, 1 DAB, 2 residual) as float32 (...,); stains clipped at 0."""
         rgb = self._check(rgb)
-        out = (self._log_intensity(rgb) @ self._project[:, index]).reshape(rgb.shape[:-1])
+        flat = np.ascontiguousarray(rgb).reshape(-1, 3)
+        lut = self._stain_lut[index]
+        out = np.empty(flat.shape[0], dtype=np.float32)
+        tmp = np.empty(min(self.CHUNK, flat.shape[0]), dtype=np.float32)
+        for start in range(0, flat.shape[0], self.CHUNK):
+            stop = min(start + self.CHUNK, flat.shape[0])
+            o, t = out[start:stop], tmp[: stop - start]
+            np.take(lut[0], flat[start:stop, 0], out=o)
+            np.take(lut[1], flat[start:stop, 1], out=t)
+            o += t
+            np.take(lut[2], flat[start:stop, 2], out=t)
+            o += t
         if index < 2:
             np.maximum(out, 0.0, out=out)
-        return out
+        return out.reshape(rgb.shape[:-1])
 
     def dab(self, rgb: np.ndarray) -> np.ndarray:
         """DAB optical density, float32 (...,), >= 0."""

@@ -82,6 +82,9 @@ class CellParams:
     subtract_baseline: bool = True        # measure DAB above the image's unstained level
     enclosed_rings: bool = True           # a closed membrane ring belongs to the nucleus inside
     arc_ownership: float = 1.5            # an open arc goes to the cell seeing it over this x more sectors (0: off)
+    side_window_um: float = 1.0           # membrane pixel -> the cell whose cytoplasm within this is more stained (0: off)
+    side_margin_od: float = 0.0           # ... by more than this DAB OD over the watershed's owner
+    foreign_guard_um: float = 1.0         # band pixels this close to another cell's membrane are not measured
     extra: dict = field(default_factory=dict)  # room for plugins' own parameters
 
     def to_dict(self) -> dict:
@@ -231,7 +234,65 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
         cells = _claim_enclosing_membrane(cells, membrane, nuclei, mpp, params)
     if params.arc_ownership > 0:
         cells = _claim_wrapping_arcs(cells, membrane, nuclei, params)
+    if dab is not None and params.side_window_um > 0:
+        cells = _claim_by_stained_side(cells, membrane, nuclei, dab, mpp, params)
     return cells.astype(np.uint32)
+
+
+def _claim_by_stained_side(cells: np.ndarray, membrane: np.ndarray, nuclei: np.ndarray,
+                           dab: np.ndarray, mpp: float, params: CellParams) -> np.ndarray:
+    """Give each membrane pixel to the cell on its stained side.
+
+    A cell's own stained membrane fades into its own cytoplasm, while the
+    neighbour across the border shows none of it: so the side of a membrane
+    band whose cytoplasm (non-membrane, non-nucleus pixels within
+    ``side_window_um``) has the higher mean DAB is its cell. A pixel moves
+    from the watershed's owner to another cell only where that cell's side is
+    more stained by ``side_margin_od``; where both sides look alike (a
+    membrane shared by two stained cells, as in tissue) the watershed's split
+    stays.
+    """
+    r = max(1, int(round(_px(params.side_window_um, mpp))))
+    my, mx = np.nonzero(membrane & (cells > 0))
+    if my.size == 0:
+        return cells
+    h, w = cells.shape
+    cyto = np.where(~membrane & (nuclei == 0), cells, 0).astype(np.int64)
+    n1 = int(cells.max()) + 1
+    keys, vals = [], []
+    pix = np.arange(my.size, dtype=np.int64)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy * dy + dx * dx > r * r:
+                continue
+            yy, xx = my + dy, mx + dx
+            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            lab = np.zeros(my.size, dtype=np.int64)
+            lab[ok] = cyto[yy[ok], xx[ok]]
+            sel = lab > 0
+            keys.append(pix[sel] * n1 + lab[sel])
+            vals.append(dab[yy[sel], xx[sel]].astype(np.float64))
+    keys = np.concatenate(keys)
+    vals = np.concatenate(vals)
+    if keys.size == 0:
+        return cells
+    uk, inv = np.unique(keys, return_inverse=True)
+    mean = np.bincount(inv, weights=vals) / np.bincount(inv)
+    kp, kl = uk // n1, uk % n1
+    owner = cells[my, mx].astype(np.int64)
+    own_mean = np.zeros(my.size)
+    is_own = kl == owner[kp]
+    own_mean[kp[is_own]] = mean[is_own]
+    # best side per pixel: sort by pixel, then mean descending
+    order = np.lexsort((-mean, kp))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = kp[order][1:] != kp[order][:-1]
+    best = order[first]
+    bp, bl, bm = kp[best], kl[best], mean[best]
+    move = (bl != owner[bp]) & (bm >= own_mean[bp] + params.side_margin_od)
+    out = cells.copy()
+    out[my[bp[move]], mx[bp[move]]] = bl[move]
+    return out
 
 
 def _claim_wrapping_arcs(cells: np.ndarray, membrane: np.ndarray, nuclei: np.ndarray,
@@ -457,6 +518,13 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     membrane = membrane_prob >= params.membrane_threshold
     ring = (cells > 0) & (membrane | (to_edge <= _px(params.ring_width_um, mpp)))
     ring &= nuclei == 0
+    if params.foreign_guard_um > 0:
+        # band pixels against another cell's membrane see that membrane's
+        # stain blurred across the border: not this cell's staining
+        from skimage.segmentation import expand_labels
+
+        near_mem = expand_labels(np.where(membrane, cells, 0), distance=_px(params.foreign_guard_um, mpp))
+        ring &= membrane | (near_mem == 0) | (near_mem == cells)
     ry, rx = np.nonzero(ring)
     rc = cells[ry, rx].astype(np.int64)
     angle = np.arctan2(ry - nuc["y"][rc], rx - nuc["x"][rc])

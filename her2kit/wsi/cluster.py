@@ -80,9 +80,10 @@ class SyncExecutor:
 class DaskExecutor:
     """Runs tasks on a ``distributed.Client`` (local or remote)."""
 
-    def __init__(self, client: Any, cluster: Any = None, kind: str = "dask"):
+    def __init__(self, client: Any, cluster: Any = None, kind: str = "dask", own: bool = False):
         self.client = client
         self.cluster = cluster
+        self.own = own or cluster is not None
         self.kind = kind
         try:
             self.workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
@@ -121,8 +122,10 @@ class DaskExecutor:
                 self.client.cancel(pending)
 
     def close(self) -> None:
-        if self.cluster is not None:
+        """Close the client and cluster this executor made (never a caller's client)."""
+        if self.own:
             self.client.close()
+        if self.cluster is not None:
             self.cluster.close()
 
 
@@ -149,7 +152,7 @@ def make_executor(workers: int = 1, scheduler: str | None = None, client: Any = 
             c = Client(scheduler, timeout=f"{connect_timeout}s")
         except Exception as exc:  # OSError / TimeoutError with a long text
             raise Her2kitError(f"cannot reach dask scheduler {scheduler}: {type(exc).__name__}") from None
-        return DaskExecutor(c, kind=f"scheduler {scheduler}")
+        return DaskExecutor(c, kind=f"scheduler {scheduler}", own=True)
     if workers <= 1:
         return SyncExecutor()
     from distributed import Client, LocalCluster
