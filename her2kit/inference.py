@@ -28,12 +28,9 @@ DEFAULT_MPP = 0.5
 
 
 def _no_grad():
-    # torch.no_grad rather than torch.inference_mode: the native TLSTM op
-    # (torch 2.13, her2kit._C) fails under inference mode ("Inplace update to
-    # inference tensor outside InferenceMode"); the speed difference is small.
     import torch
 
-    return torch.no_grad()
+    return torch.inference_mode()
 
 
 def shipped_weights(name: str = DEFAULT_MODEL) -> Path:

@@ -452,3 +452,15 @@ def test_bench_records(tmp_path):
 
     assert json.loads(out.read_text()) == records
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_tlstm_runs_under_inference_mode():
+    # Worker threads must inherit inference mode: the segmenter predicts under it.
+    torch.manual_seed(0)
+    m = TLSTM(4, 3, 5).eval()
+    x = torch.randn(2, 4, 9, 7)
+    with torch.no_grad():
+        expected = m(x)
+    with torch.inference_mode():
+        got = m(x)
+    torch.testing.assert_close(got, expected)

@@ -3,6 +3,7 @@
 // GEMMs live in tlstm_driver.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -49,7 +50,11 @@ template <typename F>
 void run_chains(const std::vector<Chain>& chains, F&& body) {
   std::atomic<size_t> next{0};
   const int64_t nt = std::min<int64_t>(at::get_num_threads(), chains.size());
+  // Tensor ops run inside the workers: give them the caller's thread-local
+  // state (inference mode, grad mode), which OpenMP threads do not inherit.
+  const at::ThreadLocalState caller_state;
   at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
+    at::ThreadLocalStateGuard guard(caller_state);
     for (size_t i = next++; i < chains.size(); i = next++) body(chains[i]);
   });
 }
