@@ -1,8 +1,11 @@
 """Fit the staining thresholds of :class:`CellParams` on synthetic ground truth.
 
-    python -m her2kit.scoring.calibrate --data TRAIN_DIR [--data ...] [--check TEST_DIR] [--out params.json]
+    python -m her2kit.scoring.calibrate --data TRAIN_DIR [--data ...] [--model NAME|PATH]
+        [--check TEST_DIR] [--out params.json]
 
 Cells are found with ground-truth probabilities (:mod:`her2kit.scoring.validate`),
+or with a segmentation model's (``--model``: the thresholds then fit what the
+model shows, e.g. its wider, blurrier membrane band),
 matched to true cells at IoU > 0.5, and their per-sector DAB OD kept. The
 thresholds are then chosen by coordinate ascent over grids: ``stain_od``
 (re-deriving completeness and intensity from the stored sector values),
@@ -42,7 +45,7 @@ def objective(truth: np.ndarray, pred: np.ndarray) -> float:
 
 
 GRIDS = {
-    "stain_od": np.round(np.arange(0.01, 0.40, 0.005), 3),
+    "stain_od": np.round(np.arange(0.005, 0.40, 0.005), 3),
     "any_fraction": np.round(np.arange(0.0, 0.7, 0.03125), 5),
     "complete_fraction": np.round(np.arange(0.5, 1.001, 0.03125), 5),
     "weak_od": np.round(np.arange(0.0, 0.6, 0.01), 3),
@@ -113,12 +116,14 @@ def fit_thresholds(sector_od: np.ndarray, truth: np.ndarray, params: CellParams,
     return best, score
 
 
-def collect(data: str, params: CellParams, limit: int | None = None):
+def collect(data: str, params: CellParams, limit: int | None = None, segmenter=None):
     """(sector DAB OD, true category) of matched true tumour cells of a synthetic folder, and per
-    image (sector DAB OD of all detected tumour cells, true score, true sub-category)."""
+    image (sector DAB OD of all detected tumour cells, true score, true sub-category).
+
+    Probabilities come from ``segmenter`` (a model) or, when None, from the true masks."""
     from her2kit.scoring.validate import evaluate_folder
 
-    _, records = evaluate_folder(data, params, limit=limit)
+    _, records = evaluate_folder(data, params, segmenter=segmenter, limit=limit)
     sec = np.concatenate([r["sector_od"][r["true_tumour"]] for r in records])
     cat = np.concatenate([r["true_cat"][r["true_tumour"]] for r in records])
     images = [(r["tumour_sector_od"], r["score_true"], r["sub_true"], r["true_counts"]) for r in records]
@@ -135,13 +140,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="CellParams JSON for everything but the fitted thresholds (default: built-in)")
     ap.add_argument("--start", action="append", default=[],
                     help="CellParams JSON to start the ascent from too (repeatable); the best fit wins")
+    ap.add_argument("--model", default=None,
+                    help="fit on this segmentation model's probabilities (default: the true masks)")
     ap.add_argument("--out", default=None, help="write the fitted CellParams JSON here")
     args = ap.parse_args(argv)
+    segmenter = None
+    if args.model:
+        from her2kit.inference import load_segmenter
+
+        segmenter = load_segmenter(args.model)
     params = CellParams()
     if args.params:
         with open(args.params) as f:
             params = CellParams.from_dict(json.load(f))
-    parts = [collect(d, params, args.limit) for d in args.data]
+    parts = [collect(d, params, args.limit, segmenter) for d in args.data]
     sec = np.concatenate([p[0] for p in parts])
     cat = np.concatenate([p[1] for p in parts])
     images = [im for p in parts for im in p[2]]
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from her2kit.scoring.validate import evaluate_folder
 
-        summary, _ = evaluate_folder(args.check, fitted)
+        summary, _ = evaluate_folder(args.check, fitted, segmenter=segmenter)
         summary.pop("wrong_images", None)
         print(json.dumps(summary, indent=2, default=float))
     return 0

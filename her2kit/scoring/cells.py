@@ -17,8 +17,15 @@ with ``mpp``):
    nucleus; the part of a territory beyond a membrane (seen from its
    nucleus) is cut off, and a closed membrane ring goes wholly to the one
    nucleus it encloses (a stained membrane lies inside its own cell).
+   Each membrane pixel then goes to the cell on its stained side: the
+   adjacent cell whose cytoplasm within ``side_window_um`` shows the most
+   DAB (a stained membrane fades into its own cytoplasm, not into the
+   neighbour's), so a territory's border runs along the outer edge of its
+   own band; a membrane stained on both sides keeps the watershed's split.
 4. Membrane ring: the cell's membrane pixels plus a band of
-   ``ring_width_um`` inside its outline.
+   ``ring_width_um`` inside its outline, without the band pixels within
+   ``foreign_guard_um`` of another cell's membrane (there the neighbour's
+   stain is blurred across the border).
 5. Staining: DAB optical density (colour deconvolution) above the image's
    unstained level, in ``n_sectors`` angular sectors around the nucleus; a
    sector is stained when the mean DAB OD of its membrane pixels (of its

@@ -120,7 +120,8 @@ def train(args: argparse.Namespace) -> int:
         "normalisation": DEFAULT_NORMALISATION,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "train": {**describe(config), "preset": args.preset, "fraction": args.fraction,
-                  "loss": "class-weighted cross-entropy + soft Dice (+ 0.3 x pattern cross-entropy)",
+                  "loss": (f"cross-entropy (class weights = frequency ** -{config.class_weight_power}) "
+                           f"+ {config.dice_weight} x soft Dice (+ {config.pattern_weight} x pattern cross-entropy)"),
                   "augment": aug.describe()},
         "data": {
             "train": str(data), "val": str(args.val_data) if args.val_data else "seeded split of --data",
