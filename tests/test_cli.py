@@ -53,3 +53,18 @@ def test_missing_module_names_the_issue(monkeypatch):
 def test_usage_error_exits_2():
     r = subprocess.run([sys.executable, "-m", "her2kit", "score"], capture_output=True, text=True)
     assert r.returncode == 2 and "--out" in r.stderr
+
+
+def test_demo_end_to_end(tmp_path):
+    """The README's main command: a synthetic 2+ case scored with the shipped model."""
+    import json
+
+    r = subprocess.run([sys.executable, "-m", "her2kit", "demo", "--out", str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (case,) = [p for p in (tmp_path / "d").iterdir() if p.is_dir()]
+    for name in ("score.json", "cells.csv", "cells.geojson", "labels.zarr", "overlay.png", "report.html"):
+        assert (case / name).exists(), name
+    score = json.loads((case / "score.json").read_text())
+    assert score["score"] == "2+" and score["model"] == "her2net" and score["cells_total"] > 100
+    assert abs(sum(score["percent"].values()) - 100) < 1e-6
