@@ -69,14 +69,14 @@ class CellParams:
     smooth_um: float = 0.0              # Gaussian sigma on DAB OD before the sector statistic
     n_sectors: int = 16
     sector_stat: str = "mean"           # DAB OD of a sector: "mean" or "max" of its ring pixels
-    # staining -> category: fitted with `python -m her2kit.scoring.calibrate` on synthetic
-    # seeds 100 and 300 (64 images), see docs/scoring.md
-    stain_od: float = 0.035  # sector counts as stained at this DAB OD
-    complete_fraction: float = 0.59375  # completeness at or above: complete
+    # staining -> category: fitted with `python -m her2kit.scoring.calibrate --model her2net`
+    # on synthetic seeds 100 and 300 (64 images), see docs/scoring.md
+    stain_od: float = 0.015  # sector counts as stained at this DAB OD
+    complete_fraction: float = 0.5  # completeness at or above: complete
     any_fraction: float = 0.21875  # completeness below: unstained (category 0)
-    intense_od: float = 0.34  # complete and intensity >= : category 3
+    intense_od: float = 0.36  # complete and intensity >= : category 3
     weak_od: float = 0.09  # complete and intensity < : category 1 (faint)
-    moderate_od: float = 0.37  # incomplete and intensity >= : category 2
+    moderate_od: float = 0.42  # incomplete and intensity >= : category 2
     # tumour rule
     min_tumour_nucleus_um2: float = 12.0  # smaller nuclei (debris) are not tumour
     max_elongation: float = 2.2           # major/minor axis above (fibroblasts) not tumour
@@ -89,8 +89,8 @@ class CellParams:
     subtract_baseline: bool = True        # measure DAB above the image's unstained level
     enclosed_rings: bool = True           # a closed membrane ring belongs to the nucleus inside
     arc_ownership: float = 1.5            # an open arc goes to the cell seeing it over this x more sectors (0: off)
-    side_window_um: float = 1.0           # membrane pixel -> the cell whose cytoplasm within this is more stained (0: off)
-    side_margin_od: float = 0.0           # ... by more than this DAB OD over the watershed's owner
+    side_window_um: float = 2.0           # membrane pixel -> the cell whose cytoplasm within this is more stained (0: off)
+    side_margin_od: float = 0.005         # ... by at least this DAB OD more than the watershed's owner (ties stay)
     foreign_guard_um: float = 1.0         # band pixels this close to another cell's membrane are not measured
     extra: dict = field(default_factory=dict)  # room for plugins' own parameters
 
@@ -265,6 +265,12 @@ def _claim_by_stained_side(cells: np.ndarray, membrane: np.ndarray, nuclei: np.n
         return cells
     h, w = cells.shape
     cyto = np.where(~membrane & (nuclei == 0), cells, 0).astype(np.int64)
+    # compare both sides at the same distances from the band (not the pixel):
+    # cytoplasm right against the band (1 px) sees the band's blur on both
+    # sides alike, and counts on neither
+    from scipy import ndimage as ndi
+
+    cyto[ndi.distance_transform_edt(~membrane) < 1.5] = 0
     n1 = int(cells.max()) + 1
     keys, vals = [], []
     pix = np.arange(my.size, dtype=np.int64)
