@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from her2kit.scoring.rules import score_from_counts
+
 SCORES = ("0", "1+", "2+", "3+")
 
 
@@ -35,26 +37,8 @@ def asco_cap_score(counts: np.ndarray | list[int]) -> tuple[str, str | None]:
     and scorer agree by construction. No tumour cells counts as 0 / null.
     The mixes drawn here never sit where readings of the guideline differ.
     """
-    try:
-        from her2kit.scoring.rules import score_from_counts
-    except ImportError:  # the scoring package is optional for the generator
-        score_from_counts = _score_from_counts
     score, sub = score_from_counts([int(c) for c in counts])
     return ("0", "null") if score is None else (score, sub)
-
-
-def _score_from_counts(counts: list[int]) -> tuple[str | None, str | None]:
-    n0, n1, n2, n3 = counts
-    n = n0 + n1 + n2 + n3
-    if n == 0:
-        return None, None
-    if 10 * n3 > n:
-        return "3+", None
-    if 10 * (n2 + n3) > n:
-        return "2+", None
-    if 10 * (n1 + n2 + n3) > n:
-        return "1+", None
-    return "0", ("null" if n1 + n2 + n3 == 0 else "ultralow")
 
 
 def sample_fractions(score: str, rng: np.random.Generator, gap: float = 0.005
