@@ -10,11 +10,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define H2K_HD __host__ __device__ __forceinline__
-#else
-#define H2K_HD inline
-#endif
+#include "host_device.h"
 
 namespace her2kit {
 
