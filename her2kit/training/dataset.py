@@ -45,21 +45,16 @@ class LabelledImage:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An RGB image file as (H, W, 3) uint8; alpha is dropped; InputError if not RGB uint8."""
-    from PIL import Image
+    """An image file as (H, W, 3) uint8 through her2kit's readers.
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"unreadable image ({exc})") from None
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., :3]
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise InputError(path, f"expected an RGB image, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise InputError(path, f"expected 8-bit RGB, got {arr.dtype}")
-    return np.array(arr, copy=True, order="C")  # PIL's arrays are read-only
+    Training images follow the same rules as images to score (RGBA composited
+    over white, greyscale/16-bit refused with an InputError naming the file).
+    """
+    from her2kit.readers import open_slide
+
+    with open_slide(path) as slide:
+        h, w = slide.shape
+        return np.ascontiguousarray(slide.read_region(0, 0, h, w))
 
 
 def read_mask(path: Path) -> np.ndarray:
