@@ -72,7 +72,7 @@ def test_masks_agree_with_cell_table(folder):
 def test_ground_truth_score_follows_rule(folder):
     for r in _read_csv(folder / "index.csv"):
         cells = _read_csv(folder / r["cells"])
-        cat = [int(c["category"]) for c in cells if c["tumour"] == "1"]
+        cat = [int(c["category"]) for c in cells if c["counted"] == "1"]
         counts = np.bincount(cat, minlength=4)
         assert categories.asco_cap_score(counts) == (r["score"], r["subcategory"] or None)
         pct = 100 * counts / counts.sum()
@@ -335,3 +335,18 @@ def test_omezarr_writer_pyramid(tmp_path):
     assert np.array_equal(np.asarray(r["labels/cells/1"]), lab[::2, ::2])
     assert r["labels"].attrs["labels"] == ["cells"] and "image-label" in r["labels/cells"].attrs
     assert omezarr.level_shapes((300, 200), 3) == [(300, 200), (150, 100), (75, 50)]
+
+
+def test_truth_counts_only_cells_whose_nucleus_is_in_the_image():
+    p = make_patch(4242, 256, "2+")
+    t = p.region.table
+    tum = t["tumour"] == 1
+    left_out = tum & (t["counted"] == 0)
+    assert left_out.any() and (tum & (t["counted"] == 1)).any()
+    cells = p.region.cells
+    border = np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
+    # cells left out of the truth are cut by the image border
+    assert np.isin(t["id"][left_out], border).all()
+    # and the truth is the rule applied to the counted ones
+    counts = np.bincount(t["category"][t["counted"] == 1].astype(int), minlength=4)
+    assert np.array_equal(counts, p.counts)

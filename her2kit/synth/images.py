@@ -23,7 +23,9 @@ from her2kit.synth import categories, noise, tissue
 from her2kit.synth.render import TYPE_NAMES, Region, render_region
 from her2kit.synth.scene import make_scene
 
-CELL_COLUMNS = ["id", "y", "x", "category", "tumour", "completeness", "intensity", "type", "area"]
+CELL_COLUMNS = ["id", "y", "x", "category", "tumour", "completeness", "intensity", "type", "area",
+                "counted"]
+
 INDEX_COLUMNS = ["image", "mask", "cells", "instances_cells", "instances_nuclei", "score", "subcategory",
                  "requested", "near_threshold", "seed", "mpp", "domain", "size", "n_cells", "n_tumour",
                  "pct_0", "pct_1", "pct_2", "pct_3", "h_score", "pct_complete"]
@@ -68,8 +70,10 @@ def make_patch(seed: int, size: int, score: str, mpp: float = 0.5, domain: str =
     region = render_region(scene, 0, 0, size, size, counts=lambda n: categories.counts_for(score, fractions, n))
     region = _renumber(region)
     t = region.table
-    tum = t["tumour"] == 1
-    counts = np.bincount(t["category"][tum].astype(int), minlength=4)
+    # the truth counts the tumour cells whose nucleus centre is in the image: a cell cut
+    # by the border with its nucleus outside cannot be scored by anyone looking at it
+    t["counted"] = ((t["tumour"] == 1) & (t["nucleus_inside"] == 1)).astype(np.int8)
+    counts = np.bincount(t["category"][t["counted"] == 1].astype(int), minlength=4)
     truth, truth_sub = categories.asco_cap_score(counts)
     return Patch(region, truth, truth_sub, score, near, seed, counts)
 
@@ -124,7 +128,8 @@ def _write_cells(path: str, table: dict[str, np.ndarray]) -> None:
                 w.writerow([int(table["id"][i]), f"{table['y'][i]:.2f}", f"{table['x'][i]:.2f}",
                             int(table["category"][i]), int(table["tumour"][i]),
                             f"{table['completeness'][i]:.3f}", f"{table['intensity'][i]:.3f}",
-                            TYPE_NAMES.get(int(table["type"][i]), "other"), int(table["area"][i])])
+                            TYPE_NAMES.get(int(table["type"][i]), "other"), int(table["area"][i]),
+                            int(table["counted"][i])])
 
     _atomic(path, write)
 
@@ -174,7 +179,7 @@ def generate(out: str, n: int, size: int, seed: int, domain: str = "default", mp
         _write_cells(os.path.join(out, paths["cells"]), patch.region.table)
         pct = percentages(patch.counts)
         t = patch.region.table
-        tum = t["tumour"] == 1
+        tum = t["counted"] == 1
         n_tum = int(tum.sum())
         complete = int(np.sum(tum & (t["category"] >= 2)))
         rows.append({**paths, "score": patch.score, "subcategory": patch.subcategory or "",

@@ -153,9 +153,13 @@ def render_region(scene: Scene, y0: int, x0: int, h: int, w: int, counts: Counts
     # the world (image or slide) clips the table's area
     wr0, wr1 = max(0, y0 - margin) - (y0 - pad), min(scene.height, y0 + h + margin) - (y0 - pad)
     wc0, wc1 = max(0, x0 - margin) - (x0 - pad), min(scene.width, x0 + w + margin) - (x0 - pad)
+    # the window in microns; a cell belongs to it when its nucleus centre does (a cell
+    # cut by the edge with its nucleus outside cannot be scored from the window)
+    win_um = ((y0 - pad + wr0) * mpp, (y0 - pad + wr1) * mpp, (x0 - pad + wc0) * mpp, (x0 - pad + wc1) * mpp)
     present = None
     if counts is not None:
         present = np.unique(i1[wr0:wr1, wc0:wc1])
+        present = present[_nucleus_inside(seeds, present, win_um)]
     cat = assign_categories(scene, seeds, present, counts)
     mp = _membrane_params(scene, seeds, cat)
 
@@ -187,7 +191,7 @@ def render_region(scene: Scene, y0: int, x0: int, h: int, w: int, counts: Counts
     semantic = np.where(nucleus, 2, np.where(memb_label, 1, 0)).astype(np.uint8)
 
     table = _cell_table(scene, seeds, cat, mp, cell_ids[wr0:wr1, wc0:wc1], i1[wr0:wr1, wc0:wc1],
-                        rows[wr0:wr1], cols[wc0:wc1])
+                        rows[wr0:wr1], cols[wc0:wc1], win_um)
     return Region(out_rgb, semantic[core], cell_ids[core], nuc_ids[core], table)
 
 
@@ -299,8 +303,15 @@ def _concentrations(scene: Scene, seeds: tissue.Seeds, mp: dict[str, np.ndarray]
     return conc
 
 
+def _nucleus_inside(seeds: tissue.Seeds, idx: np.ndarray, win_um: tuple[float, float, float, float]) -> np.ndarray:
+    """Whether the nucleus centres of seeds ``idx`` lie in the window (y0, y1, x0, x1), microns."""
+    ny, nx = seeds.prop["ny"][idx], seeds.prop["nx"][idx]
+    return (ny >= win_um[0]) & (ny < win_um[1]) & (nx >= win_um[2]) & (nx < win_um[3])
+
+
 def _cell_table(scene: Scene, seeds: tissue.Seeds, cat: np.ndarray, mp: dict[str, np.ndarray],
-                cells: np.ndarray, owner: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+                cells: np.ndarray, owner: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                win_um: tuple[float, float, float, float]) -> dict[str, np.ndarray]:
     flat = cells.ravel()
     sel = flat > 0
     ids, first, inv, area = np.unique(flat[sel], return_index=True, return_inverse=True, return_counts=True)
@@ -318,4 +329,5 @@ def _cell_table(scene: Scene, seeds: tissue.Seeds, cat: np.ndarray, mp: dict[str
         "intensity": np.where(is_tum & (category > 0), mp["int"][si], 0.0).astype(np.float64),
         "type": seeds.nuc[si].astype(np.int8),
         "seed_y": seeds.y[si] / scene.mpp - 0.5, "seed_x": seeds.x[si] / scene.mpp - 0.5,
+        "nucleus_inside": _nucleus_inside(seeds, si, win_um).astype(np.int8),
     }
