@@ -162,26 +162,163 @@ def _px(um: float, mpp: float) -> float:
     return float(um) / float(mpp)
 
 
+def _max_sq(distance: float) -> int:
+    """The largest integer k with ``sqrt(k) <= distance`` in float64 (-1 if none).
+
+    ``ndimage.distance_transform_edt`` gives ``sqrt(dy**2 + dx**2)`` of integer
+    offsets, so "distance <= d" is exactly "dy**2 + dx**2 <= _max_sq(d)".
+    """
+    d = float(distance)
+    if not d >= 0:
+        return -1
+    k = int(np.floor(d * d))
+    while np.sqrt(float(k + 1)) <= d:
+        k += 1
+    while k >= 0 and np.sqrt(float(k)) > d:
+        k -= 1
+    return k
+
+
+def _nearest_feature(background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Feature transform of ``ndimage.distance_transform_edt(background)`` and squared distances.
+
+    Returns (ft, d2): ft (2, H, W) the row and column of the nearest False
+    pixel of ``background`` (as scipy breaks ties), d2 the squared distance to
+    it in integer pixels, without the float64 distances scipy would compute.
+    """
+    from scipy import ndimage as ndi
+
+    ft = ndi.distance_transform_edt(background, return_distances=False, return_indices=True)
+    dtype = np.int64 if max(background.shape) > 30000 else np.int32
+    dy = ft[0] - np.arange(background.shape[0], dtype=dtype)[:, None]
+    dx = ft[1] - np.arange(background.shape[1], dtype=dtype)[None, :]
+    dy *= dy
+    dx *= dx
+    dy += dx
+    return ft, dy
+
+
+def _expand_labels(labels: np.ndarray, distance: float) -> np.ndarray:
+    """``skimage.segmentation.expand_labels(labels, distance)`` for 2-D labels, cheaper.
+
+    The same nearest-label choice (scipy's feature transform) and the same
+    ``distance <= d`` test, done on integer squared distances.
+    """
+    if not labels.any():
+        return np.zeros_like(labels)
+    ft, d2 = _nearest_feature(labels == 0)
+    within = d2 <= _max_sq(distance)
+    out = np.zeros_like(labels)
+    out[within] = labels[ft[0][within], ft[1][within]]
+    return out
+
+
+def _expand_labels_at(labels: np.ndarray, distance: float, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """``expand_labels(labels, distance)[ys, xs]``: the label reaching each given pixel (0: none).
+
+    scipy's feature transform (which ``expand_labels`` uses) takes, of the
+    nearest labelled pixels, the one in the lowest column, and of those the
+    lowest row (its row-wise pass keeps the upper of two equidistant
+    features, its column-wise Voronoi pass the leftmost). So for a few
+    pixels and a small distance the same label comes from looking at the
+    offsets within ``distance`` in that order, nearest first; for many
+    pixels the whole transform is cheaper.
+    """
+    from math import isqrt
+
+    ys = np.asarray(ys, dtype=np.int64)
+    xs = np.asarray(xs, dtype=np.int64)
+    k = _max_sq(distance)
+    if k < 0:
+        return np.zeros(ys.size, dtype=labels.dtype)
+    reach = isqrt(k)
+    offsets = [(dy * dy + dx * dx, dx, dy) for dy in range(-reach, reach + 1)
+               for dx in range(-reach, reach + 1) if dy * dy + dx * dx <= k]
+    if labels.ndim != 2 or ys.size * len(offsets) > 4 * labels.size:
+        return _expand_labels(labels, distance)[ys, xs]
+    offsets.sort()
+    padded = np.pad(labels, reach).ravel()
+    wp = labels.shape[1] + 2 * reach
+    at = (ys + reach) * wp + (xs + reach)
+    out = np.zeros(ys.size, dtype=labels.dtype)
+    todo = np.arange(ys.size)
+    for _, dx, dy in offsets:
+        if todo.size == 0:
+            break
+        found = padded.take(at[todo] + (dy * wp + dx))
+        hit = found != 0
+        out[todo[hit]] = found[hit]
+        todo = todo[~hit]
+    return out
+
+
+def _within(mask: np.ndarray, distance: float) -> np.ndarray:
+    """Pixels at Euclidean distance <= ``distance`` (pixels) from a True pixel of ``mask``.
+
+    Equals ``ndimage.distance_transform_edt(~mask) <= distance``. Small
+    distances are a dilation by the digital disk ``dy**2 + dx**2 <=
+    _max_sq(distance)``, done as one horizontal max filter per row of the
+    disk; large ones use the distance transform.
+    """
+    from math import isqrt
+
+    from scipy import ndimage as ndi
+
+    k = _max_sq(distance)
+    if k > 25 or mask.ndim != 2 or not mask.any():
+        return _nearest_feature(~mask)[1] <= k
+    h = mask.shape[0]
+    out = np.zeros(mask.shape, dtype=bool)
+    if k < 0:
+        return out
+    rows = {}
+    reach = min(isqrt(k), h - 1)
+    for dy in range(-reach, reach + 1):
+        half = isqrt(k - dy * dy)
+        if half not in rows:
+            rows[half] = ndi.maximum_filter1d(mask.view(np.uint8), 2 * half + 1, axis=1,
+                                              mode="constant", cval=0).view(bool)
+        # a feature dy rows away (row y + dy) within half columns
+        if dy >= 0:
+            out[:h - dy] |= rows[half][dy:]
+        else:
+            out[-dy:] |= rows[half][:h + dy]
+    return out
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes(mask)`` (2-D): the False regions (4-connected) not touching the border are filled."""
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+        outside[edge] = True
+    outside[0] = True
+    return mask | ~outside[lab]
+
+
 def segment_nuclei(nucleus_prob: np.ndarray, mpp: float, params: CellParams) -> np.ndarray:
     """Nucleus instances, uint32 (H, W), from the nucleus probability (H, W)."""
     from scipy import ndimage as ndi
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     mask = nucleus_prob >= params.nucleus_threshold
-    mask = ndi.binary_fill_holes(mask)
+    mask = _fill_holes(mask)
     min_px = max(1, int(round(params.min_nucleus_area_um2 / mpp**2)))
-    comp, _ = ndi.label(mask)
+    comp, n_comp = ndi.label(mask)
     mask = (np.bincount(comp.ravel()) >= min_px)[comp] & mask
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.uint32)
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     dist = ndi.gaussian_filter(dist, 1.0)
     h = max(_px(params.nucleus_split_um, mpp), 0.5)
-    peaks = h_maxima(dist, h) & mask
+    peaks = _h_maxima_packed(dist, h) & mask
     markers, _ = ndi.label(peaks)
     # a component with no marker (a flat, tiny blob) still becomes a nucleus
-    comp, n_comp = ndi.label(mask)
+    # (the components kept above are those of ``comp``)
     has = np.zeros(n_comp + 1, dtype=bool)
     has[comp[markers > 0]] = True
     orphan = ~has[comp] & mask
@@ -190,6 +327,117 @@ def segment_nuclei(nucleus_prob: np.ndarray, mpp: float, params: CellParams) -> 
         markers = np.where(orphan_lab > 0, orphan_lab + markers.max(), markers)
     labels = watershed(-dist, markers, mask=mask)
     return labels.astype(np.uint32)
+
+
+def _h_maxima_packed(image: np.ndarray, h: float) -> np.ndarray:
+    """``skimage.morphology.h_maxima(image, h)`` (bool) where ``image > 0``, for a non-negative 2-D image.
+
+    The grey-scale reconstruction behind h-maxima sorts every pixel, so its
+    cost is set by the image size, while here (a smoothed distance map of
+    the nuclei) most pixels are 0 or low. What is computed instead, with the
+    same result:
+
+    - Connected pieces of the support (``image > 0``, 8-connected as the
+      reconstruction's footprint) interact only through 0-valued pixels,
+      which carry one value to all of them (``min(0, max(image - h))``).
+    - Within a piece whose lowest regional maximum is ``m``, with
+      ``t = m - h - margin > 0``: a pixel with ``image - h < t`` (in
+      skimage's float arithmetic) is never an h-maximum (it would need a
+      regional maximum below ``m`` near it), and the reconstruction at a
+      pixel with ``image - h >= t`` only depends on the pixels above ``t``
+      connected to it; so only those sub-pieces are kept. Pieces with
+      ``t <= 0`` are kept whole.
+    - The sub-pieces, one row or column of zeros apart, are packed into
+      one smaller mosaic, with two isolated pixels that carry the image's
+      maximum and the value of its highest ``image - h`` (so the mosaic's
+      range and 0-level are the image's), and skimage's ``h_maxima`` runs
+      once on that.
+
+    Pixels outside the support are returned False (they are never
+    h-maxima of an image that has a maximum >= h).
+    """
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima, local_maxima
+
+    out = np.zeros(image.shape, dtype=bool)
+    support = image > 0
+    if image.ndim != 2 or support.all() or not np.issubdtype(image.dtype, np.floating):
+        return h_maxima(image, h).astype(bool)
+    if not support.any() or h > np.ptp(image):
+        return out
+    eight = np.ones((3, 3), dtype=bool)
+    # skimage's shifted image, element by element
+    shifted = image - h - 2 * np.finfo(image.dtype).resolution * np.abs(image)
+    lab, n = ndi.label(support, structure=eight)
+    peaks = local_maxima(image, connectivity=2, allow_borders=True).astype(bool) & support
+    low_peak = np.full(n + 1, np.inf)
+    np.minimum.at(low_peak, lab[peaks], image[peaks].astype(np.float64))
+    low_peak[0] = 0.0  # (every piece has a regional maximum)
+    t = np.maximum(low_peak - h - 1e-3 * (1.0 + low_peak), 0.0)
+    t[0] = np.inf
+    keep = support & (image > t[lab])
+    # pieces cut at t > 0: below t, not an h-maximum; pieces kept whole (t = 0): all exact
+    decided = (shifted >= t[lab]) | (t[lab] == 0)
+    sub, n_sub = ndi.label(keep, structure=eight)
+    if n_sub == 0:
+        return out
+    # A sub-piece cut at t > 0 with one regional maximum (a plateau whose
+    # image - h is the piece's highest, S) needs no reconstruction: every
+    # pixel climbs to that plateau, so the reconstruction there is
+    # min(S, image) and the residue image - S (float32, as skimage's).
+    in_sub = sub > 0
+    sub_px = sub[in_sub]
+    sub_t = np.zeros(n_sub + 1)
+    sub_t[sub_px] = t[lab[in_sub]]
+    plateau, n_plateau = ndi.label(peaks & in_sub, structure=eight)
+    on_plateau = plateau > 0
+    n_tops = np.bincount(np.unique(sub[on_plateau].astype(np.int64) * (n_plateau + 1)
+                                   + plateau[on_plateau]) // (n_plateau + 1), minlength=n_sub + 1)
+    top = np.full(n_sub + 1, np.nan, dtype=shifted.dtype)
+    top[sub[on_plateau]] = shifted[on_plateau]
+    highest = np.full(n_sub + 1, -np.inf, dtype=shifted.dtype)
+    np.maximum.at(highest, sub_px, shifted[in_sub])
+    simple = (n_tops == 1) & (sub_t > 0) & (highest == top)
+    simple[0] = False
+    easy = simple[sub]
+    out[easy] = (image[easy] - highest[sub[easy]]) >= h
+    sub[easy] = 0
+    # the other sub-pieces: packed into a mosaic for skimage's h_maxima
+    boxes = ndi.find_objects(sub)
+    ids = [i for i, b in enumerate(boxes, start=1) if b is not None]
+    if not ids:
+        return out & decided
+    boxes = [boxes[i - 1] for i in ids]
+    n_box = len(boxes)
+    # each piece in a slot of its size + 1, the first row and column of which
+    # stay 0: one row or column of zeros between neighbouring pieces
+    heights = np.array([b[0].stop - b[0].start for b in boxes] + [1, 1]) + 1
+    widths = np.array([b[1].stop - b[1].start for b in boxes] + [1, 1]) + 1
+    # shelf packing: tallest first, rows of about the square root of the total area
+    width = int(max(widths.max(), np.sqrt(float((heights * widths).sum())) * 1.2))
+    order = np.argsort(-heights, kind="stable")
+    place = np.zeros((heights.size, 2), dtype=np.int64)
+    y = x = shelf = 0
+    for i in order:
+        if x + widths[i] > width:
+            y, x, shelf = y + shelf, 0, 0
+        place[i] = y, x
+        x += widths[i]
+        shelf = max(shelf, heights[i])
+    if (y + shelf + 1) * (width + 1) >= 0.8 * image.size:  # nothing to gain
+        return h_maxima(image, h).astype(bool) & support
+    mosaic = np.zeros((y + shelf + 1, width + 1), dtype=image.dtype)
+    inner = [(slice(py + 1, py + hh), slice(px + 1, px + ww))
+             for (py, px), hh, ww in zip(place, heights, widths, strict=True)]
+    for j, (i, box) in enumerate(zip(ids, boxes, strict=True)):
+        piece = sub[box] == i
+        mosaic[inner[j]][piece] = image[box][piece]
+    mosaic[inner[n_box]] = image.max()
+    mosaic[inner[n_box + 1]] = image.flat[np.argmax(shifted)]
+    found = h_maxima(mosaic, h).astype(bool)
+    for j, (i, box) in enumerate(zip(ids, boxes, strict=True)):
+        out[box] |= found[inner[j]] & (sub[box] == i)
+    return out & decided
 
 
 def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
@@ -203,12 +451,14 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     """
     from scipy import ndimage as ndi
     from skimage.measure import label
-    from skimage.segmentation import expand_labels, watershed
+    from skimage.segmentation import watershed
 
     n = int(nuclei.max(initial=0))
     if n == 0:
         return np.zeros(nuclei.shape, dtype=np.uint32)
-    near = ndi.distance_transform_edt(nuclei == 0) <= _px(params.max_cell_radius_um, mpp)
+    if n < 2**31 - 1:
+        nuclei = nuclei.astype(np.int32)  # labels as int32 throughout: half the memory traffic of int64
+    near = _within(nuclei > 0, _px(params.max_cell_radius_um, mpp))
     elevation = ndi.gaussian_filter(membrane_prob.astype(np.float32), 1.0)
     if dab is not None and params.dab_elevation > 0:
         # the DAB crest lies on the cell border itself, while the membrane class
@@ -216,12 +466,15 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
         # membrane out of its unstained neighbour
         crest = np.clip(ndi.gaussian_filter(dab.astype(np.float32), 0.7) / params.dab_scale_od, 0, 1)
         elevation = (1 - params.dab_elevation) * elevation + params.dab_elevation * crest
-    ids = np.arange(1, n + 1)
-    centres = ndi.center_of_mass(np.ones(nuclei.shape, np.uint8), nuclei, ids)
-    markers = np.zeros(nuclei.shape, dtype=np.int64)
-    for i, (cy, cx) in zip(ids, centres, strict=True):
-        if np.isfinite(cy):
-            markers[int(round(cy)), int(round(cx))] = i
+    _, cy, cx = _centroids(*_label_pixels(nuclei), n + 1)
+    # one marker per nucleus at its rounded centroid (half to even, as round());
+    # where two round to one pixel the higher id keeps it
+    ids = np.flatnonzero(np.isfinite(cy[1:])) + 1
+    flat = np.rint(cy[ids]).astype(np.int64) * nuclei.shape[1] + np.rint(cx[ids]).astype(np.int64)
+    _, last = np.unique(flat[::-1], return_index=True)
+    last = flat.size - 1 - last
+    markers = np.zeros(nuclei.shape, dtype=np.int32)
+    markers.ravel()[flat[last]] = ids[last]
     territory = watershed(elevation, markers=markers, mask=near,
                           compactness=params.compactness)
     territory = np.where(nuclei > 0, nuclei, territory)
@@ -231,16 +484,20 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     inside = np.where(membrane, 0, territory)
     pieces = label(inside, background=0, connectivity=1)
     keep = np.zeros(int(pieces.max()) + 1, dtype=bool)
-    keep[np.unique(pieces[nuclei > 0])] = True
+    keep[pieces[nuclei > 0]] = True
     keep[0] = False
     interior = np.where(keep[pieces], territory, 0)
-    grown = expand_labels(interior, distance=_px(params.membrane_width_um, mpp))
-    cells = np.where(interior > 0, interior,
-                     np.where(membrane & (grown == territory), territory, 0))
+    # membrane pixels go to their territory's cell where that cell's interior
+    # is the one reaching them (expand_labels by membrane_width)
+    cells = interior.copy()
+    my, mx = np.nonzero(membrane)
+    grown = _expand_labels_at(interior, _px(params.membrane_width_um, mpp), my, mx)
+    mine = grown == territory[my, mx]
+    cells[my[mine], mx[mine]] = territory[my[mine], mx[mine]]
     if params.enclosed_rings:
         cells = _claim_enclosing_membrane(cells, membrane, nuclei, mpp, params)
     if params.arc_ownership > 0:
-        cells = _claim_wrapping_arcs(cells, membrane, nuclei, params)
+        cells = _claim_wrapping_arcs(cells, membrane, nuclei, params, centres=(cy, cx))
     if dab is not None and params.side_window_um > 0:
         cells = _claim_by_stained_side(cells, membrane, nuclei, dab, mpp, params)
     return cells.astype(np.uint32)
@@ -263,28 +520,32 @@ def _claim_by_stained_side(cells: np.ndarray, membrane: np.ndarray, nuclei: np.n
     my, mx = np.nonzero(membrane & (cells > 0))
     if my.size == 0:
         return cells
-    h, w = cells.shape
-    cyto = np.where(~membrane & (nuclei == 0), cells, 0).astype(np.int64)
+    w = cells.shape[1]
+    cyto = np.where(~membrane & (nuclei == 0), cells, 0)
     # compare both sides at the same distances from the band (not the pixel):
     # cytoplasm right against the band (1 px) sees the band's blur on both
     # sides alike, and counts on neither
     from scipy import ndimage as ndi
 
-    cyto[ndi.distance_transform_edt(~membrane) < 1.5] = 0
+    # distance < 1.5 from the band: its 3 x 3 dilation (a max filter, cheaper)
+    cyto[ndi.maximum_filter(membrane.view(np.uint8), size=3, mode="nearest") > 0] = 0
     n1 = int(cells.max()) + 1
+    # padded by r (no cytoplasm, as outside the image), read by flat offsets
+    cyto = np.pad(cyto, r).ravel()
+    dab_flat = np.pad(dab, r).ravel()
+    wp = w + 2 * r
+    at = (my + r) * wp + (mx + r)
     keys, vals = [], []
     pix = np.arange(my.size, dtype=np.int64)
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
             if dy * dy + dx * dx > r * r:
                 continue
-            yy, xx = my + dy, mx + dx
-            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            lab = np.zeros(my.size, dtype=np.int64)
-            lab[ok] = cyto[yy[ok], xx[ok]]
+            idx = at + (dy * wp + dx)
+            lab = cyto.take(idx)
             sel = lab > 0
             keys.append(pix[sel] * n1 + lab[sel])
-            vals.append(dab[yy[sel], xx[sel]].astype(np.float64))
+            vals.append(dab_flat.take(idx[sel]).astype(np.float64))
     keys = np.concatenate(keys)
     vals = np.concatenate(vals)
     if keys.size == 0:
@@ -309,13 +570,18 @@ def _claim_by_stained_side(cells: np.ndarray, membrane: np.ndarray, nuclei: np.n
 
 
 def _claim_wrapping_arcs(cells: np.ndarray, membrane: np.ndarray, nuclei: np.ndarray,
-                         params: CellParams) -> np.ndarray:
+                         params: CellParams, centres: tuple[np.ndarray, np.ndarray] | None = None,
+                         ) -> np.ndarray:
     """Give an open membrane arc wholly to the cell it wraps around.
 
     An arc of stained membrane follows its own cell's outline, so seen from
     that cell's nucleus it covers more angular sectors than seen from a
     neighbour's. Where one of the cells sharing an arc sees it over at least
     ``arc_ownership`` times as many sectors as any other, it gets the arc.
+    ``centres``: nucleus centroids (row, column) by id, computed if None.
+
+    All arcs at once: every arc pixel is paired with each of the (2 or 3)
+    cells sharing its arc, and the sectors seen are counted per pair.
     """
     from scipy import ndimage as ndi
 
@@ -323,34 +589,52 @@ def _claim_wrapping_arcs(cells: np.ndarray, membrane: np.ndarray, nuclei: np.nda
     if n_comp == 0:
         return cells
     n = int(nuclei.max(initial=0))
-    ids = np.arange(1, n + 1)
-    cy = np.zeros(n + 1)
-    cx = np.zeros(n + 1)
-    centres = ndi.center_of_mass(np.ones(nuclei.shape, np.uint8), nuclei, ids)
-    cy[1:] = [c[0] for c in centres]
-    cx[1:] = [c[1] for c in centres]
-    py, px = np.nonzero(comp)
-    pc = comp[py, px]
+    if centres is None:
+        _, cy, cx = _centroids(*_label_pixels(nuclei), n + 1)
+    else:
+        cy, cx = centres
+    pc, py, px = _label_pixels(comp)
     po = cells[py, px].astype(np.int64)
-    order = np.argsort(pc, kind="stable")
-    py, px, pc, po = py[order], px[order], pc[order], po[order]
-    bounds = np.searchsorted(pc, np.arange(1, n_comp + 2))
+    # (arc, owner) pairs, sorted by arc then owner
+    n_own = int(po.max()) + 1
+    pair_key = np.unique(pc * n_own + po)
+    pair_arc, pair_owner = np.divmod(pair_key, n_own)
+    owners_per_arc = np.bincount(pair_arc, minlength=n_comp + 1)
+    first_pair = np.searchsorted(pair_arc, np.arange(n_comp + 1))
+    shared = (owners_per_arc >= 2) & (owners_per_arc <= 3)
+    sel = shared[pc]
+    if not sel.any():
+        return cells
+    spc, spy, spx = pc[sel], py[sel], px[sel]
+    reps = owners_per_arc[spc]
+    pix = np.repeat(np.arange(spc.size), reps)
+    slot = np.arange(pix.size) - np.repeat(np.cumsum(reps) - reps, reps)
+    pair = first_pair[spc][pix] + slot
+    owner = pair_owner[pair]
     k = params.n_sectors
+    ang = np.arctan2(spy[pix] - cy[owner], spx[pix] - cx[owner])
+    sector = ((ang + np.pi) / (2 * np.pi) * k).astype(np.int64)
+    seen = np.unique(pair * (k + 2) + sector) // (k + 2)
+    cover = np.bincount(seen, minlength=pair_key.size)
+    # per shared arc (its pairs are consecutive): the first owner with the most
+    # sectors (np.argmax), and the most sectors among the others
+    arcs = np.flatnonzero(shared)
+    starts = first_pair[arcs]
+    n_pairs = owners_per_arc[arcs]
+    best = starts.copy()
+    for j in (1, 2):
+        idx = np.minimum(starts + j, pair_key.size - 1)
+        best = np.where((j < n_pairs) & (cover[idx] > cover[best]), idx, best)
+    rest = np.zeros(arcs.size, dtype=np.int64)
+    for j in (0, 1, 2):
+        idx = np.minimum(starts + j, pair_key.size - 1)
+        rest = np.where((j < n_pairs) & (idx != best), np.maximum(rest, cover[idx]), rest)
+    win = cover[best] >= params.arc_ownership * np.maximum(rest, 1)
+    winner = np.zeros(n_comp + 1, dtype=np.int64)
+    winner[arcs[win]] = pair_owner[best[win]]
     out = cells.copy()
-    for c in range(n_comp):
-        a, b = bounds[c], bounds[c + 1]
-        owners = np.unique(po[a:b])
-        if owners.size < 2 or owners.size > 3:
-            continue
-        cover = []
-        for o in owners:
-            ang = np.arctan2(py[a:b] - cy[o], px[a:b] - cx[o])
-            cover.append(np.unique(((ang + np.pi) / (2 * np.pi) * k).astype(np.int64)).size)
-        cover = np.array(cover)
-        best = int(np.argmax(cover))
-        rest = np.delete(cover, best)
-        if cover[best] >= params.arc_ownership * max(rest.max(), 1):
-            out[py[a:b], px[a:b]] = owners[best]
+    take = winner[pc] > 0
+    out[py[take], px[take]] = winner[pc[take]]
     return out
 
 
@@ -366,28 +650,37 @@ def _claim_enclosing_membrane(cells: np.ndarray, membrane: np.ndarray, nuclei: n
     two enclosed cells the band is split by distance to their holes.
     """
     from scipy import ndimage as ndi
-    from skimage.segmentation import expand_labels
 
-    holes = ndi.binary_fill_holes(membrane) & ~membrane
-    if not holes.any():
+    # holes of the membrane: regions of non-membrane (4-connected, as
+    # binary_fill_holes) that do not reach the image border
+    hole_lab, n_holes = ndi.label(~membrane)
+    if n_holes == 0:
         return cells
-    hole_lab, n_holes = ndi.label(holes)
-    inside = (hole_lab > 0) & (nuclei > 0)
+    border = np.zeros(n_holes + 1, dtype=bool)
+    for edge in (hole_lab[0], hole_lab[-1], hole_lab[:, 0], hole_lab[:, -1]):
+        border[edge] = True
+    border[0] = True
+    inside = ~border[hole_lab] & (nuclei > 0)
     if not inside.any():
         return cells
-    pairs, counts = np.unique(np.stack([hole_lab[inside], nuclei[inside].astype(np.int64)]),
-                              axis=1, return_counts=True)
+    n_nuc = int(nuclei.max()) + 1
+    pairs = np.unique(hole_lab[inside].astype(np.int64) * n_nuc + nuclei[inside])
+    pair_hole, pair_nucleus = np.divmod(pairs, n_nuc)
     # one nucleus per hole (holes with several nuclei are clusters: leave them)
-    per_hole = np.bincount(pairs[0], minlength=n_holes + 1)
+    per_hole = np.bincount(pair_hole, minlength=n_holes + 1)
     owner = np.zeros(n_holes + 1, dtype=np.int64)
-    single = per_hole[pairs[0]] == 1
-    owner[pairs[0][single]] = pairs[1][single]
+    single = per_hole[pair_hole] == 1
+    owner[pair_hole[single]] = pair_nucleus[single]
     owned = owner[hole_lab]
     if not owned.any():
         return cells
-    grown = expand_labels(owned, distance=_px(params.membrane_width_um, mpp) + 1.0)
-    claim = (grown > 0) & (membrane | (owned > 0))
-    return np.where(claim, grown, cells)
+    # the hole's own pixels, and the membrane pixels its expansion reaches
+    out = np.where(owned > 0, owned, cells)
+    my, mx = np.nonzero(membrane)
+    grown = _expand_labels_at(owned, _px(params.membrane_width_um, mpp) + 1.0, my, mx)
+    reached = grown > 0
+    out[my[reached], mx[reached]] = grown[reached]
+    return out
 
 
 def dab_baseline(dab: np.ndarray, probs: np.ndarray) -> float:
@@ -402,38 +695,74 @@ def dab_baseline(dab: np.ndarray, probs: np.ndarray) -> float:
     return float(np.median(values)) if values.size else 0.0
 
 
+def _label_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label (int64), row and column of every labelled pixel of a 2-D label image, in raster order."""
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat)
+    y, x = np.divmod(idx, labels.shape[1])
+    return flat[idx].astype(np.int64), y, x
+
+
+def _centroids(lab: np.ndarray, y: np.ndarray, x: np.ndarray, size: int):
+    """Pixel count, centroid row and column (NaN where no pixel) per label 0..size-1.
+
+    The coordinate sums are sums of integers, exact in float64, so the
+    centroids equal ``regionprops``' and ``ndimage.center_of_mass``' to the bit.
+    """
+    count = np.bincount(lab, minlength=size).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.bincount(lab, weights=y, minlength=size) / count
+        cx = np.bincount(lab, weights=x, minlength=size) / count
+    return count, cy, cx
+
+
 def nucleus_features(nuclei: np.ndarray, haematoxylin: np.ndarray, mpp: float) -> dict[str, np.ndarray]:
     """Per nucleus id 1..max: area (um^2), elongation (major/minor axis), mean haematoxylin OD, centroid (px).
 
     Arrays are indexed by id (row 0 unused); missing ids have area 0.
+    The axes are ``regionprops``' (4 x the square root of the eigenvalues of
+    the inertia tensor), computed for all nuclei at once from per-label sums.
     """
-    from scipy import ndimage as ndi
-    from skimage.measure import regionprops_table
-
     n = int(nuclei.max(initial=0))
     out = {k: np.zeros(n + 1) for k in ("area_um2", "elongation", "h_od", "y", "x")}
     if n == 0:
         return out
-    props = regionprops_table(nuclei.astype(np.int64), properties=(
-        "label", "area", "centroid", "axis_major_length", "axis_minor_length"))
-    lab = props["label"]
-    out["area_um2"][lab] = props["area"] * mpp**2
-    out["elongation"][lab] = props["axis_major_length"] / np.maximum(props["axis_minor_length"], 1.0)
-    out["y"][lab] = props["centroid-0"]
-    out["x"][lab] = props["centroid-1"]
-    out["h_od"][lab] = np.asarray(ndi.mean(haematoxylin, labels=nuclei, index=lab))
+    lab, y, x = _label_pixels(nuclei)
+    count, cy, cx = _centroids(lab, y, x, n + 1)
+    there = count > 0
+    dy = y - cy[lab]
+    dx = x - cx[lab]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = np.empty((n + 1, 2, 2))
+        cov[:, 0, 0] = np.bincount(lab, weights=dx * dx, minlength=n + 1) / count
+        cov[:, 1, 1] = np.bincount(lab, weights=dy * dy, minlength=n + 1) / count
+        cov[:, 0, 1] = cov[:, 1, 0] = -np.bincount(lab, weights=dy * dx, minlength=n + 1) / count
+    cov[~there] = 0.0
+    # the inertia tensor [[mu02, -mu11], [-mu11, mu20]] / mu00, as regionprops
+    eig = np.clip(np.linalg.eigvalsh(cov), 0, None)  # ascending
+    major = 4 * np.sqrt(eig[:, 1])
+    minor = 4 * np.sqrt(eig[:, 0])
+    h_sum = np.bincount(lab, weights=haematoxylin.ravel()[np.flatnonzero(nuclei.ravel())], minlength=n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h_od = h_sum / count
+    out["area_um2"][there] = count[there] * mpp**2
+    out["elongation"][there] = major[there] / np.maximum(minor[there], 1.0)
+    out["y"][there] = cy[there]
+    out["x"][there] = cx[there]
+    out["h_od"][there] = h_od[there]
     return out
 
 
 def stromal_outline(cells: np.ndarray, nuclei: np.ndarray, stromal: np.ndarray, mpp: float,
                     params: CellParams) -> np.ndarray:
     """Cells whose id is flagged in ``stromal`` (bool by id) become their nucleus plus a thin rim."""
-    from skimage.segmentation import expand_labels
-
     if not stromal.any():
         return cells
     flagged = stromal[cells]
-    rim = expand_labels(np.where(stromal[nuclei], nuclei, 0), distance=_px(params.stroma_rim_um, mpp))
+    seeds = np.where(stromal[nuclei], nuclei, 0)
+    rim = np.zeros_like(seeds)
+    ry, rx = np.nonzero(_within(seeds > 0, _px(params.stroma_rim_um, mpp)))
+    rim[ry, rx] = _expand_labels_at(seeds, _px(params.stroma_rim_um, mpp), ry, rx)
     keep_rim = (rim > 0) & ((cells == rim) | (cells == 0))
     out = np.where(flagged, 0, cells)
     return np.where(keep_rim, rim, out).astype(np.uint32)
@@ -500,13 +829,16 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     when not given; ``dab`` is the DAB OD image (computed from ``rgb`` if None).
     """
     from scipy import ndimage as ndi
-    from skimage.measure import regionprops_table
     from skimage.segmentation import find_boundaries
 
     from her2kit.preprocess.stain import HedDeconvolver
 
-    ids = np.unique(nuclei[nuclei > 0]).astype(np.int64)
-    ids = ids[np.isin(ids, np.unique(cells))]
+    # ids with a nucleus and a cell (sorted), by counting rather than sorting pixels
+    size = int(max(nuclei.max(initial=0), cells.max(initial=0))) + 1
+    has_nucleus = np.bincount(nuclei.ravel(), minlength=size) > 0
+    has_cell = np.bincount(cells.ravel(), minlength=size) > 0
+    has_nucleus[0] = False
+    ids = np.flatnonzero(has_nucleus & has_cell).astype(np.int64)
     if ids.size == 0:
         return empty_table()
     n = int(max(ids.max(), cells.max(), nuclei.max()))
@@ -520,24 +852,20 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     if params.smooth_um > 0:
         dab = ndi.gaussian_filter(dab, _px(params.smooth_um, mpp))
 
-    cprops = regionprops_table(cells.astype(np.int64), properties=("label", "area", "centroid"))
-    crow = np.full(n + 1, -1)
-    crow[cprops["label"]] = np.arange(len(cprops["label"]))
-    ci = crow[ids]
+    cell_area, cell_y, cell_x = _centroids(*_label_pixels(cells), n + 1)
 
     # ring pixels: membrane pixels of the cell, or within ring_width of its outline
     edge = find_boundaries(cells, mode="inner")
-    to_edge = ndi.distance_transform_edt(~edge)
     membrane = membrane_prob >= params.membrane_threshold
-    ring = (cells > 0) & (membrane | (to_edge <= _px(params.ring_width_um, mpp)))
+    ring = (cells > 0) & (membrane | _within(edge, _px(params.ring_width_um, mpp)))
     ring &= nuclei == 0
     if params.foreign_guard_um > 0:
         # band pixels against another cell's membrane see that membrane's
         # stain blurred across the border: not this cell's staining
-        from skimage.segmentation import expand_labels
-
-        near_mem = expand_labels(np.where(membrane, cells, 0), distance=_px(params.foreign_guard_um, mpp))
-        ring &= membrane | (near_mem == 0) | (near_mem == cells)
+        qy, qx = np.nonzero(ring & ~membrane)
+        near_mem = _expand_labels_at(np.where(membrane, cells, 0), _px(params.foreign_guard_um, mpp), qy, qx)
+        foreign = (near_mem != 0) & (near_mem != cells[qy, qx])
+        ring[qy[foreign], qx[foreign]] = False
     ry, rx = np.nonzero(ring)
     rc = cells[ry, rx].astype(np.int64)
     angle = np.arctan2(ry - nuc["y"][rc], rx - nuc["x"][rc])
@@ -562,13 +890,13 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     dab_mean = ring_sum[ids] / np.maximum(ring_n[ids], 1)
     return {
         "id": ids,
-        "y": cprops["centroid-0"][ci],
-        "x": cprops["centroid-1"][ci],
+        "y": cell_y[ids],
+        "x": cell_x[ids],
         "category": categorise(completeness, intensity, params),
         "tumour": tumour_by_id[ids].astype(bool),
         "completeness": completeness,
         "intensity": intensity,
-        "area_um2": cprops["area"][ci] * mpp**2,
+        "area_um2": cell_area[ids] * mpp**2,
         "nucleus_area_um2": nuc["area_um2"][ids],
         "dab_od_mean": dab_mean,
         "membrane_fraction": membrane_fraction,

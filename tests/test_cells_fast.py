@@ -1,0 +1,296 @@
+"""The vectorised pieces of her2kit.scoring.cells against simple references.
+
+Each fast helper must give exactly what the straightforward version gives
+(scikit-image / scipy calls on the whole image, or a loop over cells/arcs),
+on small constructed images with the awkward cases in them: touching blobs,
+tiny blobs near the h of the h-maxima, ties between equidistant labels,
+arcs shared by two or three cells, closed rings, pixels at the image border.
+"""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.measure import regionprops_table
+from skimage.morphology import h_maxima
+from skimage.segmentation import expand_labels
+
+from her2kit.scoring import cells as C
+from her2kit.scoring.cells import CellParams, find_cells, probabilities_from_mask
+from her2kit.scoring.phantom import make_phantom
+
+
+def _blobs(seed: int, size: int = 96) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    field = ndi.gaussian_filter(rng.random((size, size)), rng.uniform(1.2, 3.5))
+    return field > np.quantile(field, rng.uniform(0.6, 0.85))
+
+
+def _distance_map(mask: np.ndarray) -> np.ndarray:
+    # as segment_nuclei builds it: a smoothed distance map, 0 far from the blobs
+    return ndi.gaussian_filter(ndi.distance_transform_edt(mask).astype(np.float32), 1.0)
+
+
+def _random_labels(seed: int, size: int = 64, n: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((size, size), np.int32)
+    ys, xs = rng.integers(0, size, (2, n))
+    lab[ys, xs] = np.arange(1, n + 1)
+    lab[size // 2, :: 7] = 99  # a row of equidistant seeds: many ties
+    return lab
+
+
+# --- h-maxima ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_h_maxima_packed_equals_skimage(seed):
+    dist = _distance_map(_blobs(seed))
+    support = dist > 0
+    for h in (0.5, 0.75, 1.5, 3.0):
+        ref = h_maxima(dist, h).astype(bool) & support
+        assert np.array_equal(C._h_maxima_packed(dist, h), ref), (seed, h)
+
+
+def test_h_maxima_packed_small_blobs_and_edges():
+    # isolated blobs whose peak is just above / below h, one cut by the border,
+    # and a big blob, so pieces are decided by both paths (whole piece, and above t)
+    mask = np.zeros((80, 120), bool)
+    yy, xx = np.mgrid[:80, :120]
+    for cy, cx, r in [(10, 10, 2.2), (10, 40, 3.0), (40, 60, 12), (70, 118, 5), (0, 90, 4), (60, 20, 1.5)]:
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    dist = _distance_map(mask)
+    for h in (0.5, 1.0, 1.5, 2.0, 2.5):
+        ref = h_maxima(dist, h).astype(bool) & (dist > 0)
+        got = C._h_maxima_packed(dist, h)
+        assert np.array_equal(got, ref), h
+    assert not C._h_maxima_packed(np.zeros((5, 5), np.float32), 1.0).any()
+    flat = np.full((6, 6), 2.0, np.float32)  # no zero pixel: the plain path
+    assert np.array_equal(C._h_maxima_packed(flat, 1.0), h_maxima(flat, 1.0).astype(bool))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_h_maxima_packed_quantised_images(seed):
+    # values on a 0.25 grid: plateaus, exact ties, peaks exactly h above their
+    # saddles or exactly at h, zeros between blobs (sparse, so the packed path runs)
+    rng = np.random.default_rng(100 + seed)
+    img = np.round(ndi.gaussian_filter(rng.random((150, 150)), 2.0) * 40 - 21) / 4
+    img = np.clip(img, 0, None).astype(np.float32)
+    img[1:10, 1:10] = 0
+    img[5, 5] = 1.5  # an isolated peak exactly at h
+    img[46:55, 55:67] = 0
+    img[50, 60:62] = 1.75
+    img[50, 58] = 0.25
+    for h in (0.5, 1.0, 1.5, 2.25):
+        ref = h_maxima(img, h).astype(bool) & (img > 0)
+        assert np.array_equal(C._h_maxima_packed(img, h), ref), h
+
+
+# --- distances, expansion, holes --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_expand_labels_and_within_equal_scipy_skimage(seed):
+    lab = _random_labels(seed)
+    for d in (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 16.0):
+        assert np.array_equal(C._expand_labels(lab, d), expand_labels(lab, d)), d
+        assert np.array_equal(C._within(lab > 0, d), ndi.distance_transform_edt(lab == 0) <= d), d
+    for shape in [(1, 9), (2, 5), (9, 1), (3, 3)]:  # images thinner than the disk
+        m = np.zeros(shape, bool)
+        m.flat[shape[0] * shape[1] // 2] = True
+        for d in (1.5, 3.0):
+            assert np.array_equal(C._within(m, d), ndi.distance_transform_edt(~m) <= d), (shape, d)
+    empty = np.zeros((5, 7), np.int32)
+    assert np.array_equal(C._expand_labels(empty, 2.0), expand_labels(empty, 2.0))
+    assert C._max_sq(1.5) == 2 and C._max_sq(2.0) == 4 and C._max_sq(0.0) == 0 and C._max_sq(-1) == -1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_expand_labels_at_pixels_follows_scipy_ties(seed):
+    # equidistant labels everywhere (a lattice of seeds, labels in blocks): the
+    # label chosen at a pixel must be scipy's (lowest column, then lowest row)
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((48, 56), np.int32)
+    step = int(rng.integers(2, 6))
+    lab[1::step, 2::step] = rng.integers(1, 6, lab[1::step, 2::step].shape)
+    lab[rng.random(lab.shape) < 0.03] = 7
+    ys, xs = np.nonzero(rng.random(lab.shape) < 0.2)
+    for d in (1.0, 1.5, 2.0, 3.0, 4.0, 5.0):
+        assert np.array_equal(C._expand_labels_at(lab, d, ys, xs), expand_labels(lab, d)[ys, xs]), d
+    all_y, all_x = np.nonzero(np.ones(lab.shape, bool))  # every pixel: the whole-transform path
+    assert np.array_equal(C._expand_labels_at(lab, 2.0, all_y, all_x), expand_labels(lab, 2.0).ravel())
+
+
+def test_fill_holes_equals_scipy():
+    for seed in range(6):
+        m = ~_blobs(seed, 64)  # the complement has many enclosed holes
+        assert np.array_equal(C._fill_holes(m), ndi.binary_fill_holes(m)), seed
+    assert C._fill_holes(np.ones((4, 4), bool)).all()
+
+
+# --- per-cell measurements ----------------------------------------------------------------------
+
+
+def test_nucleus_features_match_regionprops():
+    lab, _ = ndi.label(_blobs(3, 80))
+    lab[lab == 2] = 0  # a missing id
+    h = np.random.default_rng(0).random(lab.shape).astype(np.float32)
+    got = C.nucleus_features(lab, h, 0.5)
+    props = regionprops_table(lab, properties=("label", "area", "centroid", "axis_major_length",
+                                               "axis_minor_length"))
+    ids = props["label"]
+    assert got["area_um2"][2] == 0 and got["elongation"][2] == 0
+    np.testing.assert_array_equal(got["y"][ids], props["centroid-0"])  # exact: integer sums
+    np.testing.assert_array_equal(got["x"][ids], props["centroid-1"])
+    np.testing.assert_array_equal(got["area_um2"][ids], props["area"] * 0.25)
+    elong = props["axis_major_length"] / np.maximum(props["axis_minor_length"], 1.0)
+    np.testing.assert_allclose(got["elongation"][ids], elong, rtol=1e-10)
+    for i in ids:  # per-cell reference mean
+        assert got["h_od"][i] == pytest.approx(float(h[lab == i].astype(np.float64).mean()), rel=1e-12)
+
+
+# --- ownership rules: the loop versions they replaced ---------------------------------------------
+
+
+def _arcs_reference(cells, membrane, nuclei, params):
+    """Per-arc loop: the arc goes to the owner seeing it over the most sectors."""
+    comp, n_comp = ndi.label(membrane & (cells > 0), structure=np.ones((3, 3)))
+    n = int(nuclei.max())
+    cy = np.zeros(n + 1)
+    cx = np.zeros(n + 1)
+    for i in range(1, n + 1):
+        ys, xs = np.nonzero(nuclei == i)
+        if ys.size:
+            cy[i], cx[i] = ys.mean(), xs.mean()
+    out = cells.copy()
+    for c in range(1, n_comp + 1):
+        py, px = np.nonzero(comp == c)
+        owners = np.unique(cells[py, px])
+        if not 2 <= owners.size <= 3:
+            continue
+        cover = []
+        for o in owners:
+            ang = np.arctan2(py - cy[o], px - cx[o])
+            cover.append(np.unique(((ang + np.pi) / (2 * np.pi) * params.n_sectors).astype(np.int64)).size)
+        cover = np.array(cover)
+        best = int(np.argmax(cover))
+        rest = np.delete(cover, best)
+        if cover[best] >= params.arc_ownership * max(rest.max(), 1):
+            out[py, px] = owners[best]
+    return out
+
+
+def _enclosing_reference(cells, membrane, nuclei, mpp, params):
+    holes = ndi.binary_fill_holes(membrane) & ~membrane
+    hole_lab, n_holes = ndi.label(holes)
+    owner = np.zeros(n_holes + 1, dtype=np.int64)
+    for k in range(1, n_holes + 1):
+        inside = np.unique(nuclei[(hole_lab == k) & (nuclei > 0)])
+        if inside.size == 1:
+            owner[k] = inside[0]
+    owned = owner[hole_lab]
+    if not owned.any():
+        return cells
+    grown = expand_labels(owned, distance=params.membrane_width_um / mpp + 1.0)
+    return np.where((grown > 0) & (membrane | (owned > 0)), grown, cells)
+
+
+def _ordered_sum(values) -> float:
+    total = 0.0
+    for v in values:  # in window order, one by one (as np.bincount adds)
+        total += v
+    return total
+
+
+def _stained_side_reference(cells, membrane, nuclei, dab, mpp, params):
+    """Pixel by pixel: the adjacent cell whose cytoplasm in the window is most stained."""
+    r = max(1, int(round(params.side_window_um / mpp)))
+    cyto = np.where(~membrane & (nuclei == 0), cells, 0)
+    cyto[ndi.distance_transform_edt(~membrane) < 1.5] = 0
+    h, w = cells.shape
+    out = cells.copy()
+    for y, x in zip(*np.nonzero(membrane & (cells > 0)), strict=True):
+        sums: dict[int, list] = {}
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                yy, xx = y + dy, x + dx
+                if dy * dy + dx * dx > r * r or not (0 <= yy < h and 0 <= xx < w) or cyto[yy, xx] == 0:
+                    continue
+                sums.setdefault(int(cyto[yy, xx]), []).append(float(dab[yy, xx]))
+        if not sums:
+            continue
+        means = {k: _ordered_sum(v) / len(v) for k, v in sums.items()}
+        own = means.get(int(cells[y, x]), 0.0)
+        best = min(means, key=lambda k: (-means[k], k))
+        if best != cells[y, x] and means[best] >= own + params.side_margin_od:
+            out[y, x] = best
+    return out
+
+
+def _ring_case():
+    """A row of cells from a phantom with one stained ring, plus the inputs of the ownership rules."""
+    p = make_phantom([0, 3, 0, 2, 1, 3], seed=5, stroma=1)
+    probs = probabilities_from_mask(p.mask, seed=2)
+    params = CellParams()
+    nuclei = C.segment_nuclei(probs[2], p.mpp, params)
+    from her2kit.preprocess.stain import HedDeconvolver
+
+    dab = HedDeconvolver().dab(p.rgb)
+    dab = np.maximum(dab - C.dab_baseline(dab, probs), 0.0)
+    membrane = (probs[1] >= params.membrane_threshold) & (nuclei == 0)
+    bare = params.with_(enclosed_rings=False, arc_ownership=0, side_window_um=0)
+    cells = C.cell_territories(probs[1], nuclei, p.mpp, bare, dab=dab).astype(np.int64)
+    return cells, membrane, nuclei, dab, p.mpp, params
+
+
+def test_ownership_rules_match_loop_references():
+    cells, membrane, nuclei, dab, mpp, params = _ring_case()
+    assert nuclei.max() >= 4 and membrane.any()
+    arcs = C._claim_wrapping_arcs(cells, membrane, nuclei, params)
+    assert np.array_equal(arcs, _arcs_reference(cells, membrane, nuclei, params))
+    enclosed = C._claim_enclosing_membrane(cells, membrane, nuclei, mpp, params)
+    assert np.array_equal(enclosed, _enclosing_reference(cells, membrane, nuclei, mpp, params))
+    side = C._claim_by_stained_side(cells, membrane, nuclei, dab, mpp, params)
+    assert np.array_equal(side, _stained_side_reference(cells, membrane, nuclei, dab, mpp, params))
+    assert not np.array_equal(side, cells)  # the rule moved something: the comparison means something
+
+
+def test_arcs_shared_by_three_cells_and_ties():
+    # three nuclei around a membrane arc, and one two-owner arc with equal cover (a tie)
+    nuclei = np.zeros((40, 40), np.int32)
+    nuclei[8:12, 8:12] = 1
+    nuclei[8:12, 28:32] = 2
+    nuclei[28:32, 18:22] = 3
+    nuclei[30:34, 2:6] = 4
+    yy, xx = np.mgrid[:40, :40]
+    cells = np.where(xx < 20, 1, 2)
+    cells[yy >= 22] = np.where(xx[yy >= 22] < 10, 4, 3)
+    membrane = np.zeros((40, 40), bool)
+    membrane[15:17, 5:35] = True       # between 1/2 and 3
+    membrane[22:36, 10] = True         # between 4 and 3
+    membrane[0:6, 19:21] = True        # between 1 and 2, symmetric
+    membrane[20:24, 12:35] = True      # shared by 1, 2 and 3
+    membrane &= nuclei == 0
+    params = CellParams()
+    moved = []
+    for own in (1.0, 1.5, 3.0):
+        p = params.with_(arc_ownership=own)
+        got = C._claim_wrapping_arcs(cells, membrane, nuclei, p)
+        assert np.array_equal(got, _arcs_reference(cells, membrane, nuclei, p)), own
+        moved.append(int((got != cells).sum()))
+    assert moved[0] > moved[-1]  # a stricter ownership ratio gives fewer arcs away
+
+
+# --- the whole function ---------------------------------------------------------------------
+
+
+def test_find_cells_table_matches_per_cell_reference():
+    p = make_phantom([0, 1, 2, 3, 3, 2, 0, 1], seed=9, stroma=2)
+    r = find_cells(p.rgb, probabilities_from_mask(p.mask, seed=3), p.mpp)
+    assert len(r) >= 6
+    for row, cid in enumerate(r.table["id"]):
+        ys, xs = np.nonzero(r.cell_labels == cid)
+        assert r.table["y"][row] == ys.mean() and r.table["x"][row] == xs.mean()
+        assert r.table["area_um2"][row] == pytest.approx(ys.size * p.mpp**2)
+        ny, nx = np.nonzero(r.nucleus_labels == cid)
+        assert r.table["nucleus_area_um2"][row] == pytest.approx(ny.size * p.mpp**2)
+    assert r.cell_labels.dtype == np.uint32 and r.nucleus_labels.dtype == np.uint32
