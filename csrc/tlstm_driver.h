@@ -1,11 +1,12 @@
-// The TLSTM forward and backward drivers, shared by the CPU and CUDA
-// backends. The big products (input projection, weight gradients, input
-// gradient) are single at:: GEMMs over all pixels, one per pair of sweeps
-// (the pair that walks the same axis, rows in walking order). The
-// time loops over the steps are the backend's (Backend::forward_sweeps /
-// backward_sweeps): the CPU runs independent (sweep, batch) chains on each
-// thread with a GEMM per step per chain; CUDA uses StepwiseSweeps below (one
-// batched GEMM per step over the sweeps, then one fused gate kernel).
+// The step-at-a-time TLSTM forward and backward drivers: CUDA's, and on the
+// CPU the private _tlstm_*_stepwise ops that test them (the CPU op itself
+// runs its own fused chains, csrc/cpu/tlstm_cpu.cpp; the argument checks
+// and layouts here are shared). The big products (input projection, weight
+// gradients, input gradient) are single at:: GEMMs over all pixels, one per
+// pair of sweeps (the pair that walks the same axis, rows in walking order).
+// The time loops over the steps are the backend's (Backend::forward_sweeps /
+// backward_sweeps): StepwiseSweeps below does one GEMM per step per sweep,
+// then one fused gate kernel.
 //
 // Weight layout (sweeps 0 down, 1 up, 2 right, 3 left; gates i, f, g, o):
 //   w_x  (4, 4K, C)     1x1 input projection per sweep
@@ -45,6 +46,30 @@ inline int64_t tlstm_check(const char* op, const at::Tensor& x, const at::Tensor
   check_same(op, "b_x", b_x, x);
   check_same(op, "w_h", w_h, x);
   check_same(op, "peep", peep, x);
+  return K;
+}
+
+// The backward op's arguments: the forward's checks plus the saved tensors'
+// shapes. Returns K.
+inline int64_t tlstm_backward_check(const char* op, const at::Tensor& grad_hidden,
+                                    const at::Tensor& x, const at::Tensor& w_x,
+                                    const at::Tensor& w_h, const at::Tensor& peep,
+                                    const at::Tensor& gates, const at::Tensor& cells,
+                                    const at::Tensor& hist) {
+  TORCH_CHECK(w_h.dim() == 4, op, ": w_h must be 4-D (4, 4K, K, 3), got shape ", w_h.sizes());
+  const int64_t K = w_h.size(2);
+  const at::Tensor b_dummy = at::empty({4, 4 * K}, x.options());
+  tlstm_check(op, x, w_x, b_dummy, w_h, peep);
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+  const int64_t P = B * H * W;
+  check_shape(op, "grad_hidden", grad_hidden, {B, 4 * K, H, W}, "(B, 4K, H, W)");
+  check_shape(op, "gates", gates, {2, P, 8 * K}, "(2, B*H*W, 8K)");
+  check_shape(op, "cells", cells, {2, P, 2 * K}, "(2, B*H*W, 2K)");
+  check_shape(op, "hist", hist, {4, P, 3 * K}, "(4, B*H*W, 3K)");
+  check_same(op, "grad_hidden", grad_hidden, x);
+  check_same(op, "gates", gates, x);
+  check_same(op, "cells", cells, x);
+  check_same(op, "hist", hist, x);
   return K;
 }
 
@@ -212,20 +237,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tlstm_bac
     const at::Tensor& w_h, const at::Tensor& peep, const at::Tensor& gates,
     const at::Tensor& cells, const at::Tensor& hist) {
   const char* op = "her2kit::tlstm_backward";
-  TORCH_CHECK(w_h.dim() == 4, op, ": w_h must be 4-D (4, 4K, K, 3), got shape ", w_h.sizes());
-  const int64_t K = w_h.size(2);
-  const at::Tensor b_dummy = at::empty({4, 4 * K}, x.options());
-  tlstm_check(op, x, w_x, b_dummy, w_h, peep);
+  const int64_t K = tlstm_backward_check(op, grad_hidden, x, w_x, w_h, peep, gates, cells, hist);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t P = B * H * W;
-  check_shape(op, "grad_hidden", grad_hidden, {B, 4 * K, H, W}, "(B, 4K, H, W)");
-  check_shape(op, "gates", gates, {2, P, 8 * K}, "(2, B*H*W, 8K)");
-  check_shape(op, "cells", cells, {2, P, 2 * K}, "(2, B*H*W, 2K)");
-  check_shape(op, "hist", hist, {4, P, 3 * K}, "(4, B*H*W, 3K)");
-  check_same(op, "grad_hidden", grad_hidden, x);
-  check_same(op, "gates", gates, x);
-  check_same(op, "cells", cells, x);
-  check_same(op, "hist", hist, x);
 
   // The output's gradient in the halves' layout (2, P, 2K).
   at::Tensor dh = at::empty({2, P, 2 * K}, x.options());

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -58,6 +59,10 @@ SHAPES = [
     (2, 3, 9, 4, 4),
     (1, 4, 31, 31, 4),
     (1, 2, 63, 63, 2),
+    # The CPU kernels' compiled-in hidden sizes (K = 16, 32) and vectorised
+    # layout changes (C, K >= 8), with ragged edges.
+    (3, 16, 9, 11, 16),
+    (1, 9, 5, 6, 32),
 ]
 
 
@@ -167,6 +172,41 @@ def test_tlstm_deterministic():
     ((y2, g2),) = run_both(x, weights, fns=(tlstm,))
     assert torch.equal(y1, y2)
     assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+
+
+_CACHE_SCRIPT = """
+import sys, torch
+from her2kit.ops import tlstm
+outs = []
+for seed, (B, C, H, W, K) in enumerate([(2, 24, 40, 30, 16), (2, 8, 30, 40, 32)] * 2):
+    torch.manual_seed(seed % 2)
+    x = torch.randn(B, C, H, W, requires_grad=True)
+    w = [torch.randn(4, 4 * K, C) / C**0.5, torch.randn(4, 4 * K),
+         torch.randn(4, 4 * K, K, 3) / (3 * K) ** 0.5, torch.randn(4, 3, K)]
+    w = [t.requires_grad_() for t in w]
+    y = tlstm(x, *w)
+    outs += [y.detach(), *torch.autograd.grad(y, [x, *w], torch.randn_like(y))]
+torch.save(outs, sys.argv[1])
+"""
+
+
+@needs_native
+def test_tlstm_buffer_cache_changes_nothing(tmp_path):
+    """The CPU op reuses its large buffers across calls (HER2KIT_TLSTM_CACHE_MB):
+    results are bit-identical with the cache off, and on buffers that calls of
+    other shapes left behind."""
+    results = []
+    for mb in ["0", "256"]:
+        path = tmp_path / f"cache_{mb}.pt"
+        env = {**os.environ, "HER2KIT_TLSTM_CACHE_MB": mb}
+        cmd = [sys.executable, "-c", _CACHE_SCRIPT, str(path)]
+        subprocess.run(cmd, check=True, env=env, timeout=300)
+        results.append(torch.load(path))
+    off, on = results
+    assert len(off) == len(on) == 24
+    assert all(torch.equal(a, b) for a, b in zip(off, on, strict=True))
+    # Calls 3 and 4 repeat calls 1 and 2 on the buffers those left behind.
+    assert all(torch.equal(a, b) for a, b in zip(on[:12], on[12:], strict=True))
 
 
 def test_tlstm_errors():

@@ -183,6 +183,209 @@ H2K_ALWAYS_INLINE void bwd_rows(const TlstmBwdStep<T>& a, int64_t begin, int64_t
   }
 }
 
+// ---------------------------------------------------------------------------
+// The chain kernels (CpuBackend in tlstm_cpu.cpp): one step of one chain, i.e.
+// `rows` consecutive rows (whole image rows of N pixels, images b0..b1) of one
+// sweep. Row strides are passed in, so the step's rows are addressed without
+// any index arithmetic per row; the scratch blocks (dgates, dhist, dcell) are
+// the chain's own, contiguous.
+
+template <typename T>
+struct ChainFwd {
+  int64_t rows, N, K;
+  const T* pre;       // (rows, 4K) W_x x + W_h h of the step (no bias)
+  T* g;               // out: the activated gates i, f, g, o, row stride gld
+  int64_t gld;
+  const T* bias;      // (4K,) b_x of the sweep
+  const T* cprev;     // c_{t-1} (row stride sld), null at the first step
+  T* c;               // c_t
+  T* h;               // h_t
+  int64_t sld;
+  const T* peep;      // (3K,) p_i, p_f, p_o
+  T* hist_next;       // next step's recurrent input (rows, 3K; row stride hld), or null
+  int64_t hld;
+};
+
+template <typename T>
+struct ChainBwd {
+  int64_t rows, N, K;
+  const T* g;         // activated gates, row stride gld
+  int64_t gld;
+  const T* c;         // c_t, row stride sld
+  const T* cprev;     // c_{t-1}, null at the first step
+  const T* dhout;     // dL/dh_t from the output, row stride sld
+  int64_t sld;
+  const T* dhist;     // (rows, 3K; row stride dld): dG_{t+1} W_h^T of the chain, null
+  int64_t dld;        //   at the last step
+  T* dcell;           // (rows, K) in: dL/dc_t from step t+1, out: dL/dc_{t-1}
+  T* dg;              // (rows, 4K) out: dL/d(pre-activation)
+  const T* peep;      // (3K,)
+  T* dpeep;           // (3K,) accumulated
+  T* db;              // (4K,) accumulated
+  const T* zeros;     // (3K,) zeros, read in place of absent terms
+};
+
+template <typename T, int KC>
+H2K_ALWAYS_INLINE void fwd_chain(const ChainFwd<T>& a) {
+  const int64_t K = KC > 0 ? KC : a.K;
+  const T* __restrict pi = a.peep;
+  const T* __restrict pf = pi + K;
+  const T* __restrict po = pi + 2 * K;
+  const T* __restrict bi = a.bias;
+  const T* __restrict bf = bi + K;
+  const T* __restrict bg = bi + 2 * K;
+  const T* __restrict bo = bi + 3 * K;
+  for (int64_t r = 0, n = 0; r < a.rows; ++r, n = (n + 1 == a.N) ? 0 : n + 1) {
+    const T* __restrict gi = a.pre + r * 4 * K;
+    T* __restrict gt = a.g + r * a.gld;
+    T* __restrict c = a.c + r * a.sld;
+    T* __restrict h = a.h + r * a.sld;
+    if (a.cprev == nullptr) {
+#pragma GCC ivdep
+      for (int64_t k = 0; k < K; ++k) {
+        const T i = sigm(gi[k] + bi[k]);
+        const T f = sigm(gi[K + k] + bf[k]);
+        const T gg = tanh_(gi[2 * K + k] + bg[k]);
+        const T cn = i * gg;
+        const T o = sigm(gi[3 * K + k] + bo[k] + po[k] * cn);
+        gt[k] = i;
+        gt[K + k] = f;
+        gt[2 * K + k] = gg;
+        gt[3 * K + k] = o;
+        c[k] = cn;
+        h[k] = o * tanh_(cn);
+      }
+    } else {
+      const T* __restrict cp = a.cprev + r * a.sld;
+#pragma GCC ivdep
+      for (int64_t k = 0; k < K; ++k) {
+        const T i = sigm(gi[k] + bi[k] + pi[k] * cp[k]);
+        const T f = sigm(gi[K + k] + bf[k] + pf[k] * cp[k]);
+        const T gg = tanh_(gi[2 * K + k] + bg[k]);
+        const T cn = f * cp[k] + i * gg;
+        const T o = sigm(gi[3 * K + k] + bo[k] + po[k] * cn);
+        gt[k] = i;
+        gt[K + k] = f;
+        gt[2 * K + k] = gg;
+        gt[3 * K + k] = o;
+        c[k] = cn;
+        h[k] = o * tanh_(cn);
+      }
+    }
+    if (a.hist_next != nullptr) {
+      // Row m of the next step's input holds h[m-1], h[m], h[m+1] (zero
+      // outside the image row).
+      T* __restrict hb = a.hist_next + r * a.hld;
+#pragma GCC ivdep
+      for (int64_t k = 0; k < K; ++k) hb[K + k] = h[k];
+      if (n + 1 < a.N) {
+        T* __restrict hn = hb + a.hld;
+#pragma GCC ivdep
+        for (int64_t k = 0; k < K; ++k) hn[k] = h[k];
+      } else {
+#pragma GCC ivdep
+        for (int64_t k = 0; k < K; ++k) hb[2 * K + k] = T(0);
+      }
+      if (n > 0) {
+        T* __restrict hp = hb - a.hld + 2 * K;
+#pragma GCC ivdep
+        for (int64_t k = 0; k < K; ++k) hp[k] = h[k];
+      } else {
+#pragma GCC ivdep
+        for (int64_t k = 0; k < K; ++k) hb[k] = T(0);
+      }
+    }
+  }
+}
+
+template <typename T, int KC>
+H2K_ALWAYS_INLINE void bwd_chain(const ChainBwd<T>& a) {
+  const int64_t K = KC > 0 ? KC : a.K;
+  const T* __restrict pi = a.peep;
+  const T* __restrict pf = pi + K;
+  const T* __restrict po = pi + 2 * K;
+  T* __restrict dpi = a.dpeep;
+  T* __restrict dpf = dpi + K;
+  T* __restrict dpo = dpi + 2 * K;
+  T* __restrict dbi = a.db;
+  T* __restrict dbf = dbi + K;
+  T* __restrict dbg = dbi + 2 * K;
+  T* __restrict dbo = dbi + 3 * K;
+  for (int64_t r = 0, n = 0; r < a.rows; ++r, n = (n + 1 == a.N) ? 0 : n + 1) {
+    const T* __restrict gt = a.g + r * a.gld;
+    const T* __restrict c = a.c + r * a.sld;
+    const T* __restrict dho = a.dhout + r * a.sld;
+    T* __restrict dc = a.dcell + r * K;
+    T* __restrict dgp = a.dg + r * 4 * K;
+    // dL/dh_t: the output gradient plus what step t+1 read of h_t through its
+    // width-3 recurrent conv (row m of dhist is the gradient of h[m-1], h[m], h[m+1]).
+    // Absent terms read a.zeros (3K zeros), so the loop has no branches.
+    const T* __restrict dr = a.dhist != nullptr ? a.dhist + r * a.dld : a.zeros;
+    const T* __restrict dnext = a.dhist != nullptr && n + 1 < a.N ? dr + a.dld : a.zeros;
+    const T* __restrict dprev = a.dhist != nullptr && n > 0 ? dr - a.dld + 2 * K : a.zeros;
+    const T* __restrict cp = a.cprev != nullptr ? a.cprev + r * a.sld : a.zeros;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < K; ++k) {
+      const T dh = dho[k] + dr[K + k] + dnext[k] + dprev[k];
+      const T i = gt[k], f = gt[K + k], gg = gt[2 * K + k], o = gt[3 * K + k];
+      const T cn = c[k];
+      const T cprev = cp[k];
+      const T tc = tanh_(cn);
+      const T dao = dh * tc * o * (T(1) - o);
+      const T dcc = dc[k] + dh * o * (T(1) - tc * tc) + dao * po[k];
+      const T dai = dcc * gg * i * (T(1) - i);
+      const T dag = dcc * i * (T(1) - gg * gg);
+      const T daf = dcc * cprev * f * (T(1) - f);
+      dc[k] = dcc * f + dai * pi[k] + daf * pf[k];
+      dgp[k] = dai;
+      dgp[K + k] = daf;
+      dgp[2 * K + k] = dag;
+      dgp[3 * K + k] = dao;
+      dpi[k] += dai * cprev;
+      dpf[k] += daf * cprev;
+      dpo[k] += dao * cn;
+      dbi[k] += dai;
+      dbf[k] += daf;
+      dbg[k] += dag;
+      dbo[k] += dao;
+    }
+  }
+}
+
+// K is a compile-time constant for the common hidden sizes (fully unrolled
+// loops, no remainder); any other K runs the generic loop.
+template <typename T, template <typename, int> class Run, typename A>
+H2K_ALWAYS_INLINE void by_k(const A& a) {
+  switch (a.K) {
+    case 16: Run<T, 16>::go(a); break;
+    case 32: Run<T, 32>::go(a); break;
+    case 64: Run<T, 64>::go(a); break;
+    case 128: Run<T, 128>::go(a); break;
+    default: Run<T, 0>::go(a); break;
+  }
+}
+template <typename T, int KC>
+struct FwdChainRun {
+  static H2K_ALWAYS_INLINE void go(const ChainFwd<T>& a) { fwd_chain<T, KC>(a); }
+};
+template <typename T, int KC>
+struct BwdChainRun {
+  static H2K_ALWAYS_INLINE void go(const ChainBwd<T>& a) { bwd_chain<T, KC>(a); }
+};
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void fwd_chain_f32(
+    const ChainFwd<float>& a) {
+  by_k<float, FwdChainRun>(a);
+}
+__attribute__((target_clones("avx512f", "avx2", "default"))) void bwd_chain_f32(
+    const ChainBwd<float>& a) {
+  by_k<float, BwdChainRun>(a);
+}
+void fwd_chain_any(const ChainFwd<float>& a) { fwd_chain_f32(a); }
+void fwd_chain_any(const ChainFwd<double>& a) { fwd_chain<double, 0>(a); }
+void bwd_chain_any(const ChainBwd<float>& a) { bwd_chain_f32(a); }
+void bwd_chain_any(const ChainBwd<double>& a) { bwd_chain<double, 0>(a); }
+
 // Vectorised clones for float (the host picks the widest at load time).
 __attribute__((target_clones("avx512f", "avx2", "default"))) void fwd_rows_f32(
     const TlstmFwdStep<float>& a, int64_t begin, int64_t end) {

@@ -99,6 +99,11 @@ def tlstm(
     (O, 4K, 1, 1) and optional ``b_out`` (O,), their 1x1 convolution
     (B, O, H, W). Weight layout: see the module docstring. h and c start at 0.
     Raises ValueError on a wrong shape, dtype or device.
+
+    On the CPU the native op keeps its large buffers (about 100 MB for a
+    fwd+bwd of B=4, C=64, 63x63, K=32) for reuse by later calls, at most
+    ``HER2KIT_TLSTM_CACHE_MB`` megabytes (environment, read once; default
+    256, 0 turns the cache off).
     """
     _check_tlstm(x, w_x, b_x, w_h, peep)
     if _use_native(x):
