@@ -61,6 +61,8 @@ def read_cases(data: str, limit: int | None = None):
             "id": np.array([int(r["id"]) for r in recs], dtype=np.int64),
             "category": np.array([int(r["category"]) for r in recs], dtype=np.int64),
             "tumour": np.array([int(r["tumour"]) for r in recs], dtype=bool),
+            # the cells the true score counts (nucleus centre in the image); older folders lack it
+            "counted": np.array([int(r.get("counted") or r["tumour"]) for r in recs], dtype=bool),
             "completeness": np.array([float(r["completeness"]) for r in recs]),
             "intensity": np.array([float(r["intensity"]) for r in recs]),
         }
@@ -108,7 +110,7 @@ def evaluate_case(case: Case, params: CellParams, segmenter=None, seed: int = 0)
         "features": {k: result.table[k][pi] for k in result.table},
         "sector_od": result.sector_od[pi],
         "tumour_sector_od": result.sector_od[result.tumour],
-        "true_counts": np.bincount(tt["category"][tt["tumour"]], minlength=4)[:4],
+        "true_counts": np.bincount(tt["category"][tt["counted"]], minlength=4)[:4],
         "true_completeness": tt["completeness"][ti], "true_intensity": tt["intensity"][ti],
         "score_true": case.score, "sub_true": case.subcategory,
         "score_pred": score.score or "0", "sub_pred": score.subcategory,
