@@ -8,8 +8,14 @@ Sections:
               on the same 4096^2 image: rate in Mpx/s and the ratio.
   memory      peak RSS of `run_slide` (in-process, workers=1) on a small and a
               large all-tissue slide, each in a fresh process; ratio large/small.
-  throughput  the segmenter alone on the pipeline's own block+halo tiles vs
-              the whole pipeline (`segment_only`), in pixels per second.
+  throughput  the model alone on the pipeline's own block+halo tiles (one
+              network pass per tile: normalise, forward, softmax, to numpy;
+              for a her2kit Segmenter also its default 512/128 sliding window,
+              for the record) vs the whole pipeline (`segment_only`, a fresh
+              process), both with the same torch threads (--threads) and the
+              same warm-up; the pipeline runs without and with cell finding
+              overlapped (--overlap); prints the blocks' predict / find_cells /
+              io sums.
   tissue      time of a slide with 30 % tissue vs the same slide all tissue.
   workers     pipeline time with 2 local worker processes vs 1.
 
@@ -204,8 +210,26 @@ class RssSampler:
         self.peak = max(self.peak, self.now())
 
 
+def set_threads(threads: int | None) -> int | None:
+    """torch's intra-op threads (None: leave torch's default); returns the count in use."""
+    if threads is None and "torch" not in sys.modules:
+        return None
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def warm_up(seg) -> None:
+    """One small prediction (first-call set-up of the network's kernels), as a running
+    worker would have done before; the same for the model alone and the pipeline."""
+    seg.predict(np.full((64, 64, 3), 200, np.uint8))
+
+
 def one_run(slide: str, out: str, block: int, halo: int, workers: int, model: str | None,
-            cells: str, segment_only: bool, tissue: bool = True) -> dict:
+            cells: str, segment_only: bool, tissue: bool = True, threads: int | None = None,
+            overlap: bool | None = None, warm: bool = False) -> dict:
     """Run the pipeline once in this process; report its time and peak RSS (MiB)."""
     sys.path.insert(0, str(HERE))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
@@ -214,13 +238,16 @@ def one_run(slide: str, out: str, block: int, halo: int, workers: int, model: st
     from her2kit.wsi.pipeline import run_slide
 
     seg = make_segmenter(model)
+    threads = set_threads(threads)
+    if warm:
+        warm_up(seg)
     rss0 = RssSampler.now()
     t = time.perf_counter()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     with RssSampler() as sampler:
         s = run_slide(slide, out, seg, block=block, halo=halo, workers=workers, force=True,
                       segment_only=segment_only, progress=False, cell_finder=finder(cells),
-                      tissue=tissue)
+                      tissue=tissue, overlap=overlap)
     wall = time.perf_counter() - t
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
@@ -230,7 +257,8 @@ def one_run(slide: str, out: str, block: int, halo: int, workers: int, model: st
             "maxrss_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "blocks": s["wsi"]["blocks_tissue"],
             "blocks_total": s["wsi"]["blocks_total"], "timings_s": s["run"]["timings_s"],
-            "tissue_fraction": s["wsi"]["tissue_fraction"]}
+            "tissue_fraction": s["wsi"]["tissue_fraction"], "torch_threads": threads,
+            "overlap": s["run"].get("overlap")}
 
 
 def run_child(**kw) -> dict:
@@ -257,34 +285,94 @@ def bench_memory(work: Path, sizes: tuple[int, int], block: int, halo: int, mode
             "target_ratio": 1.3}
 
 
-def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells) -> dict:
+def network_forward(seg):
+    """The network's own work on one tile: one pass over the whole tile
+    (normalise, forward, softmax, to numpy) for a her2kit Segmenter; the
+    segmenter's ``predict`` for anything else (e.g. StainSegmenter)."""
+    if not (hasattr(seg, "model") and hasattr(seg, "normalisation")):
+        return seg.predict
+    import torch
+
+    from her2kit.inference import normalise
+
+    def forward(rgb):
+        with torch.inference_mode():
+            x = torch.from_numpy(rgb[None]).permute(0, 3, 1, 2).to(seg.device)
+            out = seg.model(normalise(x, seg.normalisation))["pixel"]
+            return torch.softmax(out, dim=1)[0].float().cpu().numpy()
+
+    return forward
+
+
+def _timed(fn, tiles) -> tuple[float, float]:
+    t, c = time.perf_counter(), time.process_time()
+    for tile in tiles:
+        fn(tile)
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
+                     threads: int | None = None, overlap: str = "both") -> dict:
+    """Model alone on the pipeline's own block + halo tiles vs the whole pipeline.
+
+    The model alone runs in this process, the pipeline in a fresh one, both
+    with the same torch threads and the same warm-up. ``overlap``: "off",
+    "on" or "both" (one pipeline run each; the ratio is the better one).
+    """
     from her2kit.readers import open_slide
     from her2kit.wsi.blocks import make_grid
     from her2kit.wsi.worker import read_block
 
     slide_path = make_slide(work / f"full{size}.zarr", size)
     seg = make_segmenter(model)
+    threads = set_threads(threads)
     slide = open_slide(str(slide_path))
     grid = make_grid(slide.shape, seg.mpp / slide.mpp, block, halo)
     plan = {"shape": list(slide.shape), "block0": grid.block0, "halo0": grid.halo0,
             "scale": grid.scale, "level": 0, "level_downsample": 1.0}
     tiles = [read_block(slide, plan, b) for b in grid.blocks()]
-    seg.predict(tiles[0][:64, :64])
-    t, c = time.perf_counter(), time.process_time()
-    for tile in tiles:
-        seg.predict(tile)
-    model_s, model_cpu = time.perf_counter() - t, time.process_time() - c
+    warm_up(seg)
+    model_s, model_cpu = _timed(network_forward(seg), tiles)
+    rec = {"name": "throughput", "size": size, "block": block, "halo": halo, "blocks": len(tiles),
+           "model": getattr(seg, "name", "?"), "cells": cells, "torch_threads": threads,
+           "load_average_start": os.getloadavg()[0]}
     tile_px = sum(t.shape[0] * t.shape[1] for t in tiles)
-    run = run_child(slide=str(slide_path), out=str(work / "thr"), block=block, halo=halo, workers=1,
-                    model=model, cells=cells, segment_only=True)
-    return {"name": "throughput", "size": size, "block": block, "halo": halo, "blocks": len(tiles),
-            "model": getattr(seg, "name", "?"), "cells": cells,
-            "model_s": round(model_s, 2), "model_mpx_s": round(tile_px / model_s / 1e6, 3),
-            "pipeline_s": run["wall_s"], "pipeline_mpx_s": round(tile_px / run["wall_s"] / 1e6, 3),
-            "pipeline_timings_s": run["timings_s"],
-            "model_cpu_s": round(model_cpu, 2), "pipeline_cpu_s": run["cpu_s"],
-            "ratio": round(model_s / run["wall_s"], 3),
-            "ratio_cpu": round(model_cpu / run["cpu_s"], 3), "target_ratio": 0.8}
+    if hasattr(seg, "tile"):  # the segmenter's default sliding window (what blocks used to get)
+        sl_s, sl_cpu = _timed(seg.predict, tiles)
+        rec.update({"segmenter_sliding_s": round(sl_s, 2), "segmenter_sliding_cpu_s": round(sl_cpu, 2),
+                    "segmenter_tile": seg.tile, "segmenter_overlap": seg.overlap})
+    rec.update({"model_s": round(model_s, 2), "model_cpu_s": round(model_cpu, 2),
+                "model_mpx_s": round(tile_px / model_s / 1e6, 3), "tile_mpx": round(tile_px / 1e6, 3)})
+    modes = {"off": [False], "on": [True], "both": [False, True]}[overlap]
+    runs = {}
+    for ov in modes:
+        run = run_child(slide=str(slide_path), out=str(work / "thr"), block=block, halo=halo,
+                        workers=1, model=model, cells=cells, segment_only=True, threads=threads,
+                        overlap=ov, warm=True)
+        ts = run["timings_s"]
+        run["breakdown_s"] = {"predict": ts.get("block_predict_sum"), "find_cells": ts.get("block_cells_sum"),
+                              "io": round(ts.get("block_read_sum", 0) + ts.get("block_write_sum", 0), 3),
+                              "blocks_wall": ts.get("blocks"), "other": round(run["wall_s"] - ts.get("blocks", 0), 3)}
+        run["mpx_s"] = round(tile_px / run["wall_s"] / 1e6, 3)
+        run["ratio"] = round(model_s / run["wall_s"], 3)
+        run["ratio_cpu"] = round(model_cpu / run["cpu_s"], 3)
+        run["predict_vs_model"] = round(ts.get("block_predict_sum", 0) / model_s, 3)
+        runs["overlap" if ov else "sequential"] = run
+    best = min(runs.values(), key=lambda r: r["wall_s"])
+    rec.update({"runs": runs, "pipeline_s": best["wall_s"], "pipeline_cpu_s": best["cpu_s"],
+                "pipeline_mpx_s": best["mpx_s"], "pipeline_overlap": best["overlap"],
+                "ratio": best["ratio"], "ratio_cpu": best["ratio_cpu"], "target_ratio": 0.8})
+    if len(runs) == 2:
+        rec["overlap_speedup"] = round(runs["sequential"]["wall_s"] / runs["overlap"]["wall_s"], 3)
+    print(f"model alone: {model_s:.2f} s wall, {model_cpu:.2f} CPU-s on {len(tiles)} tiles "
+          f"({tile_px / 1e6:.2f} Mpx, torch threads {threads})", flush=True)
+    for k, r in runs.items():
+        b = r["breakdown_s"]
+        print(f"pipeline {k}: {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} CPU-s; blocks: predict "
+              f"{b['predict']:.2f} s, find_cells {b['find_cells']:.2f} s, io {b['io']:.2f} s, "
+              f"block loop {b['blocks_wall']:.2f} s wall, outside blocks {b['other']:.2f} s; "
+              f"ratio {r['ratio']} wall, {r['ratio_cpu']} CPU", flush=True)
+    return rec
 
 
 def bench_tissue(work: Path, size: int, block: int, halo: int, model, cells) -> dict:
@@ -334,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-size", type=int, default=None)
     p.add_argument("--block", type=int, default=None)
     p.add_argument("--halo", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the model alone and "
+                   "the pipeline in the throughput section (default: torch's own default)")
+    p.add_argument("--overlap", choices=["off", "on", "both"], default="both",
+                   help="throughput: pipeline runs without / with cell finding overlapped")
     p.add_argument("--work", default=None, help="folder for slides and outputs (default: a temp dir)")
     args = p.parse_args(argv)
     size = args.size or (1024 if args.quick else 4096)
@@ -350,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             r = bench_memory(work, sizes, args.memory_block, args.halo, args.model, args.memory_cells)
         elif section == "throughput":
             r = bench_throughput(work, args.throughput_size or size, block, args.halo,
-                                 args.throughput_model or args.model, args.cells)
+                                 args.throughput_model or args.model, args.cells,
+                                 args.threads, args.overlap)
         elif section == "tissue":
             r = bench_tissue(work, size, block, args.halo, args.model, args.cells)
         elif section == "workers":

@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(["synth", "--help"])
         verb = f"synth {args.synth_verb}"
     try:
+        if verb in ("score", "segment"):  # one local cluster / scheduler client for all inputs
+            from her2kit.wsi.cluster import shared_executors
+
+            with shared_executors():
+                return int(_resolve(verb)(args) or 0)
         return int(_resolve(verb)(args) or 0)
     except Her2kitError as exc:
         print(f"her2kit: error: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from scipy import ndimage
 
 from her2kit.synth import categories, noise, stains
 from her2kit.synth.images import generate, make_patch
@@ -275,6 +276,43 @@ def test_slide_with_glass(tmp_path):
     glass = od < 0.25
     assert 0.3 < glass.mean() < 0.95
     assert info["score"] == "0"
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (1024, 3072), (8192, 8192)])
+@pytest.mark.parametrize("want", [0.3, 0.7])
+def test_slide_tissue_fraction_at_any_size(shape, want):
+    """--tissue is the share of the slide's own area, small slides included (the
+    tissue field used to be thresholded at a global quantile: a slide a few
+    field periods wide got anything from no tissue to all tissue)."""
+    from her2kit.synth.slide import slide_scene
+    from her2kit.synth.tissue import tissue_mask
+
+    step = max(1, max(shape) // 256)
+    for seed in range(3):
+        scene, _ = slide_scene(shape, "2+", seed, tissue=want)
+        got = tissue_mask(scene, step).mean()
+        assert abs(got - want) <= 0.1, (shape, seed, got)
+
+
+def test_small_slide_tissue_and_glass(tmp_path):
+    """The rendered slide follows the tissue mask: glass where it says glass."""
+    from her2kit.synth.slide import make_slide, slide_scene
+    from her2kit.synth.tissue import tissue_mask
+
+    info = make_slide(str(tmp_path / "t.zarr"), (384, 384), "2+", seed=5, tissue=0.3, chunk=256,
+                      workers=1, progress=False)
+    assert abs(info["tissue_fraction"] - 0.3) <= 0.1
+    import zarr
+
+    rgb = np.moveaxis(np.asarray(zarr.open_group(str(tmp_path / "t.zarr"), mode="r")["0"]), 0, -1)
+    scene, _ = slide_scene((384, 384), "2+", 5, tissue=0.3)
+    mask = tissue_mask(scene)
+    assert abs(mask.mean() - info["tissue_fraction"]) < 0.05
+    od = stains.rgb_to_od(rgb).sum(-1)
+    inner = ndimage.binary_erosion(~mask, iterations=4)  # glass away from blurred tissue edges
+    assert inner.any() and (mask & (od > 0)).any()
+    assert np.median(od[inner]) < 0.5 * np.median(od[mask])
+    assert np.percentile(np.abs(rgb[inner].astype(float) - scene.glass).max(-1), 90) < 25
 
 
 # ---------------------------------------------------------------- CLI errors

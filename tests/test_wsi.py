@@ -201,6 +201,68 @@ def test_crash_and_resume_in_process(slides, reference, tmp_path, monkeypatch):
     np.testing.assert_array_equal(label_level0(out, "semantic"), label_level0(reference, "semantic"))
 
 
+def test_overlap_crash_and_resume_equals_reference(slides, reference, tmp_path):
+    """Cell finding in a second thread (overlapping the next block's prediction):
+    a crash mid-run leaves the blocks finished before it, and the resumed run
+    ends with the reference's cells, score and labels."""
+    out = tmp_path / "o"
+    with pytest.raises(Her2kitError, match="simulated crash"):
+        run_slide(slides["zarr"], out, CrashAfter(5), block=BLOCK, halo=HALO, progress=False,
+                  overlap=True)
+    assert len(list((out / ".her2kit-work" / "blocks").glob("*.npz"))) == 4
+    s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False,
+                  overlap=True)
+    assert s["run"]["overlap"] is True and s["run"]["blocks_run"] == 5
+    assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
+    assert stable_json(out) | {"input": 0} == stable_json(reference) | {"input": 0}
+    np.testing.assert_array_equal(label_level0(out, "cells"), label_level0(reference, "cells"))
+
+
+def test_block_segmenter_one_pass_per_block():
+    """A her2kit Segmenter covers a block + halo in one network pass when it holds
+    no more pixels than one of its batches; larger blocks get the fewest tiles."""
+    from her2kit.inference import tile_starts
+    from her2kit.wsi.worker import block_segmenter
+
+    class Seg:
+        tile, overlap, batch = 512, 128, 4
+
+        def predict(self, rgb):
+            return rgb
+
+    seg = Seg()
+    one = block_segmenter(seg, (640, 576))
+    assert one is not seg and one.tile == 640 and seg.tile == 512
+    assert block_segmenter(seg, (640, 576)) is one  # cached: the network is shared
+    big = block_segmenter(seg, (2304, 2304))
+    n = len(tile_starts(2304, big.tile, big.overlap))
+    assert n == 3 and big.batch * big.tile ** 2 <= 4 * 512 ** 2 < 9 * 512 ** 2
+    assert block_segmenter(seg, (300, 200)) is seg
+    assert block_segmenter(StainSegmenter(), (640, 640)).__class__ is StainSegmenter
+
+
+def test_overlap_default(monkeypatch):
+    """On by default on a GPU and in-process with a spare core; off for local worker processes."""
+    import os
+
+    from her2kit.wsi.cluster import SyncExecutor
+    from her2kit.wsi.pipeline import _default_overlap
+
+    class OnGpu(StainSegmenter):
+        device = "cuda:0"
+
+    class Cluster:
+        kind = "local 2 processes"
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert _default_overlap(SyncExecutor(), StainSegmenter(), None)
+    assert not _default_overlap(Cluster(), StainSegmenter(), None)
+    assert _default_overlap(Cluster(), OnGpu(), None)
+    assert _default_overlap(Cluster(), StainSegmenter(), "cuda")
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert not _default_overlap(SyncExecutor(), StainSegmenter(), None)
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from her2kit.wsi.pipeline import run_slide
@@ -227,9 +289,12 @@ def test_kill_9_and_resume(slides, reference, tmp_path):
     p = subprocess.run([sys.executable, str(script), slides["zarr"], str(out), "7", str(BLOCK), str(HALO)],
                        capture_output=True, timeout=120)
     assert p.returncode == -signal.SIGKILL
-    assert len(list((out / ".her2kit-work" / "blocks").glob("*.npz"))) == 6
+    # killed in the 7th prediction: 6 blocks done, or 5 when the 6th block's cells
+    # were still being found in the second thread (overlap, the in-process default)
+    done = len(list((out / ".her2kit-work" / "blocks").glob("*.npz")))
+    assert done in (5, 6)
     s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
-    assert s["run"]["blocks_resumed"] == 6
+    assert s["run"]["blocks_resumed"] == done
     assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
     assert stable_json(out) == stable_json(reference)
     assert (out / "cells.geojson").read_bytes() == (reference / "cells.geojson").read_bytes()
@@ -268,9 +333,100 @@ def test_cluster_tcp(slides, reference, tmp_path):
         out = tmp_path / "c"
         s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO,
                       scheduler=cluster.scheduler_address, progress=False)
+        # blocks pipelined inside the worker (a few blocks per task)
+        s2 = run_slide(slides["zarr"], tmp_path / "c2", StainSegmenter(), block=BLOCK, halo=HALO,
+                       scheduler=cluster.scheduler_address, progress=False, overlap=True)
     assert s["run"]["executor"].startswith("scheduler tcp://")
     assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
     assert stable_json(out) == stable_json(reference)
+    assert s2["run"]["overlap"] is True and s2["run"]["blocks_run"] == 9
+    assert (tmp_path / "c2" / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
+
+
+def test_one_scheduler_client_per_run(slides, tmp_path, monkeypatch):
+    """`her2kit segment A B --scheduler ADDR`: one client for the whole run."""
+    import argparse
+
+    import distributed
+    from distributed import LocalCluster
+
+    from her2kit.scoring import commands
+    from her2kit.wsi import cluster as wsi_cluster
+
+    made = []
+
+    class CountingClient(distributed.Client):
+        def __init__(self, *a, **kw):
+            made.append(a)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(distributed, "Client", CountingClient)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, scheduler_port=0,
+                      protocol="tcp", dashboard_address=None) as lc:
+        second = tmp_path / "t.zarr"
+        shutil.copytree(slides["zarr"], second)
+        args = argparse.Namespace(inputs=[slides["zarr"], str(second)], out=str(tmp_path / "o"),
+                                  model=None, mpp=None, workers=1, scheduler=lc.scheduler_address,
+                                  force=False, device=None, roi=None, scorer=None)
+        with wsi_cluster.shared_executors():
+            rc = commands.run(args, segment_only=True, get_segmenter=StainSegmenter)
+            assert len(made) == 1 and wsi_cluster._SCOPE
+        assert wsi_cluster._SCOPE is None
+    assert rc == 0
+    for stem in ("s", "t"):
+        attrs = json.loads((tmp_path / "o" / stem / "labels.zarr" / ".zattrs").read_text())
+        assert attrs["her2kit"]["run"]["executor"].startswith("scheduler tcp://")
+
+
+def test_one_local_cluster_per_run(monkeypatch):
+    """--workers N: the local cluster is made once per shared_executors block and
+    closed at its end; outside one, each make_executor call owns its own."""
+    import distributed
+
+    from her2kit.wsi import cluster as wsi_cluster
+
+    events = []
+
+    class FakeCluster:
+        def __init__(self, **kw):
+            events.append("cluster")
+
+        def close(self):
+            events.append("cluster closed")
+
+    class FakeClient:
+        def __init__(self, cluster):
+            pass
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {"a": {}, "b": {}}}
+
+        def close(self):
+            events.append("client closed")
+
+    monkeypatch.setattr(distributed, "LocalCluster", FakeCluster)
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+    with wsi_cluster.shared_executors():
+        a = wsi_cluster.make_executor(workers=2)
+        a.close()
+        b = wsi_cluster.make_executor(workers=2)
+        b.close()
+        assert events == ["cluster"] and a.workers == 2 and a.kind == "local 2 processes"
+        assert wsi_cluster.make_executor(workers=1).kind == "in-process"
+    assert events == ["cluster", "client closed", "cluster closed"]
+    wsi_cluster.make_executor(workers=2).close()
+    assert events[3:] == ["cluster", "client closed", "cluster closed"]
+
+
+def test_cli_score_and_segment_share_executors(monkeypatch):
+    from her2kit import cli
+    from her2kit.scoring import commands
+    from her2kit.wsi import cluster as wsi_cluster
+
+    seen = []
+    monkeypatch.setattr(commands, "segment", lambda args: seen.append(wsi_cluster._SCOPE is not None) or 0)
+    assert cli.main(["segment", "x.png", "--out", "o", "--workers", "2"]) == 0
+    assert seen == [True] and wsi_cluster._SCOPE is None
 
 
 def test_unreachable_scheduler_is_one_line():

@@ -94,5 +94,6 @@ def slide(args: argparse.Namespace) -> int:
     info = make_slide(args.out, (h, w), score, seed=args.seed, domain=args.domain, mpp=args.mpp,
                       tissue=args.tissue, chunk=args.chunk, tiff=args.tiff)
     print(f"wrote {args.out}: {h}x{w} px at {args.mpp} um/px, {info['n_tumour']} tumour cells, "
-          f"score {info['score']}" + (f" ({info['subcategory']})" if info.get("subcategory") else ""))
+          f"score {info['score']}" + (f" ({info['subcategory']})" if info.get("subcategory") else "")
+          + f", tissue {100 * info['tissue_fraction']:.0f}% of the area")
     return 0

@@ -45,6 +45,7 @@ class Scene:
     jitter: float = 0.3       # seed jitter, lattice units (<= 0.3 keeps the 3x3 search exact)
     power: float = 0.15       # power-diagram weight range, lattice units^2 (cell-size spread)
     lattice: tuple[int, int, int] = field(default=(0, 0, 1))  # (u0, v0, nv) for global ids
+    tissue_scale_um: float = 1500.0  # feature size of the tissue/glass field
 
     @property
     def shifted(self) -> bool:
@@ -115,7 +116,7 @@ def make_scene(seed: int, mpp: float = 0.5, domain: str = "default", height: int
     v = (-corners[:, 1] * math.sin(angle) + corners[:, 0] * math.cos(angle)) / s
     u0, v0 = int(math.floor(u.min())) - 3, int(math.floor(v.min())) - 3
     nv = int(math.floor(v.max())) + 4 - v0
-    return Scene(
+    scene = Scene(
         key=key, mpp=float(mpp), domain=domain, height=int(height), width=int(width),
         spacing_um=float(spacing), angle=float(angle), stain=stain_m, conc=conc,
         glass=np.clip(glass, 0, 255), illum_amp=float(illum), blur_um=float(blur),
@@ -127,4 +128,33 @@ def make_scene(seed: int, mpp: float = 0.5, domain: str = "default", height: int
         nucleus_scale=float(rng.uniform(0.9, 1.1) if not shifted else rng.uniform(0.8, 1.25)),
         fat_spacing_um=float(rng.uniform(55, 90)),
         lattice=(u0, v0, nv),
+        tissue_scale_um=tissue_scale(height * mpp, width * mpp),
     )
+    if 0.0 < tissue < 1.0:
+        scene.tissue_level = tissue_level_for(scene, tissue)
+    return scene
+
+
+def tissue_scale(height_um: float, width_um: float) -> float:
+    """Feature size (microns) of the tissue/glass field of a world of this extent:
+    1.5 mm on large slides, down to a third of the longer side on small ones
+    (so a small slide still has tissue and glass, not one or the other)."""
+    return float(min(1500.0, max(100.0, max(height_um, width_um) / 3.0)))
+
+
+def tissue_level_for(scene: Scene, tissue: float, samples: int = 160) -> float:
+    """The tissue-field level above which a fraction ``tissue`` of this scene's own
+    area lies (the field's quantile over a grid of points covering the world).
+
+    A global quantile of the field is right only on average over a large
+    area; a slide a few field periods wide would get anything from no tissue
+    to all tissue.
+    """
+    from her2kit.synth.tissue import K_TISSUE, field_key
+
+    h_um, w_um = scene.height * scene.mpp, scene.width * scene.mpp
+    ys = (np.arange(samples) + 0.5) * h_um / samples
+    xs = (np.arange(samples) + 0.5) * w_um / samples
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    values = noise.fbm_points(field_key(scene, K_TISSUE), yy.ravel(), xx.ravel(), scene.tissue_scale_um)
+    return float(np.quantile(values, 1.0 - tissue))

@@ -47,6 +47,15 @@ def slide_scene(shape_hw: tuple[int, int], score: str, seed: int, domain: str = 
     return scene, sub
 
 
+def tissue_fraction(scene: Scene, samples: int = 256) -> float:
+    """Share of the slide's area covered by tissue (not bare glass), measured on a
+    grid of about ``samples`` x ``samples`` pixels."""
+    from her2kit.synth.tissue import tissue_mask
+
+    step = max(1, math.ceil(max(scene.height, scene.width) / samples))
+    return float(tissue_mask(scene, step).mean())
+
+
 def cell_margin(scene: Scene) -> int:
     """Pixels around a block within which any cell seeded in the block lies entirely."""
     return int(math.ceil(1.6 * scene.spacing_um / scene.mpp)) + 2
@@ -131,6 +140,7 @@ def make_slide(out: str, shape_hw: tuple[int, int], score: str, seed: int = 0, d
     info = {
         "score": truth, "subcategory": sub, "requested": score, "seed": int(seed), "domain": domain,
         "mpp": float(mpp), "shape": [int(s) for s in shape_hw], "tissue": float(tissue), "chunk": int(chunk),
+        "tissue_fraction": round(tissue_fraction(scene), 4),
         "n_cells": int(n_cells), "n_tumour": n_tum, "counts": [int(c) for c in counts],
         "percent": {str(k): round(float(pct[k]), 3) for k in range(4)},
         "h_score": round(float(pct[1] + 2 * pct[2] + 3 * pct[3]), 2),

@@ -98,7 +98,7 @@ def _classify(scene: Scene, seeds: Seeds, iu: np.ndarray, iv: np.ndarray) -> Non
     nest = nest_field(scene, y, x)
     fat = noise.fbm_points(field_key(scene, K_FAT), y, x, 300.0)
     lumen = noise.fbm_points(field_key(scene, K_LUMEN), y, x, 45.0, octaves=2)
-    tissue = noise.fbm_points(field_key(scene, K_TISSUE), y, x, 1500.0)
+    tissue = noise.fbm_points(field_key(scene, K_TISSUE), y, x, scene.tissue_scale_um)
     kind = np.full(n, STROMA, np.uint8)
     kind[fat > scene.fat_level] = FAT
     kind[nest > scene.tumour_level] = TUMOUR
@@ -199,3 +199,18 @@ def nearest_two(seeds: Seeds, scene: Scene, y_um: np.ndarray, x_um: np.ndarray
     sep = np.hypot(seeds.su[i1] - seeds.su[i2], seeds.sv[i1] - seeds.sv[i2])
     border = (d2 - d1) / (2 * np.maximum(sep, 1e-3)) * sp
     return i1, i2, border.astype(np.float32)
+
+
+def tissue_mask(scene: Scene, step: int = 1) -> np.ndarray:
+    """Where the scene's world has tissue: bool (ceil(height / step), ceil(width / step)),
+    True at pixels (every ``step``-th row and column) whose cell is not bare glass.
+
+    Fat and lumina count as tissue (they lie inside it). Memory is that of the
+    returned grid times ~40 bytes; use ``step`` > 1 on large slides.
+    """
+    step = max(1, int(step))
+    y_um = (np.arange(0, scene.height, step) + 0.5) * scene.mpp
+    x_um = (np.arange(0, scene.width, step) + 0.5) * scene.mpp
+    seeds = seeds_for_region(scene, y_um[0], x_um[0], y_um[-1] - y_um[0], x_um[-1] - x_um[0])
+    i1, _i2, _bd = nearest_two(seeds, scene, y_um, x_um)
+    return seeds.kind[i1] != GLASS

@@ -13,10 +13,16 @@
 
 Every executor yields results as tasks finish, so the caller drives a
 progress bar and records finished blocks as they come.
+
+Inside :func:`shared_executors` (``her2kit score`` / ``segment`` run in one),
+executors are made once per (workers, scheduler) and reused by every slide of
+the run: one local cluster (or one client of the scheduler) per run, not per
+slide.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -31,17 +37,21 @@ class TaskFailed(Exception):
         self.message = message
 
 
-def release_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``; no-op elsewhere).
+def release_memory(slack_mb: float = 64.0) -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; no-op elsewhere)
+    once the process has grown by ``slack_mb`` since the last time.
 
     Blocks allocate and free hundreds of MB of arrays; glibc keeps freed
     fragments in its heap, so without this a long in-process run grows by a
-    few MB per block. Trimming once per block keeps memory flat at no
-    measurable cost (fixing glibc's mmap threshold instead costs ~13 % more
-    CPU in the segmenter through page faults). dask's worker processes get
-    the same effect from ``MALLOC_TRIM_THRESHOLD_``.
+    few MB per block. Trimming after every block kept memory flat but cost
+    ~10 % of the network's CPU time (the next block faults the pages in
+    again: ~10,000 page faults per 640^2 block with Her2Net), so the trim
+    waits until the resident size is ``slack_mb`` above what it was after the
+    previous trim: memory stays within that slack of flat. (Fixing glibc's
+    mmap threshold instead costs ~13 % more CPU in the segmenter.) dask's
+    worker processes get the same effect from ``MALLOC_TRIM_THRESHOLD_``.
     """
-    global _malloc_trim
+    global _malloc_trim, _rss_after_trim
     if _malloc_trim is None:
         try:
             import ctypes
@@ -49,10 +59,25 @@ def release_memory() -> None:
             _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
         except (OSError, AttributeError):
             _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    if not _malloc_trim:
+        return
+    rss = _rss_mb()
+    if rss is not None and _rss_after_trim is not None and rss < _rss_after_trim + slack_mb:
+        return
+    _malloc_trim(0)
+    _rss_after_trim = _rss_mb()
 
 
+def _rss_mb() -> float | None:
+    """Resident size of this process in MB (Linux /proc), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_rss_after_trim: float | None = None
 _malloc_trim: Any = None
 
 
@@ -134,6 +159,43 @@ def torch_threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
+class _Borrowed:
+    """An executor of the active :func:`shared_executors` scope: ``close`` leaves it running."""
+
+    def __init__(self, executor: Any):
+        self._executor = executor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._executor, name)
+
+    def close(self) -> None:
+        pass
+
+
+_SCOPE: dict[tuple, Any] | None = None
+
+
+@contextlib.contextmanager
+def shared_executors() -> Iterator[None]:
+    """Within this block, :func:`make_executor` makes each local cluster / scheduler
+    client once and hands the same one to every caller (whose ``close`` then
+    does nothing); all are closed when the block ends. Nested blocks share the
+    outer one's executors.
+    """
+    global _SCOPE
+    if _SCOPE is not None:
+        yield
+        return
+    _SCOPE = {}
+    try:
+        yield
+    finally:
+        scope, _SCOPE = _SCOPE, None
+        for executor in scope.values():
+            with contextlib.suppress(Exception):
+                executor.close()
+
+
 def make_executor(workers: int = 1, scheduler: str | None = None, client: Any = None,
                   connect_timeout: float = 20.0):
     """The executor for these options (see the module docstring).
@@ -141,10 +203,21 @@ def make_executor(workers: int = 1, scheduler: str | None = None, client: Any = 
     Raises Her2kitError when the scheduler cannot be reached within
     ``connect_timeout`` seconds.
     """
-    from her2kit.errors import Her2kitError
-
     if client is not None:
         return DaskExecutor(client, kind="client")
+    if not scheduler and workers <= 1:
+        return SyncExecutor()
+    if _SCOPE is None:
+        return _new_executor(workers, scheduler, connect_timeout)
+    key = ("scheduler", scheduler) if scheduler else ("local", int(workers))
+    if key not in _SCOPE:
+        _SCOPE[key] = _new_executor(workers, scheduler, connect_timeout)
+    return _Borrowed(_SCOPE[key])
+
+
+def _new_executor(workers: int, scheduler: str | None, connect_timeout: float):
+    from her2kit.errors import Her2kitError
+
     if scheduler:
         from distributed import Client
 

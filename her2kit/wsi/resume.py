@@ -45,13 +45,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """``np.savez_compressed`` to a temporary name, renamed into place."""
+def atomic_save_npz(path: str | Path, compress: bool = True, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` (``np.savez`` unless ``compress``) to a temporary name,
+    renamed into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
@@ -120,6 +121,12 @@ class Ledger:
             meta = json.loads(z["meta"].tobytes().decode())
             sp = z["spill"] if spill else None
         return cells, meta, sp
+
+    def load_spill(self, index: int) -> np.ndarray:
+        """Only the spill (N, 3) int64 of a finished block (the stitching step needs
+        nothing else; an npz member is read and decompressed only when asked for)."""
+        with np.load(self.block_path(index), allow_pickle=False) as z:
+            return z["spill"]
 
     def marked(self, name: str) -> bool:
         """Whether a later-stage step (e.g. "seam-12", "level-2") is finished."""
