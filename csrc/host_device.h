@@ -5,5 +5,5 @@
 #if defined(__CUDACC__)
 #define H2K_HD __host__ __device__ __forceinline__
 #else
-#define H2K_HD inline
+#define H2K_HD inline __attribute__((always_inline))
 #endif

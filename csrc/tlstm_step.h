@@ -55,6 +55,39 @@ struct TlstmGeom {
   }
 };
 
+// The peephole LSTM cell of one channel: the one copy of the gate maths,
+// used by the CPU row and chain kernels and by the CUDA kernels. `Act`
+// supplies sigm and tanh (the CPU's vectorisable ones, CUDA's).
+// Forward: pre-activations a_i..a_o (input projection, bias and recurrent
+// term summed), c_{t-1} (0 at the first step) and the peepholes -> the
+// activated gates, c_t and h_t.
+template <typename Act, typename T>
+H2K_HD void lstm_cell_fwd(T ai, T af, T ag, T ao, T cprev, T pi, T pf, T po,
+                          T& i, T& f, T& g, T& o, T& c, T& h) {
+  i = Act::sigm(ai + pi * cprev);
+  f = Act::sigm(af + pf * cprev);
+  g = Act::tanh(ag);
+  c = f * cprev + i * g;
+  o = Act::sigm(ao + po * c);
+  h = o * Act::tanh(c);
+}
+
+// Backward through lstm_cell_fwd: the activated gates, c_t, c_{t-1}, the
+// peepholes and dh = dL/dh_t (from every use of h_t); dc comes in as
+// dL/dc_t from step t+1 and leaves as dL/dc_{t-1}. Out: the gradients of
+// the pre-activations.
+template <typename Act, typename T>
+H2K_HD void lstm_cell_bwd(T i, T f, T g, T o, T c, T cprev, T pi, T pf, T po, T dh, T& dc,
+                          T& dai, T& daf, T& dag, T& dao) {
+  const T tc = Act::tanh(c);
+  dao = dh * tc * o * (T(1) - o);
+  const T dcc = dc + dh * o * (T(1) - tc * tc) + dao * po;
+  dai = dcc * g * i * (T(1) - i);
+  dag = dcc * i * (T(1) - g * g);
+  daf = dcc * cprev * f * (T(1) - f);
+  dc = dcc * f + dai * pi + daf * pf;
+}
+
 template <typename T>
 struct TlstmFwdStep {
   TlstmGeom g;

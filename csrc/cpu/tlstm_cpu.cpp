@@ -20,6 +20,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "tlstm_driver.h"
@@ -160,41 +161,25 @@ at::Tensor view_rm(const T* p, bool trans, int64_t rows, int64_t cols, int64_t l
 
 // C (M, N; ldc) = beta * C + op(L) (M, Kd) @ op(R) (Kd, N), all row-major; op
 // transposes a block stored as (Kd, M) resp. (N, Kd). beta is 0 or 1.
+// float64 (the checking path: gradcheck, tests) and float32 without a BLAS
+// symbol go through ATen on views.
 template <typename T>
 void gemm_rm(bool tl, bool tr, int64_t M, int64_t N, int64_t Kd, const T* L, int64_t ldl,
-             const T* R, int64_t ldr, T beta, T* C, int64_t ldc);
-
-template <>
-void gemm_rm<float>(bool tl, bool tr, int64_t M, int64_t N, int64_t Kd, const float* L,
-                    int64_t ldl, const float* R, int64_t ldr, float beta, float* C,
-                    int64_t ldc) {
-  if (sgemm_ != nullptr) {
-    // Column-major BLAS computes C^T = op(R)^T op(L)^T.
-    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(Kd);
-    const int lda = static_cast<int>(ldr), ldb = static_cast<int>(ldl), ldcc = static_cast<int>(ldc);
-    const float one = 1.0f;
-    sgemm_(tr ? "T" : "N", tl ? "T" : "N", &m, &n, &k, &one, R, &lda, L, &ldb, &beta, C, &ldcc);
-    return;
+             const T* R, int64_t ldr, T beta, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_ != nullptr) {
+      // Column-major BLAS computes C^T = op(R)^T op(L)^T.
+      const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(Kd);
+      const int lda = static_cast<int>(ldr), ldb = static_cast<int>(ldl), ldcc = static_cast<int>(ldc);
+      const float one = 1.0f;
+      sgemm_(tr ? "T" : "N", tl ? "T" : "N", &m, &n, &k, &one, R, &lda, L, &ldb, &beta, C, &ldcc);
+      return;
+    }
   }
-  at::Tensor c = view_rm<float>(C, false, M, N, ldc);
+  at::Tensor c = view_rm<T>(C, false, M, N, ldc);
   const at::Tensor l = view_rm(L, tl, tl ? Kd : M, tl ? M : Kd, ldl);
   const at::Tensor r = view_rm(R, tr, tr ? N : Kd, tr ? Kd : N, ldr);
-  if (beta == 0.0f) {
-    c.copy_(at::mm(l, r));
-  } else {
-    c.addmm_(l, r);
-  }
-}
-
-template <>
-void gemm_rm<double>(bool tl, bool tr, int64_t M, int64_t N, int64_t Kd, const double* L,
-                     int64_t ldl, const double* R, int64_t ldr, double beta, double* C,
-                     int64_t ldc) {
-  // float64 is the checking path (gradcheck, tests): ATen is fast enough.
-  at::Tensor c = view_rm<double>(C, false, M, N, ldc);
-  const at::Tensor l = view_rm(L, tl, tl ? Kd : M, tl ? M : Kd, ldl);
-  const at::Tensor r = view_rm(R, tr, tr ? N : Kd, tr ? Kd : N, ldr);
-  if (beta == 0.0) {
+  if (beta == T(0)) {
     c.copy_(at::mm(l, r));
   } else {
     c.addmm_(l, r);
@@ -378,7 +363,7 @@ void forward_chains(const TlstmGeom& G, int64_t C, const T* xr, const T* wf, con
     T* hs = hist + s * P * 3 * K;
     const T* xh = xr + half * P * C;
     const T* wfs = wf + s * D * 4 * K;
-    std::vector<T> scratch(rows * (D + 4 * K));
+    std::vector<T> scratch(rows * (D + 4 * K) + K);
     T* acat = scratch.data();         // (rows, C + 3K): [x | recurrent input]
     T* pre = acat + rows * D;         // (rows, 4K)
     std::memset(hs + (g.pos(s, 0) * BN + r0) * 3 * K, 0, rows * 3 * K * sizeof(T));
@@ -392,6 +377,7 @@ void forward_chains(const TlstmGeom& G, int64_t C, const T* xr, const T* wf, con
     a.bias = bx + s * 4 * K;
     a.peep = peep + s * 3 * K;
     a.hld = D;
+    a.zeros = pre + rows * 4 * K;     // (K,) zeros
     for (int64_t t = 0; t < ch.L; ++t) {
       const int64_t first = g.pos(s, t) * BN + r0;
       if (t + 1 < ch.L) {  // the next step's blocks

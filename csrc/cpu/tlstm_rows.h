@@ -48,10 +48,19 @@ H2K_ALWAYS_INLINE double sigm(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 H2K_ALWAYS_INLINE float tanh_(float x) { return 2.0f / (1.0f + exp_poly(-2.0f * x)) - 1.0f; }
 H2K_ALWAYS_INLINE double tanh_(double x) { return std::tanh(x); }
 
+// The activations lstm_cell_fwd / lstm_cell_bwd (tlstm_step.h) use on the CPU.
+struct CpuAct {
+  template <typename T>
+  static H2K_ALWAYS_INLINE T sigm(T x) { return cpu_rows::sigm(x); }
+  template <typename T>
+  static H2K_ALWAYS_INLINE T tanh(T x) { return tanh_(x); }
+};
+
 template <typename T>
 H2K_ALWAYS_INLINE void fwd_rows(const TlstmFwdStep<T>& a, int64_t begin, int64_t end) {
   const TlstmGeom& g = a.g;
   const int64_t K = g.K, BN = g.B * g.N, P = g.B * g.H * g.W;
+  const std::vector<T> zeros(K, T(0));  // c_{-1}
   for (int64_t row = begin; row < end; ++row) {
     const int sl = static_cast<int>(row / BN);
     const int s = g.s0 + sl;
@@ -63,44 +72,19 @@ H2K_ALWAYS_INLINE void fwd_rows(const TlstmFwdStep<T>& a, int64_t begin, int64_t
     const T* __restrict pi = a.peep + s * 3 * K;
     const T* __restrict pf = pi + K;
     const T* __restrict po = pi + 2 * K;
-    if (g.t == 0) {
-      #pragma GCC ivdep  // rows, gates and states never overlap
-      for (int64_t k = 0; k < K; ++k) {
-        const T i = sigm(gt[k]);
-        const T f = sigm(gt[K + k]);
-        const T gg = tanh_(gt[2 * K + k]);
-        const T cn = i * gg;
-        const T o = sigm(gt[3 * K + k] + po[k] * cn);
-        gt[k] = i;
-        gt[K + k] = f;
-        gt[2 * K + k] = gg;
-        gt[3 * K + k] = o;
-        c[k] = cn;
-        h[k] = o * tanh_(cn);
-      }
-    } else {
-      // The recurrent term: already added into the gates by the step's GEMM
-      // (the CPU chains), or given separately in `rec` (the stepwise driver).
-      if (a.rec != nullptr) {
-        const T* __restrict r = a.rec + sl * a.rec_stride + bn * 4 * K;
+    // The recurrent term: already added into the gates by the step's GEMM
+    // (the CPU chains), or given separately in `rec` (the stepwise driver).
+    if (g.t > 0 && a.rec != nullptr) {
+      const T* __restrict r = a.rec + sl * a.rec_stride + bn * 4 * K;
 #pragma GCC ivdep
-        for (int64_t j = 0; j < 4 * K; ++j) gt[j] += r[j];
-      }
-      const T* __restrict cp = a.cells + g.state_at(s, g.row(s, g.t - 1, b, n));
-      #pragma GCC ivdep  // rows, gates and states never overlap
-      for (int64_t k = 0; k < K; ++k) {
-        const T i = sigm(gt[k] + pi[k] * cp[k]);
-        const T f = sigm(gt[K + k] + pf[k] * cp[k]);
-        const T gg = tanh_(gt[2 * K + k]);
-        const T cn = f * cp[k] + i * gg;
-        const T o = sigm(gt[3 * K + k] + po[k] * cn);
-        gt[k] = i;
-        gt[K + k] = f;
-        gt[2 * K + k] = gg;
-        gt[3 * K + k] = o;
-        c[k] = cn;
-        h[k] = o * tanh_(cn);
-      }
+      for (int64_t j = 0; j < 4 * K; ++j) gt[j] += r[j];
+    }
+    const T* __restrict cp =
+        g.t > 0 ? a.cells + g.state_at(s, g.row(s, g.t - 1, b, n)) : zeros.data();
+    #pragma GCC ivdep  // rows, gates and states never overlap
+    for (int64_t k = 0; k < K; ++k) {
+      lstm_cell_fwd<CpuAct>(gt[k], gt[K + k], gt[2 * K + k], gt[3 * K + k], cp[k], pi[k], pf[k],
+                            po[k], gt[k], gt[K + k], gt[2 * K + k], gt[3 * K + k], c[k], h[k]);
     }
     if (g.t + 1 < g.L) {
       // Scatter h_t into the next step's recurrent input: row m holds
@@ -154,21 +138,9 @@ H2K_ALWAYS_INLINE void bwd_rows(const TlstmBwdStep<T>& a, int64_t begin, int64_t
     }
     #pragma GCC ivdep  // rows, gates and states never overlap
     for (int64_t k = 0; k < K; ++k) {
-      const T i = gt[k], f = gt[K + k], gg = gt[2 * K + k], o = gt[3 * K + k];
-      const T cn = c[k];
-      const T cprev = cp[k];
-      const T tc = tanh_(cn);
-      const T dho = dhp[k];
-      const T dao = dho * tc * o * (T(1) - o);
-      const T dcc = dc[k] + dho * o * (T(1) - tc * tc) + dao * po[k];
-      const T dai = dcc * gg * i * (T(1) - i);
-      const T dag = dcc * i * (T(1) - gg * gg);
-      const T daf = dcc * cprev * f * (T(1) - f);
-      dc[k] = dcc * f + dai * pi[k] + daf * pf[k];
-      dgp[k] = dai;
-      dgp[K + k] = daf;
-      dgp[2 * K + k] = dag;
-      dgp[3 * K + k] = dao;
+      lstm_cell_bwd<CpuAct>(gt[k], gt[K + k], gt[2 * K + k], gt[3 * K + k], c[k], cp[k], pi[k],
+                            pf[k], po[k], dhp[k], dc[k], dgp[k], dgp[K + k], dgp[2 * K + k],
+                            dgp[3 * K + k]);
     }
     if (dpi != nullptr) {
       T* __restrict dpf = dpi + K;
@@ -204,6 +176,7 @@ struct ChainFwd {
   const T* peep;      // (3K,) p_i, p_f, p_o
   T* hist_next;       // next step's recurrent input (rows, 3K; row stride hld), or null
   int64_t hld;
+  const T* zeros;     // (K,) zeros, read as c_{t-1} at the first step
 };
 
 template <typename T>
@@ -240,37 +213,12 @@ H2K_ALWAYS_INLINE void fwd_chain(const ChainFwd<T>& a) {
     T* __restrict gt = a.g + r * a.gld;
     T* __restrict c = a.c + r * a.sld;
     T* __restrict h = a.h + r * a.sld;
-    if (a.cprev == nullptr) {
+    const T* __restrict cp = a.cprev != nullptr ? a.cprev + r * a.sld : a.zeros;
 #pragma GCC ivdep
-      for (int64_t k = 0; k < K; ++k) {
-        const T i = sigm(gi[k] + bi[k]);
-        const T f = sigm(gi[K + k] + bf[k]);
-        const T gg = tanh_(gi[2 * K + k] + bg[k]);
-        const T cn = i * gg;
-        const T o = sigm(gi[3 * K + k] + bo[k] + po[k] * cn);
-        gt[k] = i;
-        gt[K + k] = f;
-        gt[2 * K + k] = gg;
-        gt[3 * K + k] = o;
-        c[k] = cn;
-        h[k] = o * tanh_(cn);
-      }
-    } else {
-      const T* __restrict cp = a.cprev + r * a.sld;
-#pragma GCC ivdep
-      for (int64_t k = 0; k < K; ++k) {
-        const T i = sigm(gi[k] + bi[k] + pi[k] * cp[k]);
-        const T f = sigm(gi[K + k] + bf[k] + pf[k] * cp[k]);
-        const T gg = tanh_(gi[2 * K + k] + bg[k]);
-        const T cn = f * cp[k] + i * gg;
-        const T o = sigm(gi[3 * K + k] + bo[k] + po[k] * cn);
-        gt[k] = i;
-        gt[K + k] = f;
-        gt[2 * K + k] = gg;
-        gt[3 * K + k] = o;
-        c[k] = cn;
-        h[k] = o * tanh_(cn);
-      }
+    for (int64_t k = 0; k < K; ++k) {
+      lstm_cell_fwd<CpuAct>(gi[k] + bi[k], gi[K + k] + bf[k], gi[2 * K + k] + bg[k],
+                            gi[3 * K + k] + bo[k], cp[k], pi[k], pf[k], po[k], gt[k], gt[K + k],
+                            gt[2 * K + k], gt[3 * K + k], c[k], h[k]);
     }
     if (a.hist_next != nullptr) {
       // Row m of the next step's input holds h[m-1], h[m], h[m+1] (zero
@@ -327,16 +275,10 @@ H2K_ALWAYS_INLINE void bwd_chain(const ChainBwd<T>& a) {
 #pragma GCC ivdep
     for (int64_t k = 0; k < K; ++k) {
       const T dh = dho[k] + dr[K + k] + dnext[k] + dprev[k];
-      const T i = gt[k], f = gt[K + k], gg = gt[2 * K + k], o = gt[3 * K + k];
-      const T cn = c[k];
-      const T cprev = cp[k];
-      const T tc = tanh_(cn);
-      const T dao = dh * tc * o * (T(1) - o);
-      const T dcc = dc[k] + dh * o * (T(1) - tc * tc) + dao * po[k];
-      const T dai = dcc * gg * i * (T(1) - i);
-      const T dag = dcc * i * (T(1) - gg * gg);
-      const T daf = dcc * cprev * f * (T(1) - f);
-      dc[k] = dcc * f + dai * pi[k] + daf * pf[k];
+      const T cn = c[k], cprev = cp[k];
+      T dai, daf, dag, dao;
+      lstm_cell_bwd<CpuAct>(gt[k], gt[K + k], gt[2 * K + k], gt[3 * K + k], cn, cprev, pi[k],
+                            pf[k], po[k], dh, dc[k], dai, daf, dag, dao);
       dgp[k] = dai;
       dgp[K + k] = daf;
       dgp[2 * K + k] = dag;

@@ -10,10 +10,13 @@
 namespace her2kit {
 namespace {
 
-__device__ __forceinline__ float d_sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
-__device__ __forceinline__ double d_sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
-__device__ __forceinline__ float d_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double d_tanh(double x) { return tanh(x); }
+// The activations lstm_cell_fwd / lstm_cell_bwd (tlstm_step.h) use on the GPU.
+struct CudaAct {
+  static __host__ __device__ __forceinline__ float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
+  static __host__ __device__ __forceinline__ double sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
+  static __host__ __device__ __forceinline__ float tanh(float x) { return tanhf(x); }
+  static __host__ __device__ __forceinline__ double tanh(double x) { return ::tanh(x); }
+};
 
 template <typename T>
 __global__ void tlstm_fwd_kernel(TlstmFwdStep<T> a) {
@@ -40,12 +43,9 @@ __global__ void tlstm_fwd_kernel(TlstmFwdStep<T> a) {
       }
       cprev = a.cells[g.state_at(s, g.row(s, g.t - 1, b, n)) + k];
     }
-    const T i = d_sigm(gt[k] + ri + pe[k] * cprev);
-    const T f = d_sigm(gt[K + k] + rf + pe[K + k] * cprev);
-    const T gg = d_tanh(gt[2 * K + k] + rg);
-    const T c = f * cprev + i * gg;
-    const T o = d_sigm(gt[3 * K + k] + ro + pe[2 * K + k] * c);
-    const T h = o * d_tanh(c);
+    T i, f, gg, o, c, h;
+    lstm_cell_fwd<CudaAct>(gt[k] + ri, gt[K + k] + rf, gt[2 * K + k] + rg, gt[3 * K + k] + ro,
+                           cprev, pe[k], pe[K + k], pe[2 * K + k], i, f, gg, o, c, h);
     gt[k] = i;
     gt[K + k] = f;
     gt[2 * K + k] = gg;
@@ -90,18 +90,9 @@ __global__ void tlstm_bwd_kernel(TlstmBwdStep<T> a) {
       if (n > 0) dh += dr[-3 * K + 2 * K + k];
     }
     T* dcp = a.dcell + sl * a.dcell_stride + bn * K + k;
-    const T tc = d_tanh(c);
-    const T dao = dh * tc * o * (T(1) - o);
-    const T dc = *dcp + dh * o * (T(1) - tc * tc) + dao * pe[2 * K + k];
-    const T dai = dc * gg * i * (T(1) - i);
-    const T dag = dc * i * (T(1) - gg * gg);
-    const T daf = dc * cprev * f * (T(1) - f);
-    *dcp = dc * f + dai * pe[k] + daf * pe[K + k];
     T* dgp = a.dgates + g.gate_at(s, q);
-    dgp[k] = dai;
-    dgp[K + k] = daf;
-    dgp[2 * K + k] = dag;
-    dgp[3 * K + k] = dao;
+    lstm_cell_bwd<CudaAct>(i, f, gg, o, c, cprev, pe[k], pe[K + k], pe[2 * K + k], dh, *dcp,
+                           dgp[k], dgp[K + k], dgp[2 * K + k], dgp[3 * K + k]);
   }
 }
 

@@ -312,29 +312,31 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
     restore = _spare_a_core(segmenter, plan.get("device"))
     with ThreadPoolExecutor(1, thread_name_prefix="her2kit-cells") as pool:
         pending = None
+
+        def finished():
+            """The block in the cell-finding thread, once done (None if there is none)."""
+            nonlocal pending
+            if pending is None:
+                return None
+            r, pending = pending.result(), None
+            if release is not None:
+                release()
+            return r
+
         try:
             for i in indices:
                 stage = predict_block(plan, i, segmenter)
+                done = finished()
+                if done is not None:
+                    yield done
                 if "error" in stage:
-                    if pending is not None:
-                        yield pending.result()
-                        pending = None
                     yield stage
                     continue
-                if pending is not None:
-                    r = pending.result()
-                    pending = None
-                    if release is not None:
-                        release()
-                    yield r
                 pending = pool.submit(finish_block, plan, stage)
                 del stage
-            if pending is not None:
-                r = pending.result()
-                pending = None
-                if release is not None:
-                    release()
-                yield r
+            done = finished()
+            if done is not None:
+                yield done
         finally:
             if pending is not None:  # the consumer stopped early: let the block finish
                 pending.result()
