@@ -104,7 +104,7 @@ def make_slide(path: Path, size: int, tissue: float = 1.0, seed: int = 7) -> Pat
     return path
 
 
-def make_segmenter(model: str | None):
+def make_segmenter(model: str | None, device: str = "cpu"):
     if model is None:
         from her2kit.wsi.stain_segmenter import StainSegmenter
 
@@ -116,10 +116,10 @@ def make_segmenter(model: str | None):
         from her2kit.models.her2net import Her2Net
 
         torch.manual_seed(0)
-        return Segmenter(Her2Net(width=8).eval(), {"mpp": 0.5}, "her2net-untrained", "cpu")
+        return Segmenter(Her2Net(width=8).eval().to(device), {"mpp": 0.5}, "her2net-untrained", device)
     from her2kit.inference import load_segmenter
 
-    return load_segmenter(model, device="cpu")
+    return load_segmenter(model, device=device)
 
 
 def finder(cells: str) -> str | None:
@@ -229,7 +229,7 @@ def warm_up(seg) -> None:
 
 def one_run(slide: str, out: str, block: int, halo: int, workers: int, model: str | None,
             cells: str, segment_only: bool, tissue: bool = True, threads: int | None = None,
-            overlap: bool | None = None, warm: bool = False) -> dict:
+            overlap: bool | None = None, warm: bool = False, device: str = "cpu") -> dict:
     """Run the pipeline once in this process; report its time and peak RSS (MiB)."""
     sys.path.insert(0, str(HERE))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
@@ -237,7 +237,7 @@ def one_run(slide: str, out: str, block: int, halo: int, workers: int, model: st
     import her2kit.wsi.pipeline  # noqa: F401
     from her2kit.wsi.pipeline import run_slide
 
-    seg = make_segmenter(model)
+    seg = make_segmenter(model, device)
     threads = set_threads(threads)
     if warm:
         warm_up(seg)
@@ -312,7 +312,7 @@ def _timed(fn, tiles) -> tuple[float, float]:
 
 
 def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
-                     threads: int | None = None, overlap: str = "both") -> dict:
+                     threads: int | None = None, overlap: str = "both", device: str = "cpu") -> dict:
     """Model alone on the pipeline's own block + halo tiles vs the whole pipeline.
 
     The model alone runs in this process, the pipeline in a fresh one, both
@@ -324,7 +324,7 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
     from her2kit.wsi.worker import read_block
 
     slide_path = make_slide(work / f"full{size}.zarr", size)
-    seg = make_segmenter(model)
+    seg = make_segmenter(model, device)
     threads = set_threads(threads)
     slide = open_slide(str(slide_path))
     grid = make_grid(slide.shape, seg.mpp / slide.mpp, block, halo)
@@ -335,6 +335,7 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
     model_s, model_cpu = _timed(network_forward(seg), tiles)
     rec = {"name": "throughput", "size": size, "block": block, "halo": halo, "blocks": len(tiles),
            "model": getattr(seg, "name", "?"), "cells": cells, "torch_threads": threads,
+           "device": device,
            "load_average_start": os.getloadavg()[0]}
     tile_px = sum(t.shape[0] * t.shape[1] for t in tiles)
     if hasattr(seg, "tile"):  # the segmenter's default sliding window (what blocks used to get)
@@ -348,7 +349,7 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
     for ov in modes:
         run = run_child(slide=str(slide_path), out=str(work / "thr"), block=block, halo=halo,
                         workers=1, model=model, cells=cells, segment_only=True, threads=threads,
-                        overlap=ov, warm=True)
+                        overlap=ov, warm=True, device=device)
         ts = run["timings_s"]
         run["breakdown_s"] = {"predict": ts.get("block_predict_sum"), "find_cells": ts.get("block_cells_sum"),
                               "io": round(ts.get("block_read_sum", 0) + ts.get("block_write_sum", 0), 3),
@@ -426,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                    "the pipeline in the throughput section (default: torch's own default)")
     p.add_argument("--overlap", choices=["off", "on", "both"], default="both",
                    help="throughput: pipeline runs without / with cell finding overlapped")
+    p.add_argument("--device", default="cpu", help="torch device for the throughput section (e.g. cuda)")
     p.add_argument("--work", default=None, help="folder for slides and outputs (default: a temp dir)")
     args = p.parse_args(argv)
     size = args.size or (1024 if args.quick else 4096)
@@ -443,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "throughput":
             r = bench_throughput(work, args.throughput_size or size, block, args.halo,
                                  args.throughput_model or args.model, args.cells,
-                                 args.threads, args.overlap)
+                                 args.threads, args.overlap, args.device)
         elif section == "tissue":
             r = bench_tissue(work, size, block, args.halo, args.model, args.cells)
         elif section == "workers":
