@@ -1,7 +1,12 @@
 // her2kit._C: the Python module that carries the native ops.
 // The ops themselves are registered with TORCH_LIBRARY in csrc/cpu and
-// csrc/cuda; importing this module is what loads those registrations.
+// csrc/cuda; importing this module is what loads those registrations. It
+// also carries the watershed used by cell finding (csrc/cpu/watershed.cpp).
 #include <pybind11/pybind11.h>
+
+namespace her2kit {
+void register_watershed(pybind11::module_& m);  // csrc/cpu/watershed.cpp
+}
 
 namespace {
 bool cuda_built() {
@@ -16,4 +21,5 @@ bool cuda_built() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "her2kit native ops (TLSTM, SPP); see torch.ops.her2kit";
   m.def("cuda_built", &cuda_built, "True when the CUDA kernels were compiled in");
+  her2kit::register_watershed(m);
 }

@@ -286,6 +286,22 @@ def _within(mask: np.ndarray, distance: float) -> np.ndarray:
     return out
 
 
+def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
+               compactness: float = 0.0) -> np.ndarray:
+    """``skimage.segmentation.watershed(image, markers, mask=mask, compactness=...)``
+    (4-connected, int32 labels) by her2kit's native flood when built: the
+    same labels (ties between equal-cost markers aside) several times faster,
+    without the GIL."""
+    try:
+        from her2kit._C import watershed
+    except ImportError:
+        from skimage.segmentation import watershed as sk_watershed
+
+        return sk_watershed(image, markers, mask=mask, compactness=compactness).astype(np.int32)
+    return watershed(np.asarray(image, dtype=np.float32), np.asarray(markers, dtype=np.int32),
+                     np.asarray(mask, dtype=bool), float(compactness))
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes(mask)`` (2-D): the False regions (4-connected) not touching the border are filled."""
     from scipy import ndimage as ndi
@@ -303,7 +319,6 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 def segment_nuclei(nucleus_prob: np.ndarray, mpp: float, params: CellParams) -> np.ndarray:
     """Nucleus instances, uint32 (H, W), from the nucleus probability (H, W)."""
     from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
 
     mask = nucleus_prob >= params.nucleus_threshold
     mask = _fill_holes(mask)
@@ -325,7 +340,7 @@ def segment_nuclei(nucleus_prob: np.ndarray, mpp: float, params: CellParams) -> 
     if orphan.any():
         orphan_lab, _ = ndi.label(orphan)
         markers = np.where(orphan_lab > 0, orphan_lab + markers.max(), markers)
-    labels = watershed(-dist, markers, mask=mask)
+    labels = _watershed(-dist, markers, mask)
     return labels.astype(np.uint32)
 
 
@@ -451,7 +466,6 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     """
     from scipy import ndimage as ndi
     from skimage.measure import label
-    from skimage.segmentation import watershed
 
     n = int(nuclei.max(initial=0))
     if n == 0:
@@ -475,8 +489,7 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     last = flat.size - 1 - last
     markers = np.zeros(nuclei.shape, dtype=np.int32)
     markers.ravel()[flat[last]] = ids[last]
-    territory = watershed(elevation, markers=markers, mask=near,
-                          compactness=params.compactness)
+    territory = _watershed(elevation, markers, near, params.compactness)
     territory = np.where(nuclei > 0, nuclei, territory)
     membrane = membrane_prob >= params.membrane_threshold
     membrane &= nuclei == 0

@@ -1,0 +1,267 @@
+// Seeded watershed (priority flood) on 2-D images, 4-connected, with the
+// semantics of skimage.segmentation.watershed(image, markers, mask=mask,
+// compactness=c): a pixel is claimed by the marker whose flood reaches it
+// first in order of (cost, push age); cost = image value (+ c * Euclidean
+// distance to the claiming marker when c > 0), never below the cost of the
+// pixel it was reached from. Neighbours are visited up, left, right, down.
+//
+// Why not skimage's: cell finding floods every tissue pixel twice (nuclei and
+// cell territories) and skimage's heap of pointers, float64 copies and padded
+// arrays made it half of the time of a block. Here the heap holds the items
+// themselves, no array is padded or copied, the GIL is released, and in the
+// compact flood a pixel is pushed again only when the new cost is strictly
+// lower than the one already pending for it (a later, not-lower push could
+// never be popped first, so skipping it changes nothing).
+//
+// The heap sifts exactly as skimage's does, so even ties between markers of
+// equal cost (all pushed at age 0) are broken the same way; only in the
+// compact flood, where fewer items are pushed, may such marker ties differ.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace her2kit {
+namespace {
+
+struct Item {
+  double cost;
+  uint64_t age;  // push order; 0 for all markers
+  int64_t index;
+  int64_t source;  // the marker pixel this flood came from (compact mode)
+};
+
+inline bool before(const Item& a, const Item& b) {
+  return a.cost < b.cost || (a.cost == b.cost && a.age < b.age);
+}
+
+// Binary min-heap of Items stored by value.
+class Heap {
+ public:
+  bool empty() const { return items_.empty(); }
+  const Item& top() const { return items_[0]; }
+  void push(const Item& it) {
+    size_t child = items_.size();
+    items_.push_back(it);
+    while (child > 0) {
+      size_t parent = (child - 1) / 2;
+      if (!before(it, items_[parent])) break;
+      items_[child] = items_[parent];
+      child = parent;
+    }
+    items_[child] = it;
+  }
+  Item pop() {
+    Item top = items_[0];
+    Item last = items_.back();
+    items_.pop_back();
+    const size_t n = items_.size();
+    if (n > 0) {
+      size_t i = 0;
+      for (;;) {
+        size_t l = 2 * i + 1;
+        if (l >= n) break;
+        size_t m = (l + 1 < n && before(items_[l + 1], items_[l])) ? l + 1 : l;
+        if (!before(items_[m], last)) break;
+        items_[i] = items_[m];
+        i = m;
+      }
+      items_[i] = last;
+    }
+    return top;
+  }
+
+ private:
+  std::vector<Item> items_;
+};
+
+// The queue of the compact flood: costs popped never decrease (a push costs at
+// least what was just popped), so items wait unsorted in buckets of cost and
+// only the current bucket is a heap: small heaps that stay in cache instead
+// of one heap of the whole flood front. Order is still exactly (cost, age),
+// except between markers of equal cost.
+class BucketQueue {
+ public:
+  BucketQueue(double lo, double width, int nbuckets)
+      : lo_(lo), width_(width), buckets_(static_cast<size_t>(nbuckets)) {}
+  bool empty() {
+    while (current_.empty()) {
+      if (!advance()) return true;
+    }
+    return false;
+  }
+  void push(const Item& it) {
+    const double b = std::floor((it.cost - lo_) / width_);
+    if (b <= static_cast<double>(cur_)) {
+      current_.push(it);
+    } else if (b >= static_cast<double>(buckets_.size())) {
+      overflow_.push_back(it);
+    } else {
+      buckets_[static_cast<size_t>(b)].push_back(it);
+    }
+  }
+  Item pop() { return current_.pop(); }         // call empty() first
+  const Item& top() const { return current_.top(); }  // call empty() first
+
+ private:
+  bool advance() {
+    while (++cur_ < static_cast<int64_t>(buckets_.size())) {
+      auto& b = buckets_[static_cast<size_t>(cur_)];
+      if (b.empty()) continue;
+      for (const Item& it : b) current_.push(it);
+      std::vector<Item>().swap(b);
+      return true;
+    }
+    if (overflow_.empty()) return false;
+    // start a new range at the cheapest overflow item
+    double lo = overflow_[0].cost;
+    for (const Item& it : overflow_) lo = std::min(lo, it.cost);
+    lo_ = lo;
+    cur_ = -1;
+    std::vector<Item> items;
+    items.swap(overflow_);
+    for (const Item& it : items) push(it);
+    return true;
+  }
+
+  double lo_, width_;
+  int64_t cur_ = -1;
+  std::vector<std::vector<Item>> buckets_;
+  std::vector<Item> overflow_;
+  Heap current_;
+};
+
+// Per-pixel state in one place: the flood visits pixels in cost order, all
+// over the image, so each visit is a cache miss; one line instead of four.
+struct Pixel {
+  double pending;  // compact: lowest cost already pushed (a later, not-lower push is skipped)
+  float value;
+  int32_t label;  // -1: outside the mask
+};
+
+template <bool Compact, typename Queue>
+void flood(Queue& queue, std::vector<Pixel>& px, int64_t H, int64_t W, double compactness) {
+  const int64_t N = H * W;
+  for (int64_t i = 0; i < N; ++i) {
+    if (px[i].label > 0) queue.push({static_cast<double>(px[i].value), 0, i, i});
+  }
+  uint64_t age = 1;
+  const int64_t dy[4] = {-1, 0, 0, 1};
+  const int64_t dx[4] = {0, -1, 1, 0};
+  Pixel* p = px.data();
+  while (!queue.empty()) {
+    const Item e = queue.pop();
+    if (!queue.empty()) {  // the next pixel's rows, fetched while this one is done
+      const int64_t n = queue.top().index;
+      __builtin_prefetch(p + n);
+      if (n >= W) __builtin_prefetch(p + n - W);
+      if (n + W < N) __builtin_prefetch(p + n + W);
+    }
+    int32_t label;
+    if (Compact) {
+      if (p[e.index].label != 0 && e.index != e.source) continue;  // claimed meanwhile
+      label = p[e.source].label;
+      p[e.index].label = label;
+    } else {
+      label = p[e.index].label;
+    }
+    const int64_t y = e.index / W, x = e.index % W;
+    const int64_t sy = e.source / W, sx = e.source % W;
+    for (int k = 0; k < 4; ++k) {
+      const int64_t ny = y + dy[k], nx = x + dx[k];
+      if (ny < 0 || ny >= H || nx < 0 || nx >= W) continue;
+      const int64_t nb = ny * W + nx;
+      Pixel& q = p[nb];
+      if (q.label != 0) continue;  // outside the mask (-1) or claimed
+      double cost = static_cast<double>(q.value);
+      if (Compact) {
+        const double ddy = static_cast<double>(ny - sy), ddx = static_cast<double>(nx - sx);
+        cost += compactness * std::sqrt(ddy * ddy + ddx * ddx);
+      } else {
+        q.label = label;  // first reach wins: no later push can cost less
+      }
+      if (cost < e.cost) cost = e.cost;
+      if (Compact) {
+        if (!(cost < q.pending)) continue;
+        q.pending = cost;
+      }
+      queue.push({cost, age++, nb, e.source});
+    }
+  }
+}
+
+struct PlainQueue {
+  Heap heap;
+  bool empty() const { return heap.empty(); }
+  const Item& top() const { return heap.top(); }
+  void push(const Item& it) { heap.push(it); }
+  Item pop() { return heap.pop(); }
+};
+
+void flood(const float* image, int32_t* out, const uint8_t* mask, int64_t H, int64_t W,
+           double compactness) {
+  const int64_t N = H * W;
+  std::vector<Pixel> px(static_cast<size_t>(N));
+  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+  for (int64_t i = 0; i < N; ++i) {
+    px[i] = {std::numeric_limits<double>::infinity(), image[i], mask[i] ? out[i] : -1};
+    if (mask[i]) {
+      lo = std::min(lo, image[i]);
+      hi = std::max(hi, image[i]);
+    }
+  }
+  if (compactness > 0) {
+    if (!(hi >= lo)) return;  // nothing to flood
+    // bucket width: 1/4096 of the image's range plus the distance cost of 64 px
+    const int nb = 4096;
+    const double span = static_cast<double>(hi) - lo + compactness * 64.0;
+    BucketQueue queue(lo, span > 0 ? span / nb : 1.0, nb);
+    flood<true>(queue, px, H, W, compactness);
+  } else {
+    PlainQueue queue;  // sifts as skimage's heap: identical results, ties too
+    flood<false>(queue, px, H, W, 0.0);
+  }
+  for (int64_t i = 0; i < N; ++i) out[i] = px[i].label < 0 ? 0 : px[i].label;
+}
+
+py::array_t<int32_t> watershed(
+    py::array_t<float, py::array::c_style | py::array::forcecast> image,
+    py::array_t<int32_t, py::array::c_style | py::array::forcecast> markers,
+    py::array_t<bool, py::array::c_style | py::array::forcecast> mask, double compactness) {
+  if (image.ndim() != 2) throw std::invalid_argument("watershed: image must be 2-D");
+  const int64_t H = image.shape(0), W = image.shape(1);
+  for (const py::array* a : {static_cast<py::array*>(&markers), static_cast<py::array*>(&mask)}) {
+    if (a->ndim() != 2 || a->shape(0) != H || a->shape(1) != W)
+      throw std::invalid_argument("watershed: markers and mask must have the image's shape");
+  }
+  if (!(compactness >= 0)) throw std::invalid_argument("watershed: compactness must be >= 0");
+  py::array_t<int32_t> out({H, W});
+  const float* img = image.data();
+  const int32_t* mk = markers.data();
+  const uint8_t* msk = reinterpret_cast<const uint8_t*>(mask.data());
+  int32_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    for (int64_t i = 0; i < H * W; ++i) o[i] = mk[i];
+    flood(img, o, msk, H, W, compactness);
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_watershed(py::module_& m) {
+  m.def("watershed", &watershed, py::arg("image"), py::arg("markers"), py::arg("mask"),
+        py::arg("compactness") = 0.0,
+        "Seeded 4-connected watershed of a 2-D float32 image: int32 labels "
+        "(skimage.segmentation.watershed semantics, GIL released).");
+}
+
+}  // namespace her2kit
