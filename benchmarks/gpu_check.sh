@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a machine with an NVIDIA GPU, nvcc and a CUDA build
-# of torch: builds her2kit with its CUDA kernels, runs the CUDA tests, the
-# native-op benchmark and the whole-slide throughput benchmark on the GPU,
-# and scores a synthetic slide on the GPU. Everything lands in $OUT
-# (default ./gpu_out):
-#   gpu_check.log  build.log  tests_cuda.xml  bench_cuda.json  wsi_gpu.json  score_gpu.json
+# GPU check for a machine with an NVIDIA GPU, nvcc and a CUDA build of torch:
+#   bash benchmarks/gpu_check.sh [STEP...]     (default: all steps)
+# Steps: build (her2kit with its CUDA kernels; always done first), tests (the
+# CUDA tests and the native watershed's), ops (native-op benchmark on the GPU),
+# score (score a synthetic 4096^2 slide on the GPU), wsi (whole-slide
+# throughput on the GPU against the model alone, 8192^2 slide, 2048 px blocks).
+# Everything lands in $OUT (default ./gpu_out): gpu_check.log, build.log,
+# tests_cuda.xml, bench_cuda.json, score_gpu.json, wsi_gpu.json.
 # Missing Python packages may be supplied as wheels in .whl/ (installed with
-# --no-deps into /tmp/site). Each step has its own time limit so one hang
-# cannot eat the rest.
+# --no-deps into /tmp/site). Each step has its own time limit.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 step() { echo "=== $(date +%T) $*"; }
+want() { [ $# -eq 0 ] && return 0; for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests ops score wsi)
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   step "wheels"
@@ -35,20 +39,25 @@ fi
 echo "build took ${SECONDS}s"
 python3 -c "import her2kit._C as c; print('cuda_built', c.cuda_built())" || exit 1
 
-step "CUDA tests"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_ops.py -k "cuda or CUDA" \
-  --junitxml="$OUT/tests_cuda.xml"
-
-step "op benchmark"
-timeout 240 python3 -m her2kit bench --device cuda --out "$OUT/bench_cuda.json"
-
-step "score a synthetic slide on the GPU"
-time timeout 120 python3 -m her2kit synth slide /tmp/gs.zarr --size 4096x4096 --score 2+ --seed 3 &&
-  time timeout 180 python3 -m her2kit score /tmp/gs.zarr --out /tmp/gs_out --device cuda &&
-  cp /tmp/gs_out/*/score.json "$OUT/score_gpu.json"
-step "whole-slide throughput on the GPU"
-timeout 240 python3 benchmarks/bench_wsi.py --sections throughput --throughput-size 4096 \
-  --block 2048 --throughput-model her2net --device cuda --overlap both --work /tmp/bw \
-  --out "$OUT/wsi_gpu.json"
-
+if want tests; then
+  step "CUDA tests"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_watershed.py \
+    -k "cuda or CUDA or watershed or skimage" --junitxml="$OUT/tests_cuda.xml"
+fi
+if want ops; then
+  step "op benchmark"
+  timeout 240 python3 -m her2kit bench --device cuda --out "$OUT/bench_cuda.json"
+fi
+if want score; then
+  step "score a synthetic slide on the GPU"
+  time timeout 120 python3 -m her2kit synth slide /tmp/gs.zarr --size 4096x4096 --score 2+ --seed 3 &&
+    time timeout 180 python3 -m her2kit score /tmp/gs.zarr --out /tmp/gs_out --device cuda &&
+    cp /tmp/gs_out/*/score.json "$OUT/score_gpu.json"
+fi
+if want wsi; then
+  step "whole-slide throughput on the GPU"
+  timeout 300 python3 benchmarks/bench_wsi.py --sections throughput --throughput-size 8192 \
+    --block 2048 --throughput-model her2net --device cuda --overlap on --work /tmp/bw \
+    --out "$OUT/wsi_gpu.json"
+fi
 step "done"

@@ -291,15 +291,18 @@ def uses_gpu(segmenter: Any, device: str | None = None) -> bool:
 
 
 def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = False,
-                release: Any = None):
+                release: Any = None, cell_threads: int | None = None):
     """Run ``indices`` one after another in this process; yield each block's summary dict.
 
-    With ``overlap``, cell finding (and the writes) of block i run in a
-    second thread while block i+1 is read and predicted in this one: torch,
-    numpy, scipy and zarr's codecs release the GIL for most of their work, so
-    on a GPU (or with a spare core) the two stages' times overlap instead of
-    adding up. Two blocks' arrays are alive at once. ``release`` (optional)
-    is called after each finished block (e.g. to return freed heap memory).
+    With ``overlap``, cell finding (and the writes) of block i run in other
+    threads while block i+1 is read and predicted in this one: torch, numpy,
+    scipy, zarr's codecs and her2kit's watershed release the GIL for most of
+    their work, so the two stages' times overlap instead of adding up. On a
+    CPU one thread finds cells (the network keeps the other cores); on a GPU
+    the network leaves the cores idle, so ``cell_threads`` (default: see
+    :func:`cell_threads_for`) blocks have their cells found at once. Blocks
+    are yielded in order. ``release`` (optional) is called after each
+    finished block (e.g. to return freed heap memory).
     """
     if not overlap:
         for i in indices:
@@ -307,40 +310,68 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
             if release is not None:
                 release()
         return
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    restore = _spare_a_core(segmenter, plan.get("device"))
-    with ThreadPoolExecutor(1, thread_name_prefix="her2kit-cells") as pool:
-        pending = None
+    device = plan.get("device")
+    restore = _spare_a_core(segmenter, device)
+    pending: deque = deque()
+    pool, threads = None, 1
 
-        def finished():
-            """The block in the cell-finding thread, once done (None if there is none)."""
-            nonlocal pending
-            if pending is None:
-                return None
-            r, pending = pending.result(), None
-            if release is not None:
-                release()
-            return r
+    def oldest():
+        r = pending.popleft().result()
+        if release is not None:
+            release()
+        return r
 
-        try:
-            for i in indices:
-                stage = predict_block(plan, i, segmenter)
-                done = finished()
-                if done is not None:
-                    yield done
-                if "error" in stage:
-                    yield stage
-                    continue
-                pending = pool.submit(finish_block, plan, stage)
-                del stage
-            done = finished()
-            if done is not None:
-                yield done
-        finally:
-            if pending is not None:  # the consumer stopped early: let the block finish
-                pending.result()
-            restore()
+    try:
+        for i in indices:
+            stage = predict_block(plan, i, segmenter)
+            while pending and pending[0].done():  # keep the progress bar moving
+                yield oldest()
+            if "error" in stage:
+                while pending:  # blocks are yielded in order: earlier ones first
+                    yield oldest()
+                yield stage
+                continue
+            if pool is None:
+                threads = cell_threads or cell_threads_for(segmenter, device, stage["rgb"].shape[:2])
+                pool = ThreadPoolExecutor(threads, thread_name_prefix="her2kit-cells")
+            while len(pending) >= threads:
+                yield oldest()
+            pending.append(pool.submit(finish_block, plan, stage))
+            del stage
+        while pending:
+            yield oldest()
+    finally:
+        for f in pending:  # the consumer stopped early: let started blocks finish
+            f.result()
+        if pool is not None:
+            pool.shutdown()
+        restore()
+
+
+def cell_threads_for(segmenter: Any, device: str | None, shape: tuple[int, int]) -> int:
+    """How many blocks find their cells at once beside the network (see :func:`iter_blocks`).
+
+    CPU: 1. GPU: every core but the one feeding the GPU, as long as that many
+    blocks in flight (about 130 bytes per pixel of block + halo each: the
+    block, its probabilities and cell finding's working arrays, measured on
+    2048^2 blocks) fit in half of the memory available now.
+    """
+    import os
+
+    if not uses_gpu(segmenter, device):
+        return 1
+    cores = max(1, (os.cpu_count() or 2) - 1)
+    per_block = 130 * shape[0] * shape[1]
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except ImportError:  # psutil comes with distributed; without it, stay modest
+        available = 8 * 2**30
+    return max(1, min(cores, int(available * 0.5 // per_block)))
 
 
 def _spare_a_core(segmenter: Any, device: str | None) -> Any:
