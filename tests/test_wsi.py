@@ -556,28 +556,28 @@ def test_grid_geometry():
     assert make_grid((10**6, 10**6), 1.0, 1024, 64).id_stride() < 2**20
 
 
-def test_several_cell_threads_equal_reference_and_resume(slides, reference, tmp_path):
-    """Blocks whose cells are found in 3 threads at once (the GPU default) give the
+def test_several_cell_workers_equal_reference_and_resume(slides, reference, tmp_path):
+    """Blocks whose cells are found 3 at once in worker processes (the GPU default) give the
     reference's cells; a crash leaves every block finished before it recorded."""
     out = tmp_path / "c3"
     with pytest.raises(Her2kitError, match="simulated crash"):
         run_slide(slides["zarr"], out, CrashAfter(6), block=BLOCK, halo=HALO, progress=False,
-                  overlap=True, cell_threads=3)
+                  overlap=True, cell_workers=3)
     assert len(list((out / ".her2kit-work" / "blocks").glob("*.npz"))) == 5
     s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False,
-                  overlap=True, cell_threads=3)
+                  overlap=True, cell_workers=3)
     assert s["run"]["blocks_run"] == 4
     assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
     np.testing.assert_array_equal(label_level0(out, "cells"), label_level0(reference, "cells"))
 
 
-def test_cell_threads_default(monkeypatch):
-    """One cell-finding thread on a CPU; on a GPU every spare core, within memory."""
+def test_cell_workers_default(monkeypatch):
+    """One cell-finding thread on a CPU; on a GPU a process per spare core, within memory."""
     import os
 
     import psutil
 
-    from her2kit.wsi.worker import cell_threads_for
+    from her2kit.wsi.worker import cell_workers_for
 
     class OnGpu(StainSegmenter):
         device = "cuda:0"
@@ -587,9 +587,9 @@ def test_cell_threads_default(monkeypatch):
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
-    assert cell_threads_for(StainSegmenter(), None, (2176, 2176)) == 1
-    assert cell_threads_for(OnGpu(), None, (2176, 2176)) == 15
+    assert cell_workers_for(StainSegmenter(), None, (2176, 2176)) == 1
+    assert cell_workers_for(OnGpu(), None, (2176, 2176)) == 15
     Memory.available = 2 * 2**30  # 1 GiB for blocks of ~0.6 GiB: one at a time
-    assert cell_threads_for(OnGpu(), None, (2176, 2176)) == 1
+    assert cell_workers_for(OnGpu(), None, (2176, 2176)) == 1
     Memory.available = 4 * 2**30
-    assert cell_threads_for(OnGpu(), None, (2176, 2176)) == 3
+    assert cell_workers_for(OnGpu(), None, (2176, 2176)) == 3

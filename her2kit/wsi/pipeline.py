@@ -97,7 +97,7 @@ def run_slide(
     cell_params: dict | None = None,
     cell_finder: str | None = None,
     overlap: bool | None = None,
-    cell_threads: int | None = None,
+    cell_workers: int | None = None,
 ) -> dict:
     """Segment (and score) one slide in blocks, writing into ``out_dir``.
 
@@ -148,9 +148,10 @@ def run_slide(
             finding stays on the CPU), and for in-process runs (``workers=1``)
             on a machine with 2 or more cores; off for local worker processes,
             which fill the cores already.
-        cell_threads: in-process runs with ``overlap``: how many blocks find
-            their cells at once (None: 1 on a CPU; on a GPU the spare cores,
-            within memory; see :func:`her2kit.wsi.worker.cell_threads_for`).
+        cell_workers: in-process runs with ``overlap``: how many blocks find
+            their cells at once (None: 1, in a thread, on a CPU; on a GPU one
+            worker process per spare core,
+            within memory; see :func:`her2kit.wsi.worker.cell_workers_for`).
 
     Returns:
         The summary written to ``score.json`` (score, subcategory, cells_total,
@@ -259,7 +260,7 @@ def run_slide(
         # thread (overlap) is finished and recorded
         with _bar(len(selected), len(selected) - len(pending), stem, progress) as bar, \
                 contextlib.closing(_run_blocks(executor, plan, pending, seg_arg, overlap,
-                                               cell_threads)) as results:
+                                               cell_workers)) as results:
             for r in results:
                 if "error" in r:
                     _raise_task_error(path, r)
@@ -308,7 +309,7 @@ def _default_overlap(executor: Any, segmenter: Any, device: str | None) -> bool:
 
 
 def _run_blocks(executor: Any, plan: dict, pending: list[int], seg_arg: Any, overlap: bool,
-                cell_threads: int | None = None):
+                cell_workers: int | None = None):
     """Yield each pending block's summary (or error dict) as blocks finish."""
     from her2kit.wsi import worker
 
@@ -320,7 +321,7 @@ def _run_blocks(executor: Any, plan: dict, pending: list[int], seg_arg: Any, ove
         from her2kit.wsi.cluster import release_memory
 
         yield from worker.iter_blocks(plan, pending, seg_arg, overlap=True, release=release_memory,
-                                      cell_threads=cell_threads)
+                                      cell_workers=cell_workers)
     else:  # a few consecutive blocks per task, pipelined inside the worker
         per = max(2, min(8, len(pending) // max(1, 4 * executor.workers)))
         runs = [pending[i:i + per] for i in range(0, len(pending), per)]

@@ -291,18 +291,21 @@ def uses_gpu(segmenter: Any, device: str | None = None) -> bool:
 
 
 def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = False,
-                release: Any = None, cell_threads: int | None = None):
+                release: Any = None, cell_workers: int | None = None):
     """Run ``indices`` one after another in this process; yield each block's summary dict.
 
-    With ``overlap``, cell finding (and the writes) of block i run in other
-    threads while block i+1 is read and predicted in this one: torch, numpy,
-    scipy, zarr's codecs and her2kit's watershed release the GIL for most of
-    their work, so the two stages' times overlap instead of adding up. On a
-    CPU one thread finds cells (the network keeps the other cores); on a GPU
-    the network leaves the cores idle, so ``cell_threads`` (default: see
-    :func:`cell_threads_for`) blocks have their cells found at once. Blocks
-    are yielded in order. ``release`` (optional) is called after each
-    finished block (e.g. to return freed heap memory).
+    With ``overlap``, cell finding (and the writes) of block i run beside the
+    reading and prediction of block i+1 in this thread, so the two stages'
+    times overlap instead of adding up. On a CPU one other thread finds cells
+    (torch, numpy, scipy, zarr's codecs and her2kit's watershed release the
+    GIL for most of their work; the network keeps the other cores). On a GPU
+    the network leaves the cores idle, so ``cell_workers`` blocks (default:
+    see :func:`cell_workers_for`) have their cells found at once, in worker
+    processes: threads stopped scaling at ~6x on 16 cores (the GIL-holding
+    parts of cell finding), and processes share nothing but the output
+    files, as cluster workers do. Blocks are yielded in order. ``release``
+    (optional) is called after each finished block (e.g. to return freed
+    heap memory).
     """
     if not overlap:
         for i in indices:
@@ -316,7 +319,7 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
     device = plan.get("device")
     restore = _spare_a_core(segmenter, device)
     pending: deque = deque()
-    pool, threads = None, 1
+    pool, workers = None, 1
 
     def oldest():
         r = pending.popleft().result()
@@ -335,9 +338,10 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
                 yield stage
                 continue
             if pool is None:
-                threads = cell_threads or cell_threads_for(segmenter, device, stage["rgb"].shape[:2])
-                pool = ThreadPoolExecutor(threads, thread_name_prefix="her2kit-cells")
-            while len(pending) >= threads:
+                workers = cell_workers or cell_workers_for(segmenter, device, stage["rgb"].shape[:2])
+                pool = (ThreadPoolExecutor(1, thread_name_prefix="her2kit-cells") if workers == 1
+                        else _CellProcesses(workers))
+            while len(pending) >= workers:
                 yield oldest()
             pending.append(pool.submit(finish_block, plan, stage))
             del stage
@@ -351,7 +355,42 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
         restore()
 
 
-def cell_threads_for(segmenter: Any, device: str | None, shape: tuple[int, int]) -> int:
+class _CellProcesses:
+    """``n`` spawned worker processes for cell finding, one BLAS/OpenMP thread each.
+
+    Spawned, not forked: this process holds a CUDA context and torch's thread
+    pools, which a forked child must not inherit. The thread-count variables
+    stay set while the pool lives (its processes start as tasks come), and
+    are restored at shutdown; this process's own libraries are already set up
+    and do not read them again.
+    """
+
+    _ONE = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+    def __init__(self, n: int):
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._saved = {k: os.environ.get(k) for k in self._ONE}
+        os.environ.update({k: "1" for k in self._ONE})
+        self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        return self._pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        import os
+
+        self._pool.shutdown()
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def cell_workers_for(segmenter: Any, device: str | None, shape: tuple[int, int]) -> int:
     """How many blocks find their cells at once beside the network (see :func:`iter_blocks`).
 
     CPU: 1. GPU: every core but the one feeding the GPU, as long as that many
