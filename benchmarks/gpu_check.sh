@@ -6,7 +6,7 @@
 # score (score a synthetic 4096^2 slide on the GPU), wsi (whole-slide
 # throughput on the GPU against the model alone, 8192^2 slide, 2048 px blocks).
 # Everything lands in $OUT (default ./gpu_out): gpu_check.log, build.log,
-# tests_cuda.xml, bench_cuda.json, score_gpu.json, wsi_gpu.json.
+# tests_cuda.xml, bench_cuda.json, score_gpu.json, score_gpu_workers4.json, wsi_gpu.json.
 # Missing Python packages may be supplied as wheels in .whl/ (installed with
 # --no-deps into /tmp/site). Each step has its own time limit.
 set -uo pipefail
@@ -53,6 +53,10 @@ if want score; then
   time timeout 120 python3 -m her2kit synth slide /tmp/gs.zarr --size 4096x4096 --score 2+ --seed 3 &&
     time timeout 180 python3 -m her2kit score /tmp/gs.zarr --out /tmp/gs_out --device cuda &&
     cp /tmp/gs_out/*/score.json "$OUT/score_gpu.json"
+  step "the same slide with 4 local worker processes on the GPU"
+  time timeout 180 python3 -m her2kit score /tmp/gs.zarr --out /tmp/gs_out4 --device cuda --workers 4 &&
+    cp /tmp/gs_out4/*/score.json "$OUT/score_gpu_workers4.json" &&
+    cmp /tmp/gs_out/gs/cells.csv /tmp/gs_out4/gs/cells.csv && echo "workers 4: same cells.csv"
 fi
 if want wsi; then
   step "whole-slide throughput on the GPU"
