@@ -557,7 +557,7 @@ def test_grid_geometry():
 
 
 def test_several_cell_workers_equal_reference_and_resume(slides, reference, tmp_path):
-    """Blocks whose cells are found 3 at once in worker processes (the GPU default) give the
+    """Blocks whose cells are found 3 at once (the GPU default: one thread per spare core) give the
     reference's cells; a crash leaves every block finished before it recorded."""
     out = tmp_path / "c3"
     with pytest.raises(Her2kitError, match="simulated crash"):
@@ -572,7 +572,7 @@ def test_several_cell_workers_equal_reference_and_resume(slides, reference, tmp_
 
 
 def test_cell_workers_default(monkeypatch):
-    """One cell-finding thread on a CPU; on a GPU a process per spare core, within memory."""
+    """One cell-finding thread on a CPU; on a GPU one per spare core, within memory."""
     import os
 
     import psutil
@@ -592,4 +592,7 @@ def test_cell_workers_default(monkeypatch):
     Memory.available = 2 * 2**30  # 1 GiB for blocks of ~0.6 GiB: one at a time
     assert cell_workers_for(OnGpu(), None, (2176, 2176)) == 1
     Memory.available = 4 * 2**30
+    assert cell_workers_for(OnGpu(), None, (2176, 2176)) == 3
+    Memory.available = 64 * 2**30
+    monkeypatch.setenv("HER2KIT_TORCH_THREADS", "4")  # a worker of a 4-process local cluster
     assert cell_workers_for(OnGpu(), None, (2176, 2176)) == 3

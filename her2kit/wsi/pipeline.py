@@ -149,9 +149,8 @@ def run_slide(
             on a machine with 2 or more cores; off for local worker processes,
             which fill the cores already.
         cell_workers: in-process runs with ``overlap``: how many blocks find
-            their cells at once (None: 1, in a thread, on a CPU; on a GPU one
-            worker process per spare core,
-            within memory; see :func:`her2kit.wsi.worker.cell_workers_for`).
+            their cells at once, in threads (None: 1 on a CPU; on a GPU one
+            per spare core, within memory; see :func:`her2kit.wsi.worker.cell_workers_for`).
 
     Returns:
         The summary written to ``score.json`` (score, subcategory, cells_total,
