@@ -1,11 +1,12 @@
 // her2kit._C: the Python module that carries the native ops.
 // The ops themselves are registered with TORCH_LIBRARY in csrc/cpu and
 // csrc/cuda; importing this module is what loads those registrations. It
-// also carries the watershed used by cell finding (csrc/cpu/watershed.cpp).
+// also carries the watershed and distance transform of cell finding.
 #include <pybind11/pybind11.h>
 
 namespace her2kit {
-void register_watershed(pybind11::module_& m);  // csrc/cpu/watershed.cpp
+void register_watershed(pybind11::module_& m);          // csrc/cpu/watershed.cpp
+void register_distance_transform(pybind11::module_& m);  // csrc/cpu/edt.cpp
 }
 
 namespace {
@@ -22,4 +23,5 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "her2kit native ops (TLSTM, SPP); see torch.ops.her2kit";
   m.def("cuda_built", &cuda_built, "True when the CUDA kernels were compiled in");
   her2kit::register_watershed(m);
+  her2kit::register_distance_transform(m);
 }

@@ -1,4 +1,4 @@
-"""The native watershed of cell finding against skimage.segmentation.watershed."""
+"""The native watershed and distance transform of cell finding against skimage and scipy."""
 
 from __future__ import annotations
 
@@ -84,3 +84,19 @@ def test_bad_shapes_raise():
                          np.ones((4, 4), bool), 0.0)
     with pytest.raises(ValueError, match="2-D"):
         native.watershed(np.zeros(4, np.float32), np.zeros(4, np.int32), np.ones(4, bool), 0.0)
+
+
+def test_distance_transform_matches_scipy():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        H, W = rng.integers(1, 50, 2)
+        mask = rng.random((H, W)) < rng.random()
+        if mask.all():
+            continue
+        ours = native.distance_transform(mask)
+        assert ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, ndi.distance_transform_edt(mask).astype(np.float32))
+    # no background at all: no finite distance
+    assert np.isinf(native.distance_transform(np.ones((3, 4), bool))).all()

@@ -302,6 +302,20 @@ def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
                      np.asarray(mask, dtype=bool), float(compactness))
 
 
+def _distance_to_background(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.distance_transform_edt(mask)`` as float32, by her2kit's native
+    transform when built (the same values, 5x faster)."""
+    try:
+        from her2kit._C import distance_transform
+    except ImportError:
+        distance_transform = None
+    if distance_transform is None or mask.all():  # (no background: scipy's own answer)
+        from scipy import ndimage as ndi
+
+        return ndi.distance_transform_edt(mask).astype(np.float32)
+    return distance_transform(mask)
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes(mask)`` (2-D): the False regions (4-connected) not touching the border are filled."""
     from scipy import ndimage as ndi
@@ -327,7 +341,7 @@ def segment_nuclei(nucleus_prob: np.ndarray, mpp: float, params: CellParams) -> 
     mask = (np.bincount(comp.ravel()) >= min_px)[comp] & mask
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.uint32)
-    dist = ndi.distance_transform_edt(mask).astype(np.float32)
+    dist = _distance_to_background(mask)
     dist = ndi.gaussian_filter(dist, 1.0)
     h = max(_px(params.nucleus_split_um, mpp), 0.5)
     peaks = _h_maxima_packed(dist, h) & mask
