@@ -1,12 +1,14 @@
 // her2kit._C: the Python module that carries the native ops.
 // The ops themselves are registered with TORCH_LIBRARY in csrc/cpu and
 // csrc/cuda; importing this module is what loads those registrations. It
-// also carries the watershed and distance transform of cell finding.
+// also carries the watershed, distance transform and reconstruction of cell
+// finding.
 #include <pybind11/pybind11.h>
 
 namespace her2kit {
 void register_watershed(pybind11::module_& m);          // csrc/cpu/watershed.cpp
 void register_distance_transform(pybind11::module_& m);  // csrc/cpu/edt.cpp
+void register_reconstruction(pybind11::module_& m);      // csrc/cpu/reconstruct.cpp
 }
 
 namespace {
@@ -24,4 +26,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_built", &cuda_built, "True when the CUDA kernels were compiled in");
   her2kit::register_watershed(m);
   her2kit::register_distance_transform(m);
+  her2kit::register_reconstruction(m);
 }

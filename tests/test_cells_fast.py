@@ -42,16 +42,23 @@ def _random_labels(seed: int, size: int = 64, n: int = 40) -> np.ndarray:
 # --- h-maxima ---------------------------------------------------------------------------------
 
 
+H_MAXIMA = pytest.mark.parametrize("fn", ["_h_maxima_packed", "_h_maxima"])  # numpy / native
+
+
+@H_MAXIMA
 @pytest.mark.parametrize("seed", range(12))
-def test_h_maxima_packed_equals_skimage(seed):
+def test_h_maxima_packed_equals_skimage(seed, fn):
+    fn = getattr(C, fn)
     dist = _distance_map(_blobs(seed))
     support = dist > 0
     for h in (0.5, 0.75, 1.5, 3.0):
         ref = h_maxima(dist, h).astype(bool) & support
-        assert np.array_equal(C._h_maxima_packed(dist, h), ref), (seed, h)
+        assert np.array_equal(fn(dist, h), ref), (seed, h)
 
 
-def test_h_maxima_packed_small_blobs_and_edges():
+@H_MAXIMA
+def test_h_maxima_packed_small_blobs_and_edges(fn):
+    fn = getattr(C, fn)
     # isolated blobs whose peak is just above / below h, one cut by the border,
     # and a big blob, so pieces are decided by both paths (whole piece, and above t)
     mask = np.zeros((80, 120), bool)
@@ -61,15 +68,17 @@ def test_h_maxima_packed_small_blobs_and_edges():
     dist = _distance_map(mask)
     for h in (0.5, 1.0, 1.5, 2.0, 2.5):
         ref = h_maxima(dist, h).astype(bool) & (dist > 0)
-        got = C._h_maxima_packed(dist, h)
+        got = fn(dist, h)
         assert np.array_equal(got, ref), h
-    assert not C._h_maxima_packed(np.zeros((5, 5), np.float32), 1.0).any()
+    assert not fn(np.zeros((5, 5), np.float32), 1.0).any()
     flat = np.full((6, 6), 2.0, np.float32)  # no zero pixel: the plain path
-    assert np.array_equal(C._h_maxima_packed(flat, 1.0), h_maxima(flat, 1.0).astype(bool))
+    assert np.array_equal(fn(flat, 1.0), h_maxima(flat, 1.0).astype(bool) & (flat > 0))
 
 
+@H_MAXIMA
 @pytest.mark.parametrize("seed", range(8))
-def test_h_maxima_packed_quantised_images(seed):
+def test_h_maxima_packed_quantised_images(seed, fn):
+    fn = getattr(C, fn)
     # values on a 0.25 grid: plateaus, exact ties, peaks exactly h above their
     # saddles or exactly at h, zeros between blobs (sparse, so the packed path runs)
     rng = np.random.default_rng(100 + seed)
@@ -82,7 +91,7 @@ def test_h_maxima_packed_quantised_images(seed):
     img[50, 58] = 0.25
     for h in (0.5, 1.0, 1.5, 2.25):
         ref = h_maxima(img, h).astype(bool) & (img > 0)
-        assert np.array_equal(C._h_maxima_packed(img, h), ref), h
+        assert np.array_equal(fn(img, h), ref), h
 
 
 # --- distances, expansion, holes --------------------------------------------------------------

@@ -100,3 +100,22 @@ def test_distance_transform_matches_scipy():
         np.testing.assert_array_equal(ours, ndi.distance_transform_edt(mask).astype(np.float32))
     # no background at all: no finite distance
     assert np.isinf(native.distance_transform(np.ones((3, 4), bool))).all()
+
+
+def test_squared_distance_and_within_match_scipy():
+    from scipy import ndimage as ndi
+
+    from her2kit.scoring.cells import _max_sq, _within
+
+    rng = np.random.default_rng(9)
+    for _ in range(40):
+        H, W = rng.integers(2, 80, 2)
+        mask = rng.random((H, W)) < rng.random() * 0.05
+        mask[rng.integers(0, H), rng.integers(0, W)] = True
+        d2 = native.distance_transform(~mask, squared=True)
+        assert d2.dtype == np.int64
+        ref = ndi.distance_transform_edt(~mask)
+        np.testing.assert_array_equal(np.sqrt(d2.astype(np.float64)), ref)
+        for distance in (6.0, 7.5, 30.0):
+            np.testing.assert_array_equal(_within(mask, distance), ref <= distance)
+            assert _max_sq(distance) >= 0

@@ -54,15 +54,9 @@ void envelope_1d(const int64_t* f, int64_t n, int64_t* d, std::vector<int64_t>& 
   }
 }
 
-py::array_t<float> distance_transform(
-    py::array_t<bool, py::array::c_style | py::array::forcecast> mask) {
-  if (mask.ndim() != 2) throw std::invalid_argument("distance_transform: mask must be 2-D");
-  const int64_t H = mask.shape(0), W = mask.shape(1);
-  py::array_t<float> out({H, W});
-  const uint8_t* m = reinterpret_cast<const uint8_t*>(mask.data());
-  float* o = out.mutable_data();
+// Squared distances (int64, -1 where no False pixel exists) into d2.
+void squared_distances(const uint8_t* m, int64_t H, int64_t W, int64_t* d2) {
   {
-    py::gil_scoped_release release;
     // columns: squared distance to the nearest background pixel above or below
     std::vector<int64_t> g(static_cast<size_t>(H * W));
     std::vector<int64_t> up(static_cast<size_t>(W), -1);
@@ -82,25 +76,49 @@ py::array_t<float> distance_transform(
       }
     }
     // rows: lower envelope of the column distances
-    std::vector<int64_t> d(static_cast<size_t>(W)), v(static_cast<size_t>(W));
+    std::vector<int64_t> v(static_cast<size_t>(W));
     std::vector<double> z(static_cast<size_t>(W) + 1);
     for (int64_t y = 0; y < H; ++y) {
-      envelope_1d(g.data() + y * W, W, d.data(), v, z);
+      int64_t* d = d2 + y * W;
+      envelope_1d(g.data() + y * W, W, d, v, z);
       for (int64_t x = 0; x < W; ++x) {
-        o[y * W + x] = d[x] >= kFar ? std::numeric_limits<float>::infinity()
-                                    : static_cast<float>(std::sqrt(static_cast<double>(d[x])));
+        if (d[x] >= kFar) d[x] = -1;
       }
     }
   }
-  return out;
+}
+
+py::array distance_transform(py::array_t<bool, py::array::c_style | py::array::forcecast> mask,
+                             bool squared) {
+  if (mask.ndim() != 2) throw std::invalid_argument("distance_transform: mask must be 2-D");
+  const int64_t H = mask.shape(0), W = mask.shape(1);
+  const uint8_t* m = reinterpret_cast<const uint8_t*>(mask.data());
+  py::array_t<int64_t> d2({H, W});
+  int64_t* d = d2.mutable_data();
+  {
+    py::gil_scoped_release release;
+    squared_distances(m, H, W, d);
+  }
+  if (squared) return std::move(d2);
+  py::array_t<float> out({H, W});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    for (int64_t i = 0; i < H * W; ++i) {
+      o[i] = d[i] < 0 ? std::numeric_limits<float>::infinity()
+                      : static_cast<float>(std::sqrt(static_cast<double>(d[i])));
+    }
+  }
+  return std::move(out);
 }
 
 }  // namespace
 
 void register_distance_transform(py::module_& m) {
-  m.def("distance_transform", &distance_transform, py::arg("mask"),
+  m.def("distance_transform", &distance_transform, py::arg("mask"), py::arg("squared") = false,
         "Exact Euclidean distance of every True pixel of a 2-D mask to the nearest "
-        "False one, float32 (scipy.ndimage.distance_transform_edt; inf without any False).");
+        "False one, float32 (scipy.ndimage.distance_transform_edt; inf without any False); "
+        "squared=True: the squared distance in whole pixels, int64 (-1 without any False).");
 }
 
 }  // namespace her2kit
