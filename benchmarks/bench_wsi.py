@@ -231,6 +231,10 @@ def one_run(slide: str, out: str, block: int, halo: int, workers: int, model: st
             cells: str, segment_only: bool, tissue: bool = True, threads: int | None = None,
             overlap: bool | None = None, warm: bool = False, device: str = "cpu") -> dict:
     """Run the pipeline once in this process; report its time and peak RSS (MiB)."""
+    if workers <= 1:  # as `her2kit score` / `segment` set it for in-process runs
+        from her2kit.cli import _passive_openmp
+
+        _passive_openmp()
     sys.path.insert(0, str(HERE))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     import her2kit.scoring.cells  # noqa: F401  (imports before the baseline)
@@ -258,7 +262,7 @@ def one_run(slide: str, out: str, block: int, halo: int, workers: int, model: st
             "blocks": s["wsi"]["blocks_tissue"],
             "blocks_total": s["wsi"]["blocks_total"], "timings_s": s["run"]["timings_s"],
             "tissue_fraction": s["wsi"]["tissue_fraction"], "torch_threads": threads,
-            "overlap": s["run"].get("overlap")}
+            "overlap": s["run"].get("overlap"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def run_child(**kw) -> dict:

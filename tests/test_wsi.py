@@ -596,3 +596,43 @@ def test_cell_workers_default(monkeypatch):
     Memory.available = 64 * 2**30
     monkeypatch.setenv("HER2KIT_TORCH_THREADS", "4")  # a worker of a 4-process local cluster
     assert cell_workers_for(OnGpu(), None, (2176, 2176)) == 3
+
+
+def test_spare_a_core_unless_openmp_waits_passively(monkeypatch):
+    """torch gives a core to cell finding on a CPU, except when its OpenMP threads
+    sleep while waiting (what `her2kit score` sets for in-process runs)."""
+    import os
+
+    import torch
+
+    from her2kit.wsi.worker import _spare_a_core
+
+    n = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    restore = _spare_a_core(StainSegmenter(), None)
+    assert calls == [1]
+    restore()
+    assert calls == [1, 2]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    _spare_a_core(StainSegmenter(), None)()
+    assert calls == [1, 2]
+    assert torch.get_num_threads() == 2 and n >= 1
+
+
+def test_cli_sets_passive_openmp_for_in_process_runs(monkeypatch):
+    import os
+    import sys
+
+    from her2kit import cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `her2kit score` process
+    cli._passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own choice stays
+    cli._passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
