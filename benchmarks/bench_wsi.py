@@ -1,7 +1,7 @@
 """Whole-slide pipeline benchmarks; prints a table and writes JSON.
 
     python benchmarks/bench_wsi.py --out benchmarks/wsi.json [--quick]
-        [--sections hed,memory,throughput,tissue,workers]
+        [--sections hed,memory,throughput,tissue,workers,cells] [--device cuda]
 
 Sections:
   hed         H/DAB colour deconvolution (HedDeconvolver) vs skimage.color.rgb2hed
@@ -16,8 +16,12 @@ Sections:
               same warm-up; the pipeline runs without and with cell finding
               overlapped (--overlap); prints the blocks' predict / find_cells /
               io sums.
+              --device cuda predicts on the GPU (model alone and pipeline).
   tissue      time of a slide with 30 % tissue vs the same slide all tissue.
   workers     pipeline time with 2 local worker processes vs 1.
+  cells       find_cells (CPU-s, best of 3) on one 2048^2 block and nine 640^2
+              tiles, with her2kit's native kernels vs the scipy/scikit-image
+              paths they replace (same cells), each in a fresh process.
 
 Slides are made by tiling one rendered 1024^2 synthetic patch (her2kit.synth)
 over the tissue area and glass elsewhere, written as OME-Zarr with a pyramid.
@@ -178,6 +182,57 @@ def hed_once(quick: bool) -> dict:
             "her2kit_cpu_s": round(ours_cpu, 3), "skimage_cpu_s": round(ref_cpu, 3),
             "speedup_cpu": round(ref_cpu / ours_cpu, 2), "target_speedup": 3.0,
             "load_average": os.getloadavg()[0]}
+
+
+def cells_once(inputs: str, native: bool) -> dict:
+    """find_cells on one 2048^2 block and on nine 640^2 tiles of it, best of 3 (CPU-s),
+    with her2kit's native kernels or (``native=False``) the scipy/scikit-image paths."""
+    if not native:
+        sys.modules["her2kit._C"] = None  # every native path falls back
+    from her2kit.scoring.cells import find_cells
+
+    d = np.load(inputs)
+    rgb, probs = d["rgb"], d["probs"]
+    tiles = [(np.ascontiguousarray(rgb[y:y + 640, x:x + 640]),
+              np.ascontiguousarray(probs[:, y:y + 640, x:x + 640]))
+             for y in (0, 640, 1280) for x in (0, 640, 1280)]
+    find_cells(*tiles[0], 0.5)
+    best_tiles = best_block = float("inf")
+    for _ in range(3):
+        t = time.process_time()
+        for r, p in tiles:
+            find_cells(r, p, 0.5)
+        best_tiles = min(best_tiles, time.process_time() - t)
+        t = time.process_time()
+        n = len(find_cells(rgb, probs, 0.5))
+        best_block = min(best_block, time.process_time() - t)
+    return {"tiles_640x9_cpu_s": round(best_tiles, 3), "block_2048_cpu_s": round(best_block, 3),
+            "cells_block": n}
+
+
+def bench_cells(work: Path, model: str | None) -> dict:
+    """Cell finding with and without the native kernels (watershed, distance
+    transform, reconstruction), each in a fresh process, on the shipped
+    Her2Net's probabilities of a rendered 2048^2 synthetic 2+ patch."""
+    from her2kit.synth.images import make_patch
+
+    inputs = work / "cells_inputs.npz"
+    if not inputs.exists():
+        rgb = make_patch(3, 2048, "2+").region.rgb
+        probs = make_segmenter(model or "her2net").predict(rgb)
+        np.savez(inputs, rgb=rgb, probs=np.asarray(probs, np.float32))
+    runs = {}
+    for native in (False, True):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "_cells", str(inputs), json.dumps(native)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-2000:])
+        runs["native" if native else "scipy_skimage"] = json.loads(p.stdout.strip().splitlines()[-1])
+    a, b = runs["scipy_skimage"], runs["native"]
+    return {"name": "find_cells_native", "runs": runs, "load_average": os.getloadavg()[0],
+            "speedup_block_2048": round(a["block_2048_cpu_s"] / b["block_2048_cpu_s"], 2),
+            "speedup_tiles_640": round(a["tiles_640x9_cpu_s"] / b["tiles_640x9_cpu_s"], 2),
+            "same_cell_count": a["cells_block"] == b["cells_block"]}
 
 
 class RssSampler:
@@ -408,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_hed":
         print(json.dumps(hed_once(json.loads(argv[1]))))
         return 0
+    if argv and argv[0] == "_cells":
+        print(json.dumps(cells_once(argv[1], json.loads(argv[2]))))
+        return 0
     if argv and argv[0] == "_one":
         print(json.dumps(one_run(**json.loads(argv[1]))))
         return 0
@@ -450,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
             r = bench_throughput(work, args.throughput_size or size, block, args.halo,
                                  args.throughput_model or args.model, args.cells,
                                  args.threads, args.overlap, args.device)
+        elif section == "cells":
+            r = bench_cells(work, args.model)
         elif section == "tissue":
             r = bench_tissue(work, size, block, args.halo, args.model, args.cells)
         elif section == "workers":
@@ -458,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown section {section}")
         r["bench_s"] = round(time.perf_counter() - t, 1)
         results.append(r)
-        keys = [k for k in ("speedup", "speedup_cpu", "ratio", "ratio_cpu", "growth_ratio",
+        keys = [k for k in ("speedup", "speedup_cpu", "speedup_block_2048", "speedup_tiles_640",
+                            "ratio", "ratio_cpu", "growth_ratio",
                             "target_ratio", "target_speedup") if k in r]
         print(f"{r['name']}: " + ", ".join(f"{k} {r[k]}" for k in keys), flush=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
