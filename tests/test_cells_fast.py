@@ -303,3 +303,13 @@ def test_find_cells_table_matches_per_cell_reference():
         ny, nx = np.nonzero(r.nucleus_labels == cid)
         assert r.table["nucleus_area_um2"][row] == pytest.approx(ny.size * p.mpp**2)
     assert r.cell_labels.dtype == np.uint32 and r.nucleus_labels.dtype == np.uint32
+
+
+def test_pixel_classes_equal_argmax_with_ties():
+    rng = np.random.default_rng(4)
+    p = rng.random((3, 64, 80)).astype(np.float32)
+    p[:, :8, :8] = 0.25  # three-way ties -> background
+    p[1, 10:20] = p[0, 10:20]  # membrane ties background -> background
+    p[2, 20:30] = np.maximum(p[0], p[1])[20:30]  # nucleus ties the best -> the earlier class
+    np.testing.assert_array_equal(C.pixel_classes(p), np.argmax(p, axis=0).astype(np.uint8))
+    assert C.pixel_classes(p).dtype == np.uint8

@@ -294,6 +294,21 @@ def _within(mask: np.ndarray, distance: float) -> np.ndarray:
     return out
 
 
+def pixel_classes(probs: np.ndarray) -> np.ndarray:
+    """``np.argmax(probs, axis=0)`` as uint8 for (3, H, W) probabilities (ties to the
+    lower class), by plane-wise comparisons: argmax over the first axis of a
+    C-ordered array walks it with a stride and took a tenth of a block's cell
+    finding. (NaN probabilities, which a softmax does not give, go to class 0
+    here, not to the NaN's class.)"""
+    if probs.ndim != 3 or probs.shape[0] != 3:
+        return np.argmax(probs, axis=0).astype(np.uint8)
+    background, membrane, nucleus = probs
+    out = (membrane > background).view(np.uint8).copy()
+    best = np.maximum(background, membrane)
+    out[nucleus > best] = 2
+    return out
+
+
 def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
                compactness: float = 0.0) -> np.ndarray:
     """``skimage.segmentation.watershed(image, markers, mask=mask, compactness=...)``
@@ -999,7 +1014,7 @@ def find_cells(rgb: np.ndarray, probs: np.ndarray, mpp: float,
         raise ValueError(f"probs must be (3, {rgb.shape[0]}, {rgb.shape[1]}), got {probs.shape}")
     if not (mpp > 0):
         raise ValueError(f"mpp must be positive, got {mpp}")
-    semantic = np.argmax(probs, axis=0).astype(np.uint8)
+    semantic = pixel_classes(probs)
     from her2kit.preprocess.stain import HedDeconvolver
 
     deconv = HedDeconvolver()
