@@ -119,3 +119,18 @@ def test_squared_distance_and_within_match_scipy():
         for distance in (6.0, 7.5, 30.0):
             np.testing.assert_array_equal(_within(mask, distance), ref <= distance)
             assert _max_sq(distance) >= 0
+
+
+def test_connected_to_seeds_matches_skimage_pieces():
+    from skimage.measure import label
+
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        H, W = rng.integers(2, 60, 2)
+        labels = rng.integers(0, 4, (H, W)).astype(np.int32)
+        seeds = rng.random((H, W)) < 0.05
+        pieces = label(labels, background=0, connectivity=1)
+        keep = np.zeros(pieces.max() + 1, bool)
+        keep[pieces[seeds]] = True
+        keep[0] = False
+        np.testing.assert_array_equal(native.connected_to_seeds(labels, seeds), keep[pieces])

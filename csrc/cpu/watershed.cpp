@@ -255,9 +255,49 @@ py::array_t<int32_t> watershed(
   return out;
 }
 
+// Pixels 4-connected to a seed pixel through pixels of the seed's own
+// (nonzero) label: the pieces of each label that hold a seed.
+py::array_t<bool> connected_to_seeds(
+    py::array_t<int32_t, py::array::c_style | py::array::forcecast> labels,
+    py::array_t<bool, py::array::c_style | py::array::forcecast> seeds) {
+  if (labels.ndim() != 2 || seeds.ndim() != 2 || labels.shape(0) != seeds.shape(0) ||
+      labels.shape(1) != seeds.shape(1))
+    throw std::invalid_argument("connected_to_seeds: labels and seeds must be 2-D of one shape");
+  const int64_t H = labels.shape(0), W = labels.shape(1);
+  py::array_t<bool> out({H, W});
+  const int32_t* lab = labels.data();
+  const uint8_t* seed = reinterpret_cast<const uint8_t*>(seeds.data());
+  uint8_t* o = reinterpret_cast<uint8_t*>(out.mutable_data());
+  {
+    py::gil_scoped_release release;
+    std::vector<int64_t> stack;
+    for (int64_t i = 0; i < H * W; ++i) {
+      o[i] = seed[i] && lab[i] != 0;
+      if (o[i]) stack.push_back(i);
+    }
+    while (!stack.empty()) {
+      const int64_t p = stack.back();
+      stack.pop_back();
+      const int64_t y = p / W, x = p % W;
+      const int64_t nbs[4] = {y > 0 ? p - W : -1, x > 0 ? p - 1 : -1, x + 1 < W ? p + 1 : -1,
+                              y + 1 < H ? p + W : -1};
+      for (int64_t q : nbs) {
+        if (q >= 0 && !o[q] && lab[q] == lab[p]) {
+          o[q] = 1;
+          stack.push_back(q);
+        }
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_watershed(py::module_& m) {
+  m.def("connected_to_seeds", &connected_to_seeds, py::arg("labels"), py::arg("seeds"),
+        "Bool mask of the pixels 4-connected to a seed through pixels of the seed's own "
+        "nonzero label (int32 labels, bool seeds), GIL released.");
   m.def("watershed", &watershed, py::arg("image"), py::arg("markers"), py::arg("mask"),
         py::arg("compactness") = 0.0,
         "Seeded 4-connected watershed of a 2-D float32 image: int32 labels "

@@ -309,6 +309,21 @@ def pixel_classes(probs: np.ndarray) -> np.ndarray:
     return out
 
 
+def _pieces_with(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Pixels of the 4-connected pieces of each nonzero label that hold a seed pixel (bool)."""
+    try:
+        from her2kit._C import connected_to_seeds
+    except ImportError:
+        from skimage.measure import label
+
+        pieces = label(labels, background=0, connectivity=1)
+        keep = np.zeros(int(pieces.max()) + 1, dtype=bool)
+        keep[pieces[seeds]] = True
+        keep[0] = False
+        return keep[pieces]
+    return connected_to_seeds(np.asarray(labels, dtype=np.int32), np.asarray(seeds, dtype=bool))
+
+
 def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
                compactness: float = 0.0) -> np.ndarray:
     """``skimage.segmentation.watershed(image, markers, mask=mask, compactness=...)``
@@ -522,7 +537,6 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     Voronoi partition like the tissue's own.
     """
     from scipy import ndimage as ndi
-    from skimage.measure import label
 
     n = int(nuclei.max(initial=0))
     if n == 0:
@@ -552,11 +566,7 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     membrane &= nuclei == 0
     # pieces of a territory cut off from its nucleus by membrane lie outside the cell
     inside = np.where(membrane, 0, territory)
-    pieces = label(inside, background=0, connectivity=1)
-    keep = np.zeros(int(pieces.max()) + 1, dtype=bool)
-    keep[pieces[nuclei > 0]] = True
-    keep[0] = False
-    interior = np.where(keep[pieces], territory, 0)
+    interior = np.where(_pieces_with(inside, nuclei > 0), territory, 0)
     # membrane pixels go to their territory's cell where that cell's interior
     # is the one reaching them (expand_labels by membrane_width)
     cells = interior.copy()
