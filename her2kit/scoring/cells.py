@@ -748,7 +748,8 @@ def _claim_enclosing_membrane(cells: np.ndarray, membrane: np.ndarray, nuclei: n
     pair_hole, pair_nucleus = np.divmod(pairs, n_nuc)
     # one nucleus per hole (holes with several nuclei are clusters: leave them)
     per_hole = np.bincount(pair_hole, minlength=n_holes + 1)
-    owner = np.zeros(n_holes + 1, dtype=np.int64)
+    # (ids in the cells' own dtype: these image-sized gathers are the cost here)
+    owner = np.zeros(n_holes + 1, dtype=cells.dtype if n_nuc <= np.iinfo(cells.dtype).max else np.int64)
     single = per_hole[pair_hole] == 1
     owner[pair_hole[single]] = pair_nucleus[single]
     owned = owner[hole_lab]
