@@ -292,9 +292,52 @@ py::array_t<bool> connected_to_seeds(
   return out;
 }
 
+// For each query pixel (ys[i], xs[i]), the first nonzero label met at the
+// offsets (dy[k], dx[k]) in their given order (0 if none).
+template <typename T>
+py::array_t<T> first_label_at(py::array_t<T, py::array::c_style> labels,
+                              py::array_t<int64_t, py::array::c_style | py::array::forcecast> ys,
+                              py::array_t<int64_t, py::array::c_style | py::array::forcecast> xs,
+                              py::array_t<int64_t, py::array::c_style | py::array::forcecast> dy,
+                              py::array_t<int64_t, py::array::c_style | py::array::forcecast> dx) {
+  if (labels.ndim() != 2 || ys.size() != xs.size() || dy.size() != dx.size())
+    throw std::invalid_argument("first_label_at: 2-D labels, ys/xs and dy/dx of equal sizes");
+  const int64_t H = labels.shape(0), W = labels.shape(1);
+  const int64_t n = ys.size(), K = dy.size();
+  py::array_t<T> out(n);
+  const T* lab = labels.data();
+  const int64_t *py = ys.data(), *px = xs.data(), *oy = dy.data(), *ox = dx.data();
+  T* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    for (int64_t i = 0; i < n; ++i) {
+      T found = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t y = py[i] + oy[k], x = px[i] + ox[k];
+        if (y < 0 || y >= H || x < 0 || x >= W) continue;
+        const T v = lab[y * W + x];
+        if (v != 0) {
+          found = v;
+          break;
+        }
+      }
+      o[i] = found;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_watershed(py::module_& m) {
+  const char* doc = "For each query pixel, the first nonzero label at the given offsets, in order "
+                    "(0 if none); labels int32, uint32 or int64, GIL released.";
+  m.def("first_label_at", &first_label_at<int32_t>, py::arg("labels"), py::arg("ys"),
+        py::arg("xs"), py::arg("dy"), py::arg("dx"), doc);
+  m.def("first_label_at", &first_label_at<uint32_t>, py::arg("labels"), py::arg("ys"),
+        py::arg("xs"), py::arg("dy"), py::arg("dx"), doc);
+  m.def("first_label_at", &first_label_at<int64_t>, py::arg("labels"), py::arg("ys"),
+        py::arg("xs"), py::arg("dy"), py::arg("dx"), doc);
   m.def("connected_to_seeds", &connected_to_seeds, py::arg("labels"), py::arg("seeds"),
         "Bool mask of the pixels 4-connected to a seed through pixels of the seed's own "
         "nonzero label (int32 labels, bool seeds), GIL released.");

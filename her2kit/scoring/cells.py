@@ -237,6 +237,14 @@ def _expand_labels_at(labels: np.ndarray, distance: float, ys: np.ndarray, xs: n
     if labels.ndim != 2 or ys.size * len(offsets) > 4 * labels.size:
         return _expand_labels(labels, distance)[ys, xs]
     offsets.sort()
+    if labels.dtype in (np.int32, np.uint32, np.int64) and labels.flags.c_contiguous:
+        try:
+            from her2kit._C import first_label_at
+        except ImportError:
+            pass
+        else:  # the same scan, pixel by pixel in C++: no padded copy of the image
+            _, dx, dy = (np.array(v, dtype=np.int64) for v in zip(*offsets, strict=True))
+            return first_label_at(labels, ys, xs, dy, dx)
     padded = np.pad(labels, reach).ravel()
     wp = labels.shape[1] + 2 * reach
     at = (ys + reach) * wp + (xs + reach)
