@@ -316,3 +316,24 @@ def test_pixel_classes_equal_argmax_with_ties():
     p[2, 20:30] = np.maximum(p[0], p[1])[20:30]  # nucleus ties the best -> the earlier class
     np.testing.assert_array_equal(C.pixel_classes(p), np.argmax(p, axis=0).astype(np.uint8))
     assert C.pixel_classes(p).dtype == np.uint8
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stained_side_native_equals_numpy(seed, monkeypatch):
+    """The native stained-side rule moves exactly the pixels the numpy one does."""
+    import sys
+
+    from skimage.segmentation import find_boundaries
+
+    rng = np.random.default_rng(50 + seed)
+    cells = expand_labels(_random_labels(seed, size=96, n=30), 14)
+    membrane = find_boundaries(cells, mode="thick")
+    nuclei = np.where(rng.random(cells.shape) < 0.05, cells, 0)
+    stain = rng.random(cells.max() + 1).astype(np.float32)  # cells stained unequally
+    dab = np.round((stain[cells] + rng.random(cells.shape)) * 4).astype(np.float32) / 8  # ties
+    params = C.CellParams(side_margin_od=0.0 if seed % 2 else 0.05)
+    native = C._claim_by_stained_side(cells, membrane, nuclei, dab, 0.5, params)
+    monkeypatch.setitem(sys.modules, "her2kit._C", None)
+    numpy_only = C._claim_by_stained_side(cells, membrane, nuclei, dab, 0.5, params)
+    assert (native != cells).any()
+    np.testing.assert_array_equal(native, numpy_only)

@@ -327,9 +327,82 @@ py::array_t<T> first_label_at(py::array_t<T, py::array::c_style> labels,
   return out;
 }
 
+// Membrane pixels to the cell on their stained side: for query pixel i, the
+// cytoplasm labels within the offsets (dy, dx) around it, each with the mean
+// of dab over its pixels there (summed in offset order, in double); the label
+// with the highest mean (ties: the lowest label) replaces owner[i] when it
+// differs and its mean is >= the owner's own mean (0 if absent) + margin.
+template <typename T>
+py::array_t<T> stained_side(py::array_t<T, py::array::c_style> cyto,
+                            py::array_t<float, py::array::c_style | py::array::forcecast> dab,
+                            py::array_t<int64_t, py::array::c_style | py::array::forcecast> ys,
+                            py::array_t<int64_t, py::array::c_style | py::array::forcecast> xs,
+                            py::array_t<T, py::array::c_style> owner,
+                            py::array_t<int64_t, py::array::c_style | py::array::forcecast> dy,
+                            py::array_t<int64_t, py::array::c_style | py::array::forcecast> dx,
+                            double margin) {
+  if (cyto.ndim() != 2 || dab.ndim() != 2 || cyto.shape(0) != dab.shape(0) ||
+      cyto.shape(1) != dab.shape(1) || ys.size() != xs.size() || ys.size() != owner.size() ||
+      dy.size() != dx.size())
+    throw std::invalid_argument("stained_side: mismatched shapes");
+  const int64_t H = cyto.shape(0), W = cyto.shape(1), n = ys.size(), K = dy.size();
+  py::array_t<T> out(n);
+  const T* lab = cyto.data();
+  const float* d = dab.data();
+  const int64_t *py = ys.data(), *px = xs.data(), *oy = dy.data(), *ox = dx.data();
+  const T* own = owner.data();
+  T* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    std::vector<T> labels;
+    std::vector<double> sums;
+    std::vector<int64_t> counts;
+    for (int64_t i = 0; i < n; ++i) {
+      labels.clear();
+      sums.clear();
+      counts.clear();
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t y = py[i] + oy[k], x = px[i] + ox[k];
+        if (y < 0 || y >= H || x < 0 || x >= W) continue;
+        const T v = lab[y * W + x];
+        if (v <= 0) continue;
+        size_t j = 0;
+        while (j < labels.size() && labels[j] != v) ++j;
+        if (j == labels.size()) {
+          labels.push_back(v);
+          sums.push_back(0.0);
+          counts.push_back(0);
+        }
+        sums[j] += static_cast<double>(d[y * W + x]);
+        counts[j] += 1;
+      }
+      o[i] = own[i];
+      if (labels.empty()) continue;
+      double own_mean = 0.0, best_mean = 0.0;
+      T best = 0;
+      for (size_t j = 0; j < labels.size(); ++j) {
+        const double mean = sums[j] / static_cast<double>(counts[j]);
+        if (labels[j] == own[i]) own_mean = mean;
+        if (best == 0 || mean > best_mean || (mean == best_mean && labels[j] < best)) {
+          best = labels[j];
+          best_mean = mean;
+        }
+      }
+      if (best != own[i] && best_mean >= own_mean + margin) o[i] = best;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_watershed(py::module_& m) {
+  const char* side_doc = "Membrane pixels' owners after the stained-side rule (see cells.py "
+                         "_claim_by_stained_side), GIL released.";
+  m.def("stained_side", &stained_side<int32_t>, py::arg("cyto"), py::arg("dab"), py::arg("ys"),
+        py::arg("xs"), py::arg("owner"), py::arg("dy"), py::arg("dx"), py::arg("margin"), side_doc);
+  m.def("stained_side", &stained_side<int64_t>, py::arg("cyto"), py::arg("dab"), py::arg("ys"),
+        py::arg("xs"), py::arg("owner"), py::arg("dy"), py::arg("dx"), py::arg("margin"), side_doc);
   const char* doc = "For each query pixel, the first nonzero label at the given offsets, in order "
                     "(0 if none); labels int32, uint32 or int64, GIL released.";
   m.def("first_label_at", &first_label_at<int32_t>, py::arg("labels"), py::arg("ys"),
