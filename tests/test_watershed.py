@@ -134,3 +134,18 @@ def test_connected_to_seeds_matches_skimage_pieces():
         keep[pieces[seeds]] = True
         keep[0] = False
         np.testing.assert_array_equal(native.connected_to_seeds(labels, seeds), keep[pieces])
+
+
+def test_non_finite_costs_are_refused_natively_and_fall_back_in_cell_finding():
+    from her2kit.scoring.cells import _watershed
+
+    image = np.zeros((6, 7), np.float32)
+    image[2, 3] = np.inf
+    image[4, 1] = np.nan
+    markers = np.zeros((6, 7), np.int32)
+    markers[0, 0], markers[5, 6] = 1, 2
+    mask = np.ones((6, 7), bool)
+    with pytest.raises(ValueError, match="non-finite"):
+        native.watershed(image, markers, mask, 0.01)
+    np.testing.assert_array_equal(_watershed(image, markers, mask, 0.01),
+                                  sk_watershed(image, markers, mask=mask, compactness=0.01))

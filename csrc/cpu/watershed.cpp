@@ -213,6 +213,9 @@ void flood(const float* image, int32_t* out, const uint8_t* mask, int64_t H, int
   for (int64_t i = 0; i < N; ++i) {
     px[i] = {std::numeric_limits<double>::infinity(), image[i], mask[i] ? out[i] : -1};
     if (mask[i]) {
+      // an inf or NaN cost would never leave the compact flood's overflow bucket
+      if (compactness > 0 && !std::isfinite(image[i]))
+        throw std::invalid_argument("watershed: image has non-finite values under the mask");
       lo = std::min(lo, image[i]);
       hi = std::max(hi, image[i]);
     }

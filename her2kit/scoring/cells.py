@@ -158,6 +158,17 @@ def empty_table() -> dict[str, np.ndarray]:
     return {c: np.zeros(0, dtype=ints.get(c, np.float64)) for c in COLUMNS}
 
 
+def _native(name: str):
+    """``her2kit._C.<name>`` (a kernel of cell finding), or None when the
+    extension is not built: callers then use the scipy / scikit-image /
+    numpy code the kernel reproduces."""
+    try:
+        import her2kit._C as native
+    except ImportError:
+        return None
+    return getattr(native, name, None)
+
+
 def _px(um: float, mpp: float) -> float:
     return float(um) / float(mpp)
 
@@ -237,14 +248,12 @@ def _expand_labels_at(labels: np.ndarray, distance: float, ys: np.ndarray, xs: n
     if labels.ndim != 2 or ys.size * len(offsets) > 4 * labels.size:
         return _expand_labels(labels, distance)[ys, xs]
     offsets.sort()
-    if labels.dtype in (np.int32, np.uint32, np.int64) and labels.flags.c_contiguous:
-        try:
-            from her2kit._C import first_label_at
-        except ImportError:
-            pass
-        else:  # the same scan, pixel by pixel in C++: no padded copy of the image
-            _, dx, dy = (np.array(v, dtype=np.int64) for v in zip(*offsets, strict=True))
-            return first_label_at(labels, ys, xs, dy, dx)
+    first_label_at = _native("first_label_at")
+    if first_label_at is not None and labels.dtype in (np.int32, np.uint32, np.int64) \
+            and labels.flags.c_contiguous:
+        # the same scan, pixel by pixel in C++: no padded copy of the image
+        _, dx, dy = (np.array(v, dtype=np.int64) for v in zip(*offsets, strict=True))
+        return first_label_at(labels, ys, xs, dy, dx)
     padded = np.pad(labels, reach).ravel()
     wp = labels.shape[1] + 2 * reach
     at = (ys + reach) * wp + (xs + reach)
@@ -273,14 +282,10 @@ def _within(mask: np.ndarray, distance: float) -> np.ndarray:
     from scipy import ndimage as ndi
 
     k = _max_sq(distance)
-    if k > 25 and mask.ndim == 2 and mask.any():
-        try:
-            from her2kit._C import distance_transform
-        except ImportError:
-            pass
-        else:  # exact squared distances, without scipy's feature transform
-            d2 = distance_transform(~mask, squared=True)
-            return (d2 >= 0) & (d2 <= k)
+    distance_transform = _native("distance_transform")
+    if k > 25 and distance_transform is not None and mask.ndim == 2 and mask.any():
+        # exact squared distances, without scipy's feature transform
+        return distance_transform(~mask, squared=True) <= k
     if k > 25 or mask.ndim != 2 or not mask.any():
         return _nearest_feature(~mask)[1] <= k
     h = mask.shape[0]
@@ -319,9 +324,8 @@ def pixel_classes(probs: np.ndarray) -> np.ndarray:
 
 def _pieces_with(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """Pixels of the 4-connected pieces of each nonzero label that hold a seed pixel (bool)."""
-    try:
-        from her2kit._C import connected_to_seeds
-    except ImportError:
+    connected_to_seeds = _native("connected_to_seeds")
+    if connected_to_seeds is None:
         from skimage.measure import label
 
         pieces = label(labels, background=0, connectivity=1)
@@ -338,23 +342,20 @@ def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
     (4-connected, int32 labels) by her2kit's native flood when built: the
     same labels (ties between equal-cost markers aside) several times faster,
     without the GIL."""
-    try:
-        from her2kit._C import watershed
-    except ImportError:
+    image = np.asarray(image, dtype=np.float32)
+    watershed = _native("watershed")
+    if watershed is None or not np.isfinite(image).all():  # (inf/NaN costs: skimage's own answer)
         from skimage.segmentation import watershed as sk_watershed
 
         return sk_watershed(image, markers, mask=mask, compactness=compactness).astype(np.int32)
-    return watershed(np.asarray(image, dtype=np.float32), np.asarray(markers, dtype=np.int32),
-                     np.asarray(mask, dtype=bool), float(compactness))
+    return watershed(image, np.asarray(markers, dtype=np.int32), np.asarray(mask, dtype=bool),
+                     float(compactness))
 
 
 def _distance_to_background(mask: np.ndarray) -> np.ndarray:
     """``ndimage.distance_transform_edt(mask)`` as float32, by her2kit's native
     transform when built (the same values, 5x faster)."""
-    try:
-        from her2kit._C import distance_transform
-    except ImportError:
-        distance_transform = None
+    distance_transform = _native("distance_transform")
     if distance_transform is None or mask.all():  # (no background: scipy's own answer)
         from scipy import ndimage as ndi
 
@@ -409,10 +410,7 @@ def _h_maxima(image: np.ndarray, h: float) -> np.ndarray:
     non-negative 2-D float32 image: skimage's arithmetic with her2kit's native
     reconstruction (O(pixels), no sorting) when built, else
     :func:`_h_maxima_packed`."""
-    try:
-        from her2kit._C import reconstruction
-    except ImportError:
-        reconstruction = None
+    reconstruction = _native("reconstruction")
     if reconstruction is None or image.ndim != 2 or image.dtype != np.float32:
         return _h_maxima_packed(image, h)
     if h > np.ptp(image):
@@ -617,24 +615,21 @@ def _claim_by_stained_side(cells: np.ndarray, membrane: np.ndarray, nuclei: np.n
 
     # distance < 1.5 from the band: its 3 x 3 dilation (a max filter, cheaper)
     cyto[ndi.maximum_filter(membrane.view(np.uint8), size=3, mode="nearest") > 0] = 0
-    if cyto.dtype in (np.int32, np.int64) and dab.dtype == np.float32:
-        try:
-            from her2kit._C import stained_side
-        except ImportError:
-            pass
-        else:  # the same rule, pixel by pixel in C++ (same sums in the same order)
-            offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
-                       if dy * dy + dx * dx <= r * r]
-            dys, dxs = (np.array(v, dtype=np.int64) for v in zip(*offsets, strict=True))
-            owner = np.ascontiguousarray(cells[my, mx], dtype=cyto.dtype)
-            new = stained_side(np.ascontiguousarray(cyto), dab, my, mx, owner, dys, dxs,
-                               float(params.side_margin_od))
-            moved = new != owner
-            if not moved.any():
-                return cells
-            out = cells.copy()
-            out[my[moved], mx[moved]] = new[moved]
-            return out
+    stained_side = _native("stained_side")
+    if stained_side is not None and cyto.dtype in (np.int32, np.int64) and dab.dtype == np.float32:
+        # the same rule, pixel by pixel in C++ (same sums in the same order)
+        offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
+                   if dy * dy + dx * dx <= r * r]
+        dys, dxs = (np.array(v, dtype=np.int64) for v in zip(*offsets, strict=True))
+        owner = np.ascontiguousarray(cells[my, mx], dtype=cyto.dtype)
+        new = stained_side(np.ascontiguousarray(cyto), dab, my, mx, owner, dys, dxs,
+                           float(params.side_margin_od))
+        moved = new != owner
+        if not moved.any():
+            return cells
+        out = cells.copy()
+        out[my[moved], mx[moved]] = new[moved]
+        return out
     n1 = int(cells.max()) + 1
     # padded by r (no cytoplasm, as outside the image), read by flat offsets
     cyto = np.pad(cyto, r).ravel()
