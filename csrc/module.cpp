@@ -2,13 +2,14 @@
 // The ops themselves are registered with TORCH_LIBRARY in csrc/cpu and
 // csrc/cuda; importing this module is what loads those registrations. It
 // also carries the watershed, distance transform and reconstruction of cell
-// finding.
+// finding and the outline tracer of the cell polygons.
 #include <pybind11/pybind11.h>
 
 namespace her2kit {
 void register_watershed(pybind11::module_& m);          // csrc/cpu/watershed.cpp
 void register_distance_transform(pybind11::module_& m);  // csrc/cpu/edt.cpp
 void register_reconstruction(pybind11::module_& m);      // csrc/cpu/reconstruct.cpp
+void register_outline(pybind11::module_& m);             // csrc/cpu/outline.cpp
 }
 
 namespace {
@@ -27,4 +28,5 @@ PYBIND11_MODULE(_C, m) {
   her2kit::register_watershed(m);
   her2kit::register_distance_transform(m);
   her2kit::register_reconstruction(m);
+  her2kit::register_outline(m);
 }

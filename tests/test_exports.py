@@ -121,3 +121,73 @@ def test_overlay_and_report(tmp_path, phantom_result):
     exports.write_report_html(tmp_path / "report.html", p.rgb, ov, summary, r.table)
     page = (tmp_path / "report.html").read_text()
     assert "HER2 2+" in page and page.count("data:image/png;base64,") == 4
+
+
+def _python_outlines(labels, ids, midpoints):
+    """exports.outlines with her2kit's native tracer switched off."""
+    import her2kit.scoring.cells as cells
+
+    saved = cells._native
+    cells._native = lambda name: None
+    try:
+        return exports.outlines(labels, ids, midpoints)
+    finally:
+        cells._native = saved
+
+
+def _largest_piece(mask):
+    from scipy import ndimage as ndi
+
+    pieces, _ = ndi.label(mask)
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    return pieces == np.argmax(sizes)
+
+
+def _shoelace(ring):
+    y, x = ring[:, 0], ring[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def test_outlines_native_equal_python_and_exact():
+    """The native tracer equals the Python one on random labels (pinches, holes,
+    several pieces); corner rings enclose exactly the largest piece (holes
+    filled, background 8-connected) and midpoint rings are skimage's
+    find_contours outline of that piece, straight runs merged."""
+    from scipy import ndimage as ndi
+    from skimage.measure import find_contours
+
+    pytest.importorskip("her2kit._C")
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        labels = rng.integers(0, 4, (14 + trial % 5, 17)).astype(np.int32)
+        ids = [0, 1, 2, 3, 5]
+        for midpoints in (False, True):
+            native = exports.outlines(labels, ids, midpoints)
+            python = _python_outlines(labels, ids, midpoints)
+            assert all(np.array_equal(a, b) for a, b in zip(native, python, strict=True))
+        corners = exports.outlines(labels, ids, midpoints=False)
+        mids = exports.outlines(labels, ids)
+        assert len(corners[0]) == len(corners[4]) == len(mids[4]) == 0  # background, absent id
+        for i in (1, 2, 3):
+            piece = _largest_piece(labels == i)
+            filled = ndi.binary_fill_holes(piece, structure=np.ones((3, 3)))
+            assert _shoelace(corners[i]) == filled.sum()
+            c = max(find_contours(np.pad(piece, 1).astype(np.uint8), 0.5), key=len)[:-1] - 0.5
+            a, b = c - np.roll(c, 1, axis=0), np.roll(c, -1, axis=0) - c
+            turn = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+            assert sorted(map(tuple, c[np.abs(turn) > 1e-9].tolist())) == \
+                sorted(map(tuple, mids[i].tolist()))
+
+
+def test_outlines_of_a_known_shape():
+    labels = np.zeros((6, 7), np.uint32)
+    labels[1:4, 2:5] = 7  # a 3x3 square ...
+    labels[4, 4] = 7      # ... with a pixel below its bottom-right corner
+    labels[5, 5] = 7      # and one touching that only at a corner: a separate piece
+    (corners,) = exports.outlines(labels, [7], midpoints=False)
+    assert corners.tolist() == [[1, 2], [1, 5], [5, 5], [5, 4], [4, 4], [4, 2]]
+    (mids,) = exports.outlines(labels, [7])
+    # corners cut; (4.5, 4) lies on the diagonal from (5, 4.5) to (4, 3.5)
+    assert mids.tolist() == [[1, 2.5], [1, 4.5], [1.5, 5], [4.5, 5], [5, 4.5],
+                             [4, 3.5], [4, 2.5], [3.5, 2], [1.5, 2]]

@@ -99,55 +99,125 @@ def write_cells_csv(path: str | os.PathLike, table: Mapping[str, np.ndarray]) ->
 # --- polygons and GeoJSON -------------------------------------------------------------
 
 
-def _ring(mask: np.ndarray, y0: int, x0: int, scale: tuple[float, float],
-          offset: tuple[float, float], tolerance: float) -> list[list[float]] | None:
-    from skimage.measure import approximate_polygon, find_contours
+def _trace_outline(labels: np.ndarray, label: int) -> np.ndarray:
+    """The corners (int32 (k, 2), y, x) of one label's outline (see :func:`outlines`),
+    in Python: for when the extension is not built."""
+    from scipy import ndimage as ndi
 
-    contours = find_contours(np.pad(mask, 1).astype(np.uint8), 0.5)
-    if not contours:
-        return None
-    c = max(contours, key=len)
+    mask = labels == label
+    if label == 0 or not mask.any():
+        return np.zeros((0, 2), np.int32)
+    pieces, _ = ndi.label(mask)  # 4-connected, numbered in raster order of their first pixel
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    piece = pieces == int(np.argmax(sizes))  # ties: the first in raster order
+    h, w = mask.shape
+
+    def inside(y: int, x: int) -> bool:
+        return 0 <= y < h and 0 <= x < w and bool(mask[y, x])
+
+    y0, x0 = (int(v) for v in np.argwhere(piece)[0])
+    steps = ((0, 1), (1, 0), (0, -1), (-1, 0))  # east, south, west, north
+    ring, d, vy, vx = [(y0, x0)], 0, y0, x0 + 1
+    while (vy, vx) != (y0, x0):
+        ahead = {0: ((vy, vx), (vy - 1, vx)), 1: ((vy, vx - 1), (vy, vx)),
+                 2: ((vy - 1, vx - 1), (vy, vx - 1)), 3: ((vy - 1, vx), (vy - 1, vx - 1))}[d]
+        right, left = inside(*ahead[0]), inside(*ahead[1])
+        turn = 1 if not right else (3 if left else 0)
+        if turn:
+            ring.append((vy, vx))
+            d = (d + turn) % 4
+        vy, vx = vy + steps[d][0], vx + steps[d][1]
+    return np.asarray(ring, np.int32)
+
+
+def _midpoints(corners: np.ndarray) -> np.ndarray:
+    """A corner ring -> the ring of its edges' midpoints without straight-through points,
+    in doubled coordinates (as her2kit's native tracer gives them)."""
+    pts = []
+    k = len(corners)
+    for i in range(k):
+        (y0, x0), (y1, x1) = corners[i], corners[(i + 1) % k]
+        dy, dx = int(np.sign(y1 - y0)), int(np.sign(x1 - x0))
+        pts.append((2 * y0 + dy, 2 * x0 + dx))
+        if abs(y1 - y0) + abs(x1 - x0) >= 2:
+            pts.append((2 * y1 - dy, 2 * x1 - dx))
+    p = np.asarray(pts, np.int64).reshape(-1, 2)
+    into = np.sign(p - np.roll(p, 1, axis=0))
+    out = np.sign(np.roll(p, -1, axis=0) - p)
+    return p[(into != out).any(axis=1)].astype(np.int32)
+
+
+def outlines(labels: np.ndarray, ids: Iterable[int], midpoints: bool = True) -> list[np.ndarray]:
+    """Outline of each id: float64 (k, 2) vertices (y, x) on the pixel-corner grid
+    (pixel (r, c) spans [r, r+1] x [c, c+1]); empty where the id is absent.
+
+    The outer boundary of the id's largest 4-connected piece, clockwise on
+    screen. ``midpoints`` (default): through the midpoints of its pixel edges,
+    i.e. the 0.5 iso-line of marching squares (skimage's find_contours) on the
+    piece, with only the points where the direction changes; else its corners
+    (lossless: the area is the piece's pixel count, holes included). One pass
+    of her2kit's native tracer for all ids when built.
+    """
+    from her2kit.scoring.cells import _native
+
+    ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64).ravel()
+    labels = np.asarray(labels)
+    tracer = _native("outlines")
+    if tracer is None:
+        rings = [_trace_outline(labels, int(i)) for i in ids]
+        if not midpoints:
+            return [r.astype(np.float64) for r in rings]
+        return [_midpoints(r) / 2.0 if len(r) else r.astype(np.float64) for r in rings]
+    if labels.dtype not in (np.int32, np.uint32, np.int64):
+        labels = labels.astype(np.int64)
+    vertices, starts = tracer(np.ascontiguousarray(labels), ids, midpoints)
+    vertices = vertices / 2.0 if midpoints else vertices.astype(np.float64)
+    return [vertices[starts[k]:starts[k + 1]] for k in range(len(ids))]
+
+
+def _rings(corners: list[np.ndarray], scale: tuple[float, float], offset: tuple[float, float],
+           tolerance: float) -> list[list[list[float]] | None]:
+    """Outlines (y, x) -> closed GeoJSON rings [[x, y], ...] in output pixels (None if empty)."""
     if tolerance > 0:
-        c = approximate_polygon(c, tolerance=tolerance)
-    if len(c) < 4:
-        return None
-    # contour coordinates are pixel centres of the padded crop; +0.5 turns them
-    # into pixel-corner coordinates, which scale exactly to the full-res grid
-    ys = offset[0] + (c[:, 0] - 1 + y0 + 0.5) * scale[0]
-    xs = offset[1] + (c[:, 1] - 1 + x0 + 0.5) * scale[1]
-    ring = [[round(float(x), 2), round(float(y), 2)] for y, x in zip(ys, xs, strict=True)]
-    if ring[0] != ring[-1]:
-        ring.append(list(ring[0]))
-    return ring
+        from skimage.measure import approximate_polygon
+
+        corners = [approximate_polygon(np.vstack([c, c[:1]]), tolerance)[:-1]
+                   if len(c) else c for c in corners]
+    sizes = [len(c) for c in corners]
+    if not sum(sizes):
+        return [None] * len(corners)
+    allc = np.concatenate([c for c in corners if len(c)])
+    xy = np.round(np.column_stack([offset[1] + allc[:, 1] * scale[1],
+                                   offset[0] + allc[:, 0] * scale[0]]), 2).tolist()
+    out, at = [], 0
+    for n in sizes:
+        if n < 3:
+            out.append(None)
+        else:
+            ring = xy[at:at + n]
+            out.append(ring + [list(ring[0])])
+        at += n
+    return out
 
 
 def cell_polygons(cell_labels: np.ndarray, nucleus_labels: np.ndarray, ids: Iterable[int],
                   scale: float | tuple[float, float] = 1.0,
-                  offset: tuple[float, float] = (0.0, 0.0), tolerance: float = 0.5,
+                  offset: tuple[float, float] = (0.0, 0.0), tolerance: float = 0.0,
                   ) -> dict[int, tuple[list | None, list | None]]:
     """Outline rings of cells and their nuclei, {id: (cell ring, nucleus ring)}.
 
-    Rings are closed lists of [x, y] in output pixels: label pixels times
+    Rings are closed lists of [x, y] in output pixels: the label images'
+    outlines (:func:`outlines`, through the pixel edges' midpoints) times
     ``scale`` (output pixels per label pixel, (y, x)) plus ``offset`` (y, x).
-    ``tolerance`` simplifies the outline (label pixels; 0 keeps every vertex).
+    ``tolerance`` > 0 simplifies them further (Douglas-Peucker, label pixels).
     """
-    from scipy import ndimage as ndi
-
     sc = (float(scale), float(scale)) if np.isscalar(scale) else tuple(float(s) for s in scale)
-    cells_obj = ndi.find_objects(cell_labels.astype(np.int64, copy=False))
-    out: dict[int, tuple[list | None, list | None]] = {}
-    for i in ids:
-        i = int(i)
-        sl = cells_obj[i - 1] if 0 < i <= len(cells_obj) else None
-        if sl is None:
-            out[i] = (None, None)
-            continue
-        y0, x0 = sl[0].start, sl[1].start
-        cell = _ring(cell_labels[sl] == i, y0, x0, sc, offset, tolerance)
-        nmask = nucleus_labels[sl] == i
-        nucleus = _ring(nmask, y0, x0, sc, offset, tolerance) if nmask.any() else None
-        out[i] = (cell, nucleus)
-    return out
+    off = (float(offset[0]), float(offset[1]))
+    ids = [int(i) for i in ids]
+    cells = _rings(outlines(cell_labels, ids), sc, off, tolerance)
+    nuclei = _rings(outlines(nucleus_labels, ids), sc, off, tolerance)
+    return {i: (c, n) for i, c, n in zip(ids, cells, nuclei, strict=True)}
 
 
 def cell_features(table: Mapping[str, np.ndarray],
