@@ -189,12 +189,13 @@ def _nucleus_centroids(nuclei: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray,
     if len(ids) == 0:
         return np.zeros(0), np.zeros(0)
     size = int(max(nuclei.max(initial=0), ids.max(initial=0))) + 1
-    flat = nuclei.ravel().astype(np.int64)
-    w = nuclei.shape[1]
+    # only the labelled pixels, in raster order: each label's sums are those
+    # of a pass over the whole image, for a tenth of the work
+    ys, xs = np.nonzero(nuclei)
+    flat = nuclei[ys, xs].astype(np.int64)
     count = np.bincount(flat, minlength=size).astype(np.float64)
-    idx = np.arange(flat.size, dtype=np.int64)
-    sy = np.bincount(flat, weights=(idx // w).astype(np.float64), minlength=size)
-    sx = np.bincount(flat, weights=(idx % w).astype(np.float64), minlength=size)
+    sy = np.bincount(flat, weights=ys.astype(np.float64), minlength=size)
+    sx = np.bincount(flat, weights=xs.astype(np.float64), minlength=size)
     with np.errstate(invalid="ignore", divide="ignore"):
         return sy[ids] / count[ids], sx[ids] / count[ids]
 
