@@ -308,6 +308,18 @@ def test_find_cells_table_matches_per_cell_reference():
     assert r.cell_labels.dtype == np.uint32 and r.nucleus_labels.dtype == np.uint32
 
 
+def test_inner_boundaries_equal_find_boundaries():
+    from skimage.segmentation import find_boundaries
+
+    rng = np.random.default_rng(5)
+    cases = [rng.integers(0, 4, (h, w)).astype(np.uint32) for h, w in
+             ((1, 1), (1, 9), (9, 1), (2, 2), (17, 23))]
+    cases.append(_random_labels(1))
+    cases.append(C._expand_labels(_random_labels(2), 6.0))  # touching territories
+    for labels in cases:
+        assert np.array_equal(C._inner_boundaries(labels), find_boundaries(labels, mode="inner"))
+
+
 def test_pixel_classes_equal_argmax_with_ties():
     rng = np.random.default_rng(4)
     p = rng.random((3, 64, 80)).astype(np.float32)

@@ -907,6 +907,21 @@ def tumour_rule(nucleus_area_um2: np.ndarray, elongation: np.ndarray, h_od: np.n
     return (area >= params.min_tumour_nucleus_um2) & (np.asarray(elongation) <= params.max_elongation) & ~lymph
 
 
+def _inner_boundaries(labels: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.find_boundaries(labels, mode="inner")`` for 2-D labels:
+    labelled pixels with a 4-neighbour of another label (inside the image), by
+    comparing neighbouring rows and columns instead of a grey dilation and
+    erosion (a tenth of the time)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    rows = labels[1:] != labels[:-1]  # pixel (y, x) differs from (y + 1, x)
+    edge[1:] |= rows
+    edge[:-1] |= rows
+    cols = labels[:, 1:] != labels[:, :-1]
+    edge[:, 1:] |= cols
+    edge[:, :-1] |= cols
+    return edge & (labels != 0)
+
+
 def _sector_stat(values: np.ndarray, cell_of: np.ndarray, sector_of: np.ndarray,
                  n_cells: int, n_sectors: int, stat: str) -> np.ndarray:
     """Mean or max of ``values`` per (cell, sector), 0 where a sector has no pixel; (n_cells+1, n_sectors)."""
@@ -931,7 +946,6 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     when not given; ``dab`` is the DAB OD image (computed from ``rgb`` if None).
     """
     from scipy import ndimage as ndi
-    from skimage.segmentation import find_boundaries
 
     from her2kit.preprocess.stain import HedDeconvolver
 
@@ -957,7 +971,7 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     cell_area, cell_y, cell_x = _centroids(*_label_pixels(cells), n + 1)
 
     # ring pixels: membrane pixels of the cell, or within ring_width of its outline
-    edge = find_boundaries(cells, mode="inner")
+    edge = _inner_boundaries(cells)
     membrane = membrane_prob >= params.membrane_threshold
     ring = (cells > 0) & (membrane | _within(edge, _px(params.ring_width_um, mpp)))
     ring &= nuclei == 0
