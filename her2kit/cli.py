@@ -179,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         verb = f"synth {args.synth_verb}"
     try:
         if verb in ("score", "segment"):  # one local cluster / scheduler client for all inputs
+            from her2kit.wsi.cluster import reuse_freed_memory, shared_executors
+
             if (args.workers or 1) <= 1 and not args.scheduler:
                 _passive_openmp()
-            from her2kit.wsi.cluster import shared_executors
+                reuse_freed_memory()
 
             with shared_executors():
                 return int(_resolve(verb)(args) or 0)

@@ -636,3 +636,32 @@ def test_cli_sets_passive_openmp_for_in_process_runs(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own choice stays
     cli._passive_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_reuse_freed_memory_stops_page_faults_on_reallocation():
+    """In-process score/segment keep freed memory for the next block's arrays:
+    a second image-sized array reuses the first one's pages (glibc, Linux)."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc allocator settings")
+    code = (
+        "import resource, sys, numpy as np\n"
+        "from her2kit.wsi.cluster import reuse_freed_memory\n"
+        "on = sys.argv[1] == 'on' and reuse_freed_memory()\n"
+        "for _ in range(2):\n"
+        "    a = np.ones(4 << 20, np.float32); b = np.ones(4 << 20, np.int32); del a, b\n"
+        "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "a = np.ones(4 << 20, np.float32); b = np.ones(4 << 20, np.int32)\n"
+        "print(int(on), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n"
+    )
+    faults = {}
+    for mode in ("off", "on"):
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, check=True)
+        applied, faults[mode] = (int(v) for v in out.stdout.split())
+    if not applied:
+        pytest.skip("not glibc")
+    if faults["off"] < 100:
+        pytest.skip(f"this allocator reuses the pages anyway ({faults['off']} faults)")
+    assert faults["on"] * 10 < faults["off"], faults
