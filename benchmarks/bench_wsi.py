@@ -24,7 +24,9 @@ Sections:
   workers     pipeline time with 2 local worker processes vs 1.
   cells       find_cells (CPU-s, best of 3) on one 2048^2 block and nine 640^2
               tiles, with her2kit's native kernels vs the scipy/scikit-image
-              paths they replace (same cells), each in a fresh process.
+              paths they replace (same cells), each in a fresh process with
+              the allocator settings of in-process runs; and the native
+              kernels with glibc's default allocator, for the record.
 
 Slides are made by tiling one rendered 1024^2 synthetic patch (her2kit.synth)
 over the tissue area and glass elsewhere, written as OME-Zarr with a pyramid.
@@ -187,9 +189,14 @@ def hed_once(quick: bool) -> dict:
             "load_average": os.getloadavg()[0]}
 
 
-def cells_once(inputs: str, native: bool) -> dict:
+def cells_once(inputs: str, native: bool, reuse: bool = True) -> dict:
     """find_cells on one 2048^2 block and on nine 640^2 tiles of it, best of 3 (CPU-s),
-    with her2kit's native kernels or (``native=False``) the scipy/scikit-image paths."""
+    with her2kit's native kernels or (``native=False``) the scipy/scikit-image paths;
+    ``reuse``: with the allocator settings of in-process runs (as the CLI sets them)."""
+    if reuse:
+        from her2kit.wsi.cluster import reuse_freed_memory
+
+        reuse_freed_memory()
     if not native:
         sys.modules["her2kit._C"] = None  # every native path falls back
     from her2kit.scoring.cells import find_cells
@@ -225,17 +232,20 @@ def bench_cells(work: Path, model: str | None) -> dict:
         probs = make_segmenter(model or "her2net").predict(rgb)
         np.savez(inputs, rgb=rgb, probs=np.asarray(probs, np.float32))
     runs = {}
-    for native in (False, True):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "_cells", str(inputs), json.dumps(native)]
+    for name, native, reuse in (("scipy_skimage", False, True), ("native", True, True),
+                                ("native_default_allocator", True, False)):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "_cells", str(inputs),
+               json.dumps(native), json.dumps(reuse)]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(p.stderr[-2000:])
-        runs["native" if native else "scipy_skimage"] = json.loads(p.stdout.strip().splitlines()[-1])
-    a, b = runs["scipy_skimage"], runs["native"]
+        runs[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    a, b, c = runs["scipy_skimage"], runs["native"], runs["native_default_allocator"]
     return {"name": "find_cells_native", "runs": runs, "load_average": os.getloadavg()[0],
             "speedup_block_2048": round(a["block_2048_cpu_s"] / b["block_2048_cpu_s"], 2),
             "speedup_tiles_640": round(a["tiles_640x9_cpu_s"] / b["tiles_640x9_cpu_s"], 2),
-            "same_cell_count": a["cells_block"] == b["cells_block"]}
+            "allocator_speedup_block_2048": round(c["block_2048_cpu_s"] / b["block_2048_cpu_s"], 2),
+            "same_cell_count": a["cells_block"] == b["cells_block"] == c["cells_block"]}
 
 
 class RssSampler:
@@ -506,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(hed_once(json.loads(argv[1]))))
         return 0
     if argv and argv[0] == "_cells":
-        print(json.dumps(cells_once(argv[1], json.loads(argv[2]))))
+        print(json.dumps(cells_once(argv[1], json.loads(argv[2]), json.loads(argv[3]))))
         return 0
     if argv and argv[0] == "_one":
         print(json.dumps(one_run(**json.loads(argv[1]))))
@@ -565,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         keys = [k for k in ("speedup", "speedup_cpu", "speedup_block_2048", "speedup_tiles_640",
                             "ratio", "ratio_cpu", "ratio_vs_one_pass", "ratio_score", "ratio_score_cpu",
-                            "growth_ratio",
+                            "allocator_speedup_block_2048", "growth_ratio",
                             "target_ratio", "target_speedup") if k in r]
         print(f"{r['name']}: " + ", ".join(f"{k} {r[k]}" for k in keys), flush=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
