@@ -398,13 +398,9 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
     """
     from her2kit.readers import open_slide
     from her2kit.wsi.blocks import make_grid
-    from her2kit.wsi.cluster import reuse_freed_memory
     from her2kit.wsi.worker import block_segmenter, read_block
 
     slide_path = make_slide(work / f"full{size}.zarr", size)
-    # the model alone gets the allocator settings the pipeline runs with (it
-    # gains from them too), not the passive OpenMP waits (it loses 5-10 %)
-    reuse_freed_memory()
     seg = make_segmenter(model, device)
     threads = set_threads(threads)
     slide = open_slide(str(slide_path))
@@ -521,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_one":
         print(json.dumps(one_run(**json.loads(argv[1]))))
         return 0
+    from her2kit.wsi.cluster import reuse_freed_memory
+
+    # before torch starts its threads, as `her2kit score` does: the model alone
+    # (in this process) gets the allocator settings the pipeline runs with (it
+    # gains from them too), not the pipeline's passive OpenMP waits (it loses 5-10 %)
+    reuse_freed_memory()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="JSON file")
     p.add_argument("--quick", action="store_true", help="small sizes")
