@@ -78,7 +78,10 @@ def reuse_freed_memory() -> bool:
     trimmed after the smaller ones, so every block faulted ~60,000 zeroed pages
     in again (a 2048^2 block: 2.20 -> 1.74 s with this, no faults; peak RSS
     unchanged). :func:`release_memory` still hands memory back between blocks,
-    so a long run stays flat. Call it before threads start (torch's included).
+    so a long run stays flat. Call it before threads start (torch's included):
+    ``her2kit score`` / ``segment`` do for in-process runs; a program calling
+    :func:`her2kit.wsi.pipeline.run_slide` itself may. Local-cluster and
+    scheduler workers keep dask's own ``MALLOC_TRIM_THRESHOLD_``.
     """
     try:
         import ctypes
