@@ -165,7 +165,17 @@ def outlines(labels: np.ndarray, ids: Iterable[int], midpoints: bool = True) -> 
     labels = np.asarray(labels)
     tracer = _native("outlines")
     if tracer is None:
-        rings = [_trace_outline(labels, int(i)) for i in ids]
+        from scipy import ndimage as ndi
+
+        boxes = ndi.find_objects(labels.astype(np.int64)) if labels.size and labels.max() > 0 else []
+        rings = []
+        for i in ids:  # each label traced in its bounding box (the same raster order)
+            box = boxes[i - 1] if 0 < i <= len(boxes) else None
+            if box is None:
+                rings.append(np.zeros((0, 2), np.int32))
+            else:
+                corner = np.array([box[0].start, box[1].start], np.int32)
+                rings.append(_trace_outline(labels[box], int(i)) + corner)
         if not midpoints:
             return [r.astype(np.float64) for r in rings]
         return [_midpoints(r) / 2.0 if len(r) else r.astype(np.float64) for r in rings]
