@@ -13,18 +13,25 @@
 // lower than the one already pending for it (a later, not-lower push could
 // never be popped first, so skipping it changes nothing).
 //
-// The heap sifts exactly as skimage's does, so even ties between markers of
-// equal cost (all pushed at age 0) are broken the same way; only in the
-// compact flood, where fewer items are pushed, may such marker ties differ.
+// The plain flood's heap sifts exactly as skimage's does, so even ties
+// between markers of equal cost (all pushed at age 0) are broken the same
+// way; the compact flood takes such marker ties in raster order (skimage's
+// heap order there is an accident of its layout).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace py = pybind11;
 
@@ -42,8 +49,24 @@ inline bool before(const Item& a, const Item& b) {
   return a.cost < b.cost || (a.cost == b.cost && a.age < b.age);
 }
 
+// The compact flood's order: also the pixel index, so that markers of equal
+// cost (all pushed at age 0) come out in one defined order however the queue
+// holds them (raster order of the marker pixels).
+struct BeforeTotal {
+  bool operator()(const Item& a, const Item& b) const {
+    if (a.cost != b.cost) return a.cost < b.cost;
+    if (a.age != b.age) return a.age < b.age;
+    return a.index < b.index;
+  }
+};
+
+struct Before {
+  bool operator()(const Item& a, const Item& b) const { return before(a, b); }
+};
+
 // Binary min-heap of Items stored by value.
-class Heap {
+template <typename Less>
+class HeapT {
  public:
   bool empty() const { return items_.empty(); }
   const Item& top() const { return items_[0]; }
@@ -52,7 +75,7 @@ class Heap {
     items_.push_back(it);
     while (child > 0) {
       size_t parent = (child - 1) / 2;
-      if (!before(it, items_[parent])) break;
+      if (!less_(it, items_[parent])) break;
       items_[child] = items_[parent];
       child = parent;
     }
@@ -68,8 +91,8 @@ class Heap {
       for (;;) {
         size_t l = 2 * i + 1;
         if (l >= n) break;
-        size_t m = (l + 1 < n && before(items_[l + 1], items_[l])) ? l + 1 : l;
-        if (!before(items_[m], last)) break;
+        size_t m = (l + 1 < n && less_(items_[l + 1], items_[l])) ? l + 1 : l;
+        if (!less_(items_[m], last)) break;
         items_[i] = items_[m];
         i = m;
       }
@@ -80,19 +103,23 @@ class Heap {
 
  private:
   std::vector<Item> items_;
+  Less less_;
 };
+using Heap = HeapT<Before>;
 
 // The queue of the compact flood: costs popped never decrease (a push costs at
-// least what was just popped), so items wait unsorted in buckets of cost and
-// only the current bucket is a heap: small heaps that stay in cache instead
-// of one heap of the whole flood front. Order is still exactly (cost, age),
-// except between markers of equal cost.
+// least what was just popped), so items wait unsorted in buckets of cost. A
+// bucket's turn comes: its items are sorted once and taken in order, beside a
+// small heap for the pushes that land in the bucket meanwhile. Sorted runs
+// let the flood fetch the pixels of the next items ahead of time (the visits
+// jump all over the image: each is a cache miss otherwise). Order: exactly
+// (cost, age), and markers of equal cost in raster order.
 class BucketQueue {
  public:
   BucketQueue(double lo, double width, int nbuckets)
       : lo_(lo), width_(width), buckets_(static_cast<size_t>(nbuckets)) {}
   bool empty() {
-    while (current_.empty()) {
+    while (pos_ == run_.size() && current_.empty()) {
       if (!advance()) return true;
     }
     return false;
@@ -107,16 +134,25 @@ class BucketQueue {
       buckets_[static_cast<size_t>(b)].push_back(it);
     }
   }
-  Item pop() { return current_.pop(); }         // call empty() first
-  const Item& top() const { return current_.top(); }  // call empty() first
+  // call empty() first
+  Item pop() { return from_run() ? run_[pos_++] : current_.pop(); }
+  const Item& top() const { return from_run() ? run_[pos_] : current_.top(); }
+  // the k-th next item of the sorted run, if any (a hint for prefetching)
+  const Item* ahead(size_t k) const { return pos_ + k < run_.size() ? &run_[pos_ + k] : nullptr; }
 
  private:
+  bool from_run() const {
+    return pos_ < run_.size() && (current_.empty() || BeforeTotal()(run_[pos_], current_.top()));
+  }
   bool advance() {
     while (++cur_ < static_cast<int64_t>(buckets_.size())) {
       auto& b = buckets_[static_cast<size_t>(cur_)];
       if (b.empty()) continue;
-      for (const Item& it : b) current_.push(it);
+      run_.clear();
+      run_.swap(b);
       std::vector<Item>().swap(b);
+      std::sort(run_.begin(), run_.end(), BeforeTotal());
+      pos_ = 0;
       return true;
     }
     if (overflow_.empty()) return false;
@@ -135,7 +171,35 @@ class BucketQueue {
   int64_t cur_ = -1;
   std::vector<std::vector<Item>> buckets_;
   std::vector<Item> overflow_;
-  Heap current_;
+  std::vector<Item> run_;
+  size_t pos_ = 0;
+  HeapT<BeforeTotal> current_;
+};
+
+// Memory for the per-pixel state, on 2 MB pages where the kernel allows
+// (Linux: transparent huge pages on request): the flood's visits jump all
+// over tens of MB, and with 4 KB pages most of them also missed the TLB.
+template <typename T>
+struct HugePageAllocator {
+  using value_type = T;
+  HugePageAllocator() = default;
+  template <typename U>
+  HugePageAllocator(const HugePageAllocator<U>&) {}
+  T* allocate(size_t n) {
+    const size_t align = size_t{1} << 21;
+    const size_t bytes = (n * sizeof(T) + align - 1) / align * align;
+    void* ptr = std::aligned_alloc(align, bytes);
+    if (ptr == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(ptr, bytes, MADV_HUGEPAGE);
+#endif
+    return static_cast<T*>(ptr);
+  }
+  void deallocate(T* ptr, size_t) { std::free(ptr); }
+  template <typename U>
+  bool operator==(const HugePageAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const HugePageAllocator<U>&) const { return false; }
 };
 
 // Per-pixel state in one place: the flood visits pixels in cost order, all
@@ -146,8 +210,14 @@ struct Pixel {
   int32_t label;  // -1: outside the mask
 };
 
+#ifndef WS_AHEAD
+#define WS_AHEAD 8
+#endif
+constexpr size_t kAhead = WS_AHEAD;
+
 template <bool Compact, typename Queue>
-void flood(Queue& queue, std::vector<Pixel>& px, int64_t H, int64_t W, double compactness) {
+void flood(Queue& queue, std::vector<Pixel, HugePageAllocator<Pixel>>& px, int64_t H, int64_t W,
+           double compactness) {
   const int64_t N = H * W;
   for (int64_t i = 0; i < N; ++i) {
     if (px[i].label > 0) queue.push({static_cast<double>(px[i].value), 0, i, i});
@@ -163,6 +233,14 @@ void flood(Queue& queue, std::vector<Pixel>& px, int64_t H, int64_t W, double co
       __builtin_prefetch(p + n);
       if (n >= W) __builtin_prefetch(p + n - W);
       if (n + W < N) __builtin_prefetch(p + n + W);
+    }
+    if constexpr (Compact) {  // and those of an item further down the sorted run
+      if (const Item* far = queue.ahead(kAhead)) {
+        const int64_t n = far->index;
+        __builtin_prefetch(p + n);
+        if (n >= W) __builtin_prefetch(p + n - W);
+        if (n + W < N) __builtin_prefetch(p + n + W);
+      }
     }
     int32_t label;
     if (Compact) {
@@ -208,7 +286,7 @@ struct PlainQueue {
 void flood(const float* image, int32_t* out, const uint8_t* mask, int64_t H, int64_t W,
            double compactness) {
   const int64_t N = H * W;
-  std::vector<Pixel> px(static_cast<size_t>(N));
+  std::vector<Pixel, HugePageAllocator<Pixel>> px(static_cast<size_t>(N));
   float lo = std::numeric_limits<float>::infinity(), hi = -lo;
   for (int64_t i = 0; i < N; ++i) {
     px[i] = {std::numeric_limits<double>::infinity(), image[i], mask[i] ? out[i] : -1};
