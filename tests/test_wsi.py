@@ -665,3 +665,19 @@ def test_reuse_freed_memory_stops_page_faults_on_reallocation():
     if faults["off"] < 100:
         pytest.skip(f"this allocator reuses the pages anyway ({faults['off']} faults)")
     assert faults["on"] * 10 < faults["off"], faults
+
+
+def test_in_process_run_leaves_the_collector_thawed(slides, tmp_path):
+    """Blocks run with the objects alive at their start frozen out of cycle
+    collection (their outlines make ~150,000 lists per block); a run thaws them."""
+    import gc
+
+    from her2kit.wsi import cluster
+
+    before = gc.get_freeze_count()
+    with cluster.gc_frozen():
+        assert gc.get_freeze_count() > before
+    assert gc.get_freeze_count() == 0
+    run_slide(slides["zarr"], tmp_path / "out", StainSegmenter(), block=BLOCK, halo=HALO,
+              workers=1, progress=False)
+    assert gc.get_freeze_count() == 0

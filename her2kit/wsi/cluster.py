@@ -94,6 +94,27 @@ def reuse_freed_memory() -> bool:
                 and mallopt(m_arena_max, 1))
 
 
+@contextlib.contextmanager
+def gc_frozen():
+    """Python's cycle collector leaves the objects alive on entry alone until exit.
+
+    A block's outlines and GeoJSON features are ~150,000 small lists; each
+    full collection they trigger walked every object of the process (torch,
+    dask, zarr: hundreds of thousands), which tripled the time of the
+    outlines inside a run (0.46 -> 0.15 s per 2048^2 block). Freezing the
+    objects that exist when the blocks start (after a collection) keeps
+    collections to the new ones; on exit they are thawed.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _rss_mb() -> float | None:
     """Resident size of this process in MB (Linux /proc), or None."""
     try:

@@ -311,16 +311,21 @@ def _run_blocks(executor: Any, plan: dict, pending: list[int], seg_arg: Any, ove
                 cell_workers: int | None = None):
     """Yield each pending block's summary (or error dict) as blocks finish."""
     from her2kit.wsi import worker
+    from her2kit.wsi.cluster import gc_frozen, release_memory
 
-    if not overlap:
+    if executor.kind == "in-process":
+        with gc_frozen():
+            if overlap:
+                yield from worker.iter_blocks(plan, pending, seg_arg, overlap=True,
+                                              release=release_memory, cell_workers=cell_workers)
+            else:
+                for _, r in executor.run(worker.process_block,
+                                         [(plan, i, seg_arg) for i in pending], key="block"):
+                    yield r
+    elif not overlap:
         for _, r in executor.run(worker.process_block, [(plan, i, seg_arg) for i in pending],
                                  key="block"):
             yield r
-    elif executor.kind == "in-process":
-        from her2kit.wsi.cluster import release_memory
-
-        yield from worker.iter_blocks(plan, pending, seg_arg, overlap=True, release=release_memory,
-                                      cell_workers=cell_workers)
     else:  # a few consecutive blocks per task, pipelined inside the worker
         per = max(2, min(8, len(pending) // max(1, 4 * executor.workers)))
         runs = [pending[i:i + per] for i in range(0, len(pending), per)]
