@@ -681,3 +681,11 @@ def test_in_process_run_leaves_the_collector_thawed(slides, tmp_path):
     run_slide(slides["zarr"], tmp_path / "out", StainSegmenter(), block=BLOCK, halo=HALO,
               workers=1, progress=False)
     assert gc.get_freeze_count() == 0
+    gc.freeze()  # a host program's own frozen objects stay frozen
+    try:
+        host = gc.get_freeze_count()
+        with cluster.gc_frozen():
+            pass
+        assert gc.get_freeze_count() == host > 0
+    finally:
+        gc.unfreeze()

@@ -313,25 +313,21 @@ def _run_blocks(executor: Any, plan: dict, pending: list[int], seg_arg: Any, ove
     from her2kit.wsi import worker
     from her2kit.wsi.cluster import gc_frozen, release_memory
 
-    if executor.kind == "in-process":
-        with gc_frozen():
-            if overlap:
-                yield from worker.iter_blocks(plan, pending, seg_arg, overlap=True,
-                                              release=release_memory, cell_workers=cell_workers)
-            else:
-                for _, r in executor.run(worker.process_block,
-                                         [(plan, i, seg_arg) for i in pending], key="block"):
-                    yield r
-    elif not overlap:
-        for _, r in executor.run(worker.process_block, [(plan, i, seg_arg) for i in pending],
-                                 key="block"):
-            yield r
-    else:  # a few consecutive blocks per task, pipelined inside the worker
-        per = max(2, min(8, len(pending) // max(1, 4 * executor.workers)))
-        runs = [pending[i:i + per] for i in range(0, len(pending), per)]
-        for _, rs in executor.run(worker.process_blocks, [(plan, r, seg_arg, True) for r in runs],
-                                  key="blocks"):
-            yield from rs
+    in_process = executor.kind == "in-process"
+    with gc_frozen() if in_process else contextlib.nullcontext():
+        if not overlap:
+            for _, r in executor.run(worker.process_block, [(plan, i, seg_arg) for i in pending],
+                                     key="block"):
+                yield r
+        elif in_process:
+            yield from worker.iter_blocks(plan, pending, seg_arg, overlap=True,
+                                          release=release_memory, cell_workers=cell_workers)
+        else:  # a few consecutive blocks per task, pipelined inside the worker
+            per = max(2, min(8, len(pending) // max(1, 4 * executor.workers)))
+            runs = [pending[i:i + per] for i in range(0, len(pending), per)]
+            for _, rs in executor.run(worker.process_blocks, [(plan, r, seg_arg, True) for r in runs],
+                                      key="blocks"):
+                yield from rs
 
 
 def _thumbnail(slide: Any, ledger: Ledger, mpp0: float, name: str, **kw: Any) -> tuple[np.ndarray, float]:
