@@ -2,7 +2,8 @@
 // The ops themselves are registered with TORCH_LIBRARY in csrc/cpu and
 // csrc/cuda; importing this module is what loads those registrations. It
 // also carries the watershed, distance transform and reconstruction of cell
-// finding and the outline tracer of the cell polygons.
+// finding, its Gaussian filter and labelling, and the outline tracer of the
+// cell polygons.
 #include <pybind11/pybind11.h>
 
 namespace her2kit {
@@ -10,6 +11,7 @@ void register_watershed(pybind11::module_& m);          // csrc/cpu/watershed.cp
 void register_distance_transform(pybind11::module_& m);  // csrc/cpu/edt.cpp
 void register_reconstruction(pybind11::module_& m);      // csrc/cpu/reconstruct.cpp
 void register_outline(pybind11::module_& m);             // csrc/cpu/outline.cpp
+void register_filters(pybind11::module_& m);             // csrc/cpu/filters.cpp
 }
 
 namespace {
@@ -29,4 +31,5 @@ PYBIND11_MODULE(_C, m) {
   her2kit::register_distance_transform(m);
   her2kit::register_reconstruction(m);
   her2kit::register_outline(m);
+  her2kit::register_filters(m);
 }

@@ -349,3 +349,59 @@ def test_stained_side_native_equals_numpy(seed, monkeypatch):
     numpy_only = C._claim_by_stained_side(cells, membrane, nuclei, dab, 0.5, params)
     assert (native != cells).any()
     np.testing.assert_array_equal(native, numpy_only)
+
+
+def _native_or_skip(name):
+    fn = C._native(name)
+    if fn is None:
+        pytest.skip(f"her2kit._C.{name} is not built")
+    return fn
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.0, 2.5])
+def test_gaussian_equals_scipy_bit_for_bit(sigma):
+    """The native Gaussian gives scipy's float32 values exactly, on shapes smaller
+    than the kernel too (where "reflect" folds more than once)."""
+    _native_or_skip("gaussian")
+    rng = np.random.default_rng(int(sigma * 10))
+    for shape in ((1, 1), (1, 7), (3, 2), (5, 9), (33, 17), (130, 301)):
+        image = (rng.random(shape) * 10).astype(np.float32)
+        got = C._gaussian(image, sigma)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, ndi.gaussian_filter(image, sigma), err_msg=str(shape))
+    dist = _distance_map(_blobs(3, 200))  # the image segment_nuclei smooths
+    np.testing.assert_array_equal(C._gaussian(dist, sigma), ndi.gaussian_filter(dist, sigma))
+
+
+def test_gaussian_rejects_asymmetric_weights():
+    gaussian = _native_or_skip("gaussian")
+    with pytest.raises(ValueError, match="symmetric"):
+        gaussian(np.zeros((4, 4), np.float32), np.array([0.2, 0.5, 0.3]))
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_label_equals_scipy(diagonal):
+    """Native labelling: scipy's ids (raster order of first pixels) and count."""
+    _native_or_skip("label")
+    rng = np.random.default_rng(7 + diagonal)
+    structure = np.ones((3, 3)) if diagonal else None
+    cases = [rng.random(shape) < density for shape in ((1, 1), (1, 9), (9, 1), (40, 70), (200, 150))
+             for density in (0.0, 0.3, 0.55, 1.0)]
+    cases += [_blobs(4, 128), ~_blobs(5, 128)]
+    # a U that only joins at the bottom, and a diagonal staircase
+    u = np.zeros((6, 7), bool)
+    u[:, 1] = u[:, 5] = u[5, 1:6] = True
+    cases += [u, np.eye(8, dtype=bool)]
+    for mask in cases:
+        got, n = C._label(mask, diagonal=diagonal)
+        ref, n_ref = ndi.label(mask, structure=structure)
+        assert got.dtype == np.int32 and n == n_ref
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_dilate_3x3_equals_maximum_filter():
+    rng = np.random.default_rng(2)
+    for shape in ((1, 1), (1, 5), (5, 1), (2, 3), (64, 80)):
+        mask = rng.random(shape) < 0.2
+        ref = ndi.maximum_filter(mask.view(np.uint8), size=3, mode="nearest") > 0
+        np.testing.assert_array_equal(C._dilate_3x3(mask), ref)

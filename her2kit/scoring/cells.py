@@ -269,6 +269,37 @@ def _expand_labels_at(labels: np.ndarray, distance: float, ys: np.ndarray, xs: n
     return out
 
 
+def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``ndimage.gaussian_filter(image, sigma)`` (mode "reflect", truncate 4) of a
+    2-D float32 image, by her2kit's native filter when built: the same float32
+    values, bit for bit, about 4x faster (vectorised rows instead of scipy's
+    per-pixel line buffers)."""
+    from scipy import ndimage as ndi
+
+    gaussian = _native("gaussian")
+    if gaussian is None or image.ndim != 2 or image.dtype != np.float32 or not sigma > 0:
+        return ndi.gaussian_filter(image, sigma)
+    # scipy's kernel (_gaussian_kernel1d): the same float64 weights
+    radius = int(4.0 * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 / (float(sigma) * float(sigma)) * x**2)
+    weights /= weights.sum()
+    return gaussian(image, weights)
+
+
+def _label(mask: np.ndarray, diagonal: bool = False) -> tuple[np.ndarray, int]:
+    """``ndimage.label(mask)`` of a 2-D bool mask (``diagonal``: 8-connected):
+    int32 ids numbered in raster order of each component's first pixel, and
+    their count; by her2kit's native labelling when built (the same ids, 4-6x
+    faster)."""
+    from scipy import ndimage as ndi
+
+    label = _native("label")
+    if label is None or mask.ndim != 2:
+        return ndi.label(mask, structure=np.ones((3, 3)) if diagonal else None)
+    return label(np.asarray(mask, dtype=bool), 2 if diagonal else 1)
+
+
 def _within(mask: np.ndarray, distance: float) -> np.ndarray:
     """Pixels at Euclidean distance <= ``distance`` (pixels) from a True pixel of ``mask``.
 
@@ -365,9 +396,8 @@ def _distance_to_background(mask: np.ndarray) -> np.ndarray:
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes(mask)`` (2-D): the False regions (4-connected) not touching the border are filled."""
-    from scipy import ndimage as ndi
 
-    lab, n = ndi.label(~mask)
+    lab, n = _label(~mask)
     if n == 0:
         return mask.copy()
     outside = np.zeros(n + 1, dtype=bool)
@@ -379,27 +409,26 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def segment_nuclei(nucleus_prob: np.ndarray, mpp: float, params: CellParams) -> np.ndarray:
     """Nucleus instances, uint32 (H, W), from the nucleus probability (H, W)."""
-    from scipy import ndimage as ndi
 
     mask = nucleus_prob >= params.nucleus_threshold
     mask = _fill_holes(mask)
     min_px = max(1, int(round(params.min_nucleus_area_um2 / mpp**2)))
-    comp, n_comp = ndi.label(mask)
+    comp, n_comp = _label(mask)
     mask = (np.bincount(comp.ravel()) >= min_px)[comp] & mask
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.uint32)
     dist = _distance_to_background(mask)
-    dist = ndi.gaussian_filter(dist, 1.0)
+    dist = _gaussian(dist, 1.0)
     h = max(_px(params.nucleus_split_um, mpp), 0.5)
     peaks = _h_maxima(dist, h) & mask
-    markers, _ = ndi.label(peaks)
+    markers, _ = _label(peaks)
     # a component with no marker (a flat, tiny blob) still becomes a nucleus
     # (the components kept above are those of ``comp``)
     has = np.zeros(n_comp + 1, dtype=bool)
     has[comp[markers > 0]] = True
     orphan = ~has[comp] & mask
     if orphan.any():
-        orphan_lab, _ = ndi.label(orphan)
+        orphan_lab, _ = _label(orphan)
         markers = np.where(orphan_lab > 0, orphan_lab + markers.max(), markers)
     labels = _watershed(-dist, markers, mask)
     return labels.astype(np.uint32)
@@ -542,7 +571,6 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     seen (unstained cells) the split follows the distance to the centroids, a
     Voronoi partition like the tissue's own.
     """
-    from scipy import ndimage as ndi
 
     n = int(nuclei.max(initial=0))
     if n == 0:
@@ -550,12 +578,12 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     if n < 2**31 - 1:
         nuclei = nuclei.astype(np.int32)  # labels as int32 throughout: half the memory traffic of int64
     near = _within(nuclei > 0, _px(params.max_cell_radius_um, mpp))
-    elevation = ndi.gaussian_filter(membrane_prob.astype(np.float32), 1.0)
+    elevation = _gaussian(membrane_prob.astype(np.float32), 1.0)
     if dab is not None and params.dab_elevation > 0:
         # the DAB crest lies on the cell border itself, while the membrane class
         # band lies inside the stained cell: the crest keeps a stained cell's
         # membrane out of its unstained neighbour
-        crest = np.clip(ndi.gaussian_filter(dab.astype(np.float32), 0.7) / params.dab_scale_od, 0, 1)
+        crest = np.clip(_gaussian(dab.astype(np.float32), 0.7) / params.dab_scale_od, 0, 1)
         elevation = (1 - params.dab_elevation) * elevation + params.dab_elevation * crest
     _, cy, cx = _centroids(*_label_pixels(nuclei), n + 1)
     # one marker per nucleus at its rounded centroid (half to even, as round());
@@ -589,6 +617,18 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     return cells.astype(np.uint32)
 
 
+def _dilate_3x3(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.maximum_filter(mask, size=3, mode="nearest")`` of a 2-D bool mask
+    (its 3 x 3 dilation) by shifted ORs of rows and columns: a tenth of the time."""
+    rows = mask.copy()
+    rows[:, 1:] |= mask[:, :-1]
+    rows[:, :-1] |= mask[:, 1:]
+    out = rows.copy()
+    out[1:] |= rows[:-1]
+    out[:-1] |= rows[1:]
+    return out
+
+
 def _claim_by_stained_side(cells: np.ndarray, membrane: np.ndarray, nuclei: np.ndarray,
                            dab: np.ndarray, mpp: float, params: CellParams) -> np.ndarray:
     """Give each membrane pixel to the cell on its stained side.
@@ -610,11 +650,8 @@ def _claim_by_stained_side(cells: np.ndarray, membrane: np.ndarray, nuclei: np.n
     cyto = np.where(~membrane & (nuclei == 0), cells, 0)
     # compare both sides at the same distances from the band (not the pixel):
     # cytoplasm right against the band (1 px) sees the band's blur on both
-    # sides alike, and counts on neither
-    from scipy import ndimage as ndi
-
-    # distance < 1.5 from the band: its 3 x 3 dilation (a max filter, cheaper)
-    cyto[ndi.maximum_filter(membrane.view(np.uint8), size=3, mode="nearest") > 0] = 0
+    # sides alike, and counts on neither; distance < 1.5 from the band is its 3 x 3 dilation
+    cyto[_dilate_3x3(membrane)] = 0
     stained_side = _native("stained_side")
     if stained_side is not None and cyto.dtype in (np.int32, np.int64) and dab.dtype == np.float32:
         # the same rule, pixel by pixel in C++ (same sums in the same order)
@@ -684,9 +721,8 @@ def _claim_wrapping_arcs(cells: np.ndarray, membrane: np.ndarray, nuclei: np.nda
     All arcs at once: every arc pixel is paired with each of the (2 or 3)
     cells sharing its arc, and the sectors seen are counted per pair.
     """
-    from scipy import ndimage as ndi
 
-    comp, n_comp = ndi.label(membrane & (cells > 0), structure=np.ones((3, 3)))
+    comp, n_comp = _label(membrane & (cells > 0), diagonal=True)
     if n_comp == 0:
         return cells
     n = int(nuclei.max(initial=0))
@@ -750,11 +786,10 @@ def _claim_enclosing_membrane(cells: np.ndarray, membrane: np.ndarray, nuclei: n
     nucleus, the ring pixels near that hole go to that nucleus's cell; between
     two enclosed cells the band is split by distance to their holes.
     """
-    from scipy import ndimage as ndi
 
     # holes of the membrane: regions of non-membrane (4-connected, as
     # binary_fill_holes) that do not reach the image border
-    hole_lab, n_holes = ndi.label(~membrane)
+    hole_lab, n_holes = _label(~membrane)
     if n_holes == 0:
         return cells
     border = np.zeros(n_holes + 1, dtype=bool)
@@ -945,7 +980,6 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     ``nuc`` (from :func:`nucleus_features`) and ``tumour_by_id`` are computed
     when not given; ``dab`` is the DAB OD image (computed from ``rgb`` if None).
     """
-    from scipy import ndimage as ndi
 
     from her2kit.preprocess.stain import HedDeconvolver
 
@@ -966,7 +1000,7 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     if dab is None:
         dab = deconv.dab(rgb)
     if params.smooth_um > 0:
-        dab = ndi.gaussian_filter(dab, _px(params.smooth_um, mpp))
+        dab = _gaussian(dab, _px(params.smooth_um, mpp))
 
     cell_area, cell_y, cell_x = _centroids(*_label_pixels(cells), n + 1)
 
