@@ -97,8 +97,13 @@ def test_h_maxima_packed_quantised_images(seed, fn):
 # --- distances, expansion, holes --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("seed", range(4))
-def test_expand_labels_and_within_equal_scipy_skimage(seed):
+def test_expand_labels_and_within_equal_scipy_skimage(seed, native, monkeypatch):
+    import sys
+
+    if not native:
+        monkeypatch.setitem(sys.modules, "her2kit._C", None)
     lab = _random_labels(seed)
     for d in (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 16.0):
         assert np.array_equal(C._expand_labels(lab, d), expand_labels(lab, d)), d
@@ -405,3 +410,34 @@ def test_dilate_3x3_equals_maximum_filter():
         mask = rng.random(shape) < 0.2
         ref = ndi.maximum_filter(mask.view(np.uint8), size=3, mode="nearest") > 0
         np.testing.assert_array_equal(C._dilate_3x3(mask), ref)
+
+
+def test_within_native_equals_distance_transform():
+    """The native disk dilation, for every radius cell finding uses and the edges of its range."""
+    within = _native_or_skip("within")
+    rng = np.random.default_rng(11)
+    for shape in ((1, 1), (1, 30), (30, 1), (7, 5), (64, 80)):
+        for density in (0.0, 0.002, 0.05, 0.5):
+            mask = rng.random(shape) < density
+            dist2 = ndi.distance_transform_edt(~mask) ** 2 if mask.any() else np.full(shape, np.inf)
+            for k in (0, 1, 2, 5, 25, 26, 256, 3000, 62500):
+                got = within(mask, k)
+                assert got.dtype == bool
+                np.testing.assert_array_equal(got, np.round(dist2) <= k, err_msg=f"{shape} {density} {k}")
+    with pytest.raises(ValueError, match="max_sq"):
+        within(np.ones((3, 3), bool), 62501)
+
+
+def test_median_equals_numpy():
+    """The radix-first median: np.median's value and dtype, odd and even sizes, ties, signs."""
+    rng = np.random.default_rng(12)
+    for n in (5, 4096, 4097, 10000, 100001):
+        base = rng.normal(size=n).astype(np.float32)
+        for values in (base, np.round(base * 3) / 3, np.abs(base), -np.abs(base),
+                       np.full(n, 0.25, np.float32), base.astype(np.float64)):
+            values = np.asarray(values)
+            got, ref = C._median(values), np.median(values)
+            assert got == ref and np.asarray(got).dtype == np.asarray(ref).dtype, (n, values.dtype)
+    with_nan = np.ones(5000, np.float32)
+    with_nan[3] = np.nan
+    assert np.isnan(C._median(with_nan))

@@ -10,6 +10,10 @@
 // - label: scipy.ndimage.label of a 2-D mask, 4- or 8-connected, int32 ids
 //   numbered in raster order of each component's first pixel, by runs of
 //   pixels and union-find.
+// - within: the pixels at most sqrt(k) from a True pixel of a mask (the
+//   dilation by a digital disk; distance_transform_edt(~mask) <= sqrt(k)):
+//   capped column distances, then per row one vectorised compare per column
+//   offset of the disk.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -209,6 +213,66 @@ py::tuple label(py::array_t<bool, py::array::c_style | py::array::forcecast> mas
   return py::make_tuple(out, n);
 }
 
+// out[x] |= (g2[x + dx] <= t) over the columns where x + dx is inside the row
+__attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+void or_within(const uint16_t* g2, int64_t n, int64_t dx, int64_t t, uint8_t* out) {
+  const int64_t lo = std::max<int64_t>(0, -dx), hi = std::min<int64_t>(n, n - dx);
+  const uint16_t tt = static_cast<uint16_t>(t);
+  const uint16_t* g = g2 + dx;
+  for (int64_t x = lo; x < hi; ++x) out[x] |= static_cast<uint8_t>(g[x] <= tt);
+}
+
+// A pixel is within iff some column offset dx has dx^2 + g(x + dx)^2 <= k,
+// g being the distance to the nearest True pixel in that column.
+void within_2d(const uint8_t* m, int64_t H, int64_t W, int64_t k, uint8_t* out) {
+  int64_t r = 0;
+  while ((r + 1) * (r + 1) <= k) ++r;
+  const uint8_t cap = static_cast<uint8_t>(r + 1);  // any farther column is out of reach
+  std::vector<uint8_t> g(static_cast<size_t>(H * W));
+  for (int64_t x = 0; x < W; ++x) g[x] = m[x] ? 0 : cap;
+  for (int64_t y = 1; y < H; ++y) {
+    const uint8_t* above = g.data() + (y - 1) * W;
+    uint8_t* row = g.data() + y * W;
+    const uint8_t* mr = m + y * W;
+    for (int64_t x = 0; x < W; ++x) {
+      const uint8_t up = above[x] < cap ? static_cast<uint8_t>(above[x] + 1) : cap;
+      row[x] = mr[x] ? 0 : up;
+    }
+  }
+  for (int64_t y = H - 2; y >= 0; --y) {
+    const uint8_t* below = g.data() + (y + 1) * W;
+    uint8_t* row = g.data() + y * W;
+    for (int64_t x = 0; x < W; ++x) {
+      const uint8_t down = below[x] < cap ? static_cast<uint8_t>(below[x] + 1) : cap;
+      row[x] = std::min(row[x], down);
+    }
+  }
+  std::vector<uint16_t> g2(static_cast<size_t>(W));
+  for (int64_t y = 0; y < H; ++y) {
+    const uint8_t* row = g.data() + y * W;
+    for (int64_t x = 0; x < W; ++x) g2[x] = static_cast<uint16_t>(row[x] * row[x]);
+    uint8_t* o = out + y * W;
+    std::fill(o, o + W, 0);
+    for (int64_t dx = -r; dx <= r; ++dx) or_within(g2.data(), W, dx, k - dx * dx, o);
+  }
+}
+
+py::array_t<bool> within(py::array_t<bool, py::array::c_style | py::array::forcecast> mask,
+                         int64_t max_sq) {
+  if (mask.ndim() != 2) throw std::invalid_argument("within: mask must be 2-D");
+  if (max_sq < 0 || max_sq > 250 * 250) throw std::invalid_argument("within: max_sq must be in [0, 62500]");
+  const int64_t H = mask.shape(0), W = mask.shape(1);
+  py::array_t<bool> out({H, W});
+  const uint8_t* m = reinterpret_cast<const uint8_t*>(mask.data());
+  uint8_t* o = reinterpret_cast<uint8_t*>(out.mutable_data());
+  if (H == 0 || W == 0) return out;
+  {
+    py::gil_scoped_release release;
+    within_2d(m, H, W, max_sq, o);
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_filters(py::module_& m) {
@@ -218,6 +282,9 @@ void register_filters(py::module_& m) {
   m.def("label", &label, py::arg("mask"), py::arg("connectivity") = 1,
         "scipy.ndimage.label of a 2-D mask (connectivity 1: 4-connected, 2: 8-connected): "
         "(int32 labels numbered in raster order, count).");
+  m.def("within", &within, py::arg("mask"), py::arg("max_sq"),
+        "Pixels whose squared Euclidean distance to a True pixel of the 2-D mask is at "
+        "most max_sq (0..62500): the dilation by the digital disk dy^2 + dx^2 <= max_sq.");
 }
 
 }  // namespace her2kit
