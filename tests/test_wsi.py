@@ -218,6 +218,29 @@ def test_overlap_crash_and_resume_equals_reference(slides, reference, tmp_path):
     np.testing.assert_array_equal(label_level0(out, "cells"), label_level0(reference, "cells"))
 
 
+def test_early_seams_follow_the_last_neighbour(monkeypatch, tmp_path):
+    """In overlapped runs a block is stitched as soon as it and its neighbours
+    with tissue are written (once each), not after the whole slide."""
+    from her2kit.wsi import pipeline, worker
+    from her2kit.wsi.resume import Ledger
+
+    grid = make_grid((3 * 512, 3 * 512), 1.0, 512, 32)  # 3 x 3 blocks
+    selected = [0, 1, 2, 3, 4, 5, 6, 7]  # block 8 has no tissue (it still takes spill)
+    ledger = Ledger(tmp_path)
+    ran = []
+    monkeypatch.setattr(worker, "seam_block", lambda plan, t, sources: ran.append((t, sorted(sources))))
+    seams = pipeline._EarlySeams({}, grid, selected, ledger)
+    after = {}
+    for i in selected:
+        seams({"index": i})
+        after[i] = [t for t, _ in ran]
+    assert after[3] == []  # block 0's neighbour 4 is not written yet
+    assert after[4] == [0]  # 0 and its neighbours 1, 3, 4
+    assert after[5] == [0, 1, 2]
+    assert sorted(t for t, _ in ran) == list(range(9))  # every block once, 8 included
+    assert dict(ran)[8] == [4, 5, 7]
+
+
 def test_block_segmenter_one_pass_per_block():
     """A her2kit Segmenter covers a block + halo in one network pass when it holds
     no more pixels than one of its batches; larger blocks get the fewest tiles."""

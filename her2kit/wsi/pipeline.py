@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -259,7 +260,8 @@ def run_slide(
         # thread (overlap) is finished and recorded
         with _bar(len(selected), len(selected) - len(pending), stem, progress) as bar, \
                 contextlib.closing(_run_blocks(executor, plan, pending, seg_arg, overlap,
-                                               cell_workers)) as results:
+                                               cell_workers, _EarlySeams(plan, grid, selected, ledger)))\
+                as results:
             for r in results:
                 if "error" in r:
                     _raise_task_error(path, r)
@@ -308,8 +310,9 @@ def _default_overlap(executor: Any, segmenter: Any, device: str | None) -> bool:
 
 
 def _run_blocks(executor: Any, plan: dict, pending: list[int], seg_arg: Any, overlap: bool,
-                cell_workers: int | None = None):
-    """Yield each pending block's summary (or error dict) as blocks finish."""
+                cell_workers: int | None = None, after: Any = None):
+    """Yield each pending block's summary (or error dict) as blocks finish.
+    ``after``: see :func:`worker.iter_blocks` (in-process overlapped runs only)."""
     from her2kit.wsi import worker
     from her2kit.wsi.cluster import gc_frozen, release_memory
 
@@ -321,7 +324,8 @@ def _run_blocks(executor: Any, plan: dict, pending: list[int], seg_arg: Any, ove
                 yield r
         elif in_process:
             yield from worker.iter_blocks(plan, pending, seg_arg, overlap=True,
-                                          release=release_memory, cell_workers=cell_workers)
+                                          release=release_memory, cell_workers=cell_workers,
+                                          after=after)
         else:  # a few consecutive blocks per task, pipelined inside the worker
             per = max(2, min(8, len(pending) // max(1, 4 * executor.workers)))
             runs = [pending[i:i + per] for i in range(0, len(pending), per)]
@@ -345,21 +349,58 @@ def _thumbnail(slide: Any, ledger: Ledger, mpp0: float, name: str, **kw: Any) ->
     return thumb, ds
 
 
+def _seams_left(grid: Any, selected: list[int], ledger: Ledger) -> dict[int, list[int]]:
+    """The blocks still to stitch, with the blocks whose spill they take."""
+    chosen = set(selected)
+    targets = sorted({n for i in selected for n in grid.neighbours(i)} | chosen)
+    left = {}
+    for t in targets:
+        sources = [n for n in grid.neighbours(t) if n in chosen]
+        if sources and not ledger.marked(f"seam-{t:06d}"):
+            left[t] = sources
+    return left
+
+
 def _stitch(plan: dict, grid: Any, selected: list[int], ledger: Ledger, executor: Any,
             path: str) -> None:
     """Paste every block's spill into its neighbours (see worker.seam_block)."""
     from her2kit.wsi.worker import seam_block
 
-    chosen = set(selected)
-    targets = sorted({n for i in selected for n in grid.neighbours(i)} | chosen)
-    items = []
-    for t in targets:
-        sources = [n for n in grid.neighbours(t) if n in chosen]
-        if sources and not ledger.marked(f"seam-{t:06d}"):
-            items.append((plan, t, sources))
+    items = [(plan, t, sources) for t, sources in _seams_left(grid, selected, ledger).items()]
     for _, r in executor.run(seam_block, items, key="seam"):
         if "error" in r:
             _raise_task_error(path, r)
+
+
+class _EarlySeams:
+    """Stitch a block as soon as it and all its neighbours with tissue are
+    written, in the thread that wrote the last of them (in-process overlapped
+    runs): the stitching then overlaps with the network instead of waiting
+    for the end of the slide. A seam that fails here is left unmarked, and
+    :func:`_stitch` does it again (and reports it) after the blocks."""
+
+    def __init__(self, plan: dict, grid: Any, selected: list[int], ledger: Ledger):
+        self.plan, self.grid = plan, grid
+        self.chosen = set(selected)
+        self.left = _seams_left(grid, selected, ledger)
+        self.done = {i for i in selected if ledger.done(i)}
+        self.lock = threading.Lock()  # several cell threads on a GPU
+
+    def __call__(self, summary: dict) -> None:
+        from her2kit.wsi.worker import seam_block
+
+        i = summary["index"]
+        with self.lock:
+            self.done.add(i)
+            ready = []
+            for t in [i, *self.grid.neighbours(i)]:
+                sources = self.left.get(t)
+                if sources is None or (t in self.chosen and t not in self.done):
+                    continue
+                if all(s in self.done for s in sources):
+                    ready.append((t, self.left.pop(t)))
+        for t, sources in ready:
+            seam_block(self.plan, t, sources)
 
 
 def _pyramid(plan: dict, ledger: Ledger, executor: Any, path: str) -> None:

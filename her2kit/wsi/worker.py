@@ -276,7 +276,7 @@ def uses_gpu(segmenter: Any, device: str | None = None) -> bool:
 
 
 def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = False,
-                release: Any = None, cell_workers: int | None = None):
+                release: Any = None, cell_workers: int | None = None, after: Any = None):
     """Run ``indices`` one after another in this process; yield each block's summary dict.
 
     With ``overlap``, cell finding (and the writes) of block i run in other
@@ -287,7 +287,10 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
     the network leaves the cores idle, so ``cell_workers`` blocks (default:
     see :func:`cell_workers_for`) have their cells found at once. Blocks are
     yielded in order. ``release`` (optional) is called after each finished
-    block (e.g. to return freed heap memory).
+    block (e.g. to return freed heap memory). ``after`` (optional, overlap
+    only) is called with each written block's summary in the thread that
+    finished it, before the next block's cells: work that can follow a block
+    at once (stitching its seams) then also overlaps with the network.
 
     Measured on an H200 with 16 cores (16 blocks of 2048 px, shipped
     Her2Net): 15 threads ran the block loop in 14.0 s against 85 s of cell
@@ -329,7 +332,7 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
                 pool = ThreadPoolExecutor(workers, thread_name_prefix="her2kit-cells")
             while len(pending) >= workers:
                 yield oldest()
-            pending.append(pool.submit(finish_block, plan, stage))
+            pending.append(pool.submit(_finish_then, plan, stage, after))
             del stage
         while pending:
             yield oldest()
@@ -339,6 +342,13 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
         if pool is not None:
             pool.shutdown()
         restore()
+
+
+def _finish_then(plan: dict, stage: dict, after: Any) -> dict:
+    r = finish_block(plan, stage)
+    if after is not None and "error" not in r:
+        after(r)
+    return r
 
 
 def cell_workers_for(segmenter: Any, device: str | None, shape: tuple[int, int]) -> int:
