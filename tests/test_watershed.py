@@ -98,6 +98,16 @@ def test_distance_transform_matches_scipy():
         ours = native.distance_transform(mask)
         assert ours.dtype == np.float32
         np.testing.assert_array_equal(ours, ndi.distance_transform_edt(mask).astype(np.float32))
+    # rows with pixels farther than 16 px from the background take the envelope,
+    # the others the offsets' minimum: both in one image, and a column without background
+    for shape, holes in (((120, 90), 3), ((60, 200), 1), ((40, 45), 0)):
+        mask = np.ones(shape, bool)
+        mask[60:, :] = rng.random((max(shape[0] - 60, 0), shape[1])) < 0.8
+        mask[rng.integers(0, shape[0], holes), rng.integers(0, shape[1], holes)] = False
+        if mask.all():
+            continue
+        np.testing.assert_array_equal(native.distance_transform(mask),
+                                      ndi.distance_transform_edt(mask).astype(np.float32))
     # no background at all: no finite distance
     assert np.isinf(native.distance_transform(np.ones((3, 4), bool))).all()
 
