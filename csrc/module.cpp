@@ -2,8 +2,8 @@
 // The ops themselves are registered with TORCH_LIBRARY in csrc/cpu and
 // csrc/cuda; importing this module is what loads those registrations. It
 // also carries the watershed, distance transform and reconstruction of cell
-// finding, its Gaussian filter and labelling, and the outline tracer of the
-// cell polygons.
+// finding, its Gaussian filter, labelling and per-label sums, and the outline
+// tracer of the cell polygons.
 #include <pybind11/pybind11.h>
 
 namespace her2kit {
@@ -12,6 +12,7 @@ void register_distance_transform(pybind11::module_& m);  // csrc/cpu/edt.cpp
 void register_reconstruction(pybind11::module_& m);      // csrc/cpu/reconstruct.cpp
 void register_outline(pybind11::module_& m);             // csrc/cpu/outline.cpp
 void register_filters(pybind11::module_& m);             // csrc/cpu/filters.cpp
+void register_label_stats(pybind11::module_& m);         // csrc/cpu/label_stats.cpp
 }
 
 namespace {
@@ -32,4 +33,5 @@ PYBIND11_MODULE(_C, m) {
   her2kit::register_reconstruction(m);
   her2kit::register_outline(m);
   her2kit::register_filters(m);
+  her2kit::register_label_stats(m);
 }

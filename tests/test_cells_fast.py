@@ -441,3 +441,25 @@ def test_median_equals_numpy():
     with_nan = np.ones(5000, np.float32)
     with_nan[3] = np.nan
     assert np.isnan(C._median(with_nan))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64])
+def test_label_sums_native_equal_bincount(dtype, monkeypatch):
+    """Centroids and nucleus features from the native per-label sums equal the
+    bincount path bit for bit; labels outside [0, size) are refused."""
+    import sys
+
+    label_moments = _native_or_skip("label_moments")
+    labels = C._expand_labels(_random_labels(3, size=90, n=60), 4.0).astype(dtype)
+    haem = np.random.default_rng(1).random(labels.shape).astype(np.float32)
+    size = int(labels.max()) + 3  # absent ids too
+    native = C._label_centroids(labels, size)
+    features = C.nucleus_features(labels, haem, 0.5)
+    monkeypatch.setitem(sys.modules, "her2kit._C", None)
+    for got, ref in zip(native, C._centroids(*C._label_pixels(labels), size), strict=True):
+        np.testing.assert_array_equal(got, ref)
+    reference = C.nucleus_features(labels, haem, 0.5)
+    for key in reference:
+        np.testing.assert_array_equal(features[key], reference[key], err_msg=key)
+    with pytest.raises(ValueError, match=r"\[0, size\)"):
+        label_moments(labels, int(labels.max()))

@@ -585,7 +585,7 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
         # membrane out of its unstained neighbour
         crest = np.clip(_gaussian(dab.astype(np.float32), 0.7) / params.dab_scale_od, 0, 1)
         elevation = (1 - params.dab_elevation) * elevation + params.dab_elevation * crest
-    _, cy, cx = _centroids(*_label_pixels(nuclei), n + 1)
+    _, cy, cx = _label_centroids(nuclei, n + 1)
     # one marker per nucleus at its rounded centroid (half to even, as round());
     # where two round to one pixel the higher id keeps it
     ids = np.flatnonzero(np.isfinite(cy[1:])) + 1
@@ -727,7 +727,7 @@ def _claim_wrapping_arcs(cells: np.ndarray, membrane: np.ndarray, nuclei: np.nda
         return cells
     n = int(nuclei.max(initial=0))
     if centres is None:
-        _, cy, cx = _centroids(*_label_pixels(nuclei), n + 1)
+        _, cy, cx = _label_centroids(nuclei, n + 1)
     else:
         cy, cx = centres
     pc, py, px = _label_pixels(comp)
@@ -866,6 +866,18 @@ def _label_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return flat[idx].astype(np.int64), y, x
 
 
+def _label_centroids(labels: np.ndarray, size: int):
+    """``_centroids(*_label_pixels(labels), size)`` of a 2-D label image with
+    labels < ``size``: by her2kit's native per-label sums when built (one pass,
+    no pixel lists; the same sums in the same order, so the same values)."""
+    label_moments = _native("label_moments")
+    if label_moments is None or labels.ndim != 2 or labels.dtype not in (np.int32, np.uint32, np.int64):
+        return _centroids(*_label_pixels(labels), size)
+    count, sy, sx = label_moments(np.ascontiguousarray(labels), size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return count, sy / count, sx / count
+
+
 def _centroids(lab: np.ndarray, y: np.ndarray, x: np.ndarray, size: int):
     """Pixel count, centroid row and column (NaN where no pixel) per label 0..size-1.
 
@@ -890,22 +902,33 @@ def nucleus_features(nuclei: np.ndarray, haematoxylin: np.ndarray, mpp: float) -
     out = {k: np.zeros(n + 1) for k in ("area_um2", "elongation", "h_od", "y", "x")}
     if n == 0:
         return out
-    lab, y, x = _label_pixels(nuclei)
-    count, cy, cx = _centroids(lab, y, x, n + 1)
+    label_spread = _native("label_spread")
+    if label_spread is not None and nuclei.ndim == 2 and nuclei.dtype in (np.int32, np.uint32, np.int64) \
+            and haematoxylin.dtype == np.float32:
+        # the same sums, in one native pass each (no pixel lists)
+        count, cy, cx = _label_centroids(nuclei, n + 1)
+        sxx, syy, sxy, h_sum = label_spread(np.ascontiguousarray(nuclei), n + 1, cy, cx, haematoxylin)
+    else:
+        lab, y, x = _label_pixels(nuclei)
+        count, cy, cx = _centroids(lab, y, x, n + 1)
+        dy = y - cy[lab]
+        dx = x - cx[lab]
+        sxx = np.bincount(lab, weights=dx * dx, minlength=n + 1)
+        syy = np.bincount(lab, weights=dy * dy, minlength=n + 1)
+        sxy = np.bincount(lab, weights=dy * dx, minlength=n + 1)
+        h_sum = np.bincount(lab, weights=haematoxylin.ravel()[np.flatnonzero(nuclei.ravel())],
+                            minlength=n + 1)
     there = count > 0
-    dy = y - cy[lab]
-    dx = x - cx[lab]
     with np.errstate(invalid="ignore", divide="ignore"):
         cov = np.empty((n + 1, 2, 2))
-        cov[:, 0, 0] = np.bincount(lab, weights=dx * dx, minlength=n + 1) / count
-        cov[:, 1, 1] = np.bincount(lab, weights=dy * dy, minlength=n + 1) / count
-        cov[:, 0, 1] = cov[:, 1, 0] = -np.bincount(lab, weights=dy * dx, minlength=n + 1) / count
+        cov[:, 0, 0] = sxx / count
+        cov[:, 1, 1] = syy / count
+        cov[:, 0, 1] = cov[:, 1, 0] = -sxy / count
     cov[~there] = 0.0
     # the inertia tensor [[mu02, -mu11], [-mu11, mu20]] / mu00, as regionprops
     eig = np.clip(np.linalg.eigvalsh(cov), 0, None)  # ascending
     major = 4 * np.sqrt(eig[:, 1])
     minor = 4 * np.sqrt(eig[:, 0])
-    h_sum = np.bincount(lab, weights=haematoxylin.ravel()[np.flatnonzero(nuclei.ravel())], minlength=n + 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         h_od = h_sum / count
     out["area_um2"][there] = count[there] * mpp**2
@@ -1028,7 +1051,7 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     if params.smooth_um > 0:
         dab = _gaussian(dab, _px(params.smooth_um, mpp))
 
-    cell_area, cell_y, cell_x = _centroids(*_label_pixels(cells), n + 1)
+    cell_area, cell_y, cell_x = _label_centroids(cells, n + 1)
 
     # ring pixels: membrane pixels of the cell, or within ring_width of its outline
     edge = _inner_boundaries(cells)
