@@ -12,6 +12,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "cpu/vector_clones.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -99,7 +101,7 @@ void squared_distances(const uint8_t* m, int64_t H, int64_t W, int64_t* d2) {
 // pixel is done again by the envelope.
 constexpr int64_t kNear = 16;
 
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+HER2KIT_VECTOR_CLONES
 void min_with_offset(const uint16_t* g2, int64_t n, int64_t dx, uint16_t* best) {
   const int64_t lo = std::max<int64_t>(0, -dx), hi = std::min<int64_t>(n, n - dx);
   const uint16_t add = static_cast<uint16_t>(dx * dx);
@@ -110,7 +112,7 @@ void min_with_offset(const uint16_t* g2, int64_t n, int64_t dx, uint16_t* best) 
   }
 }
 
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+HER2KIT_VECTOR_CLONES
 void sqrt_row(const uint16_t* d2, int64_t n, float* out) {
   for (int64_t x = 0; x < n; ++x) out[x] = static_cast<float>(std::sqrt(static_cast<double>(d2[x])));
 }

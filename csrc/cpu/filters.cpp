@@ -17,6 +17,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "cpu/vector_clones.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
@@ -37,7 +39,7 @@ int64_t reflect_index(int64_t i, int64_t n) {
 
 // out[x] = in0[x] * w[0] + sum over j = r..1 of (lo_j[x] + hi_j[x]) * w[j],
 // accumulated in that order (scipy's loop over the symmetric kernel).
-__attribute__((target_clones("avx512f", "avx2", "default")))
+HER2KIT_VECTOR_CLONES
 void columns_pass(const float* const* lo, const float* const* hi, const float* in0,
                   const double* w, int64_t r, int64_t n, double* acc, float* out) {
   for (int64_t x = 0; x < n; ++x) acc[x] = static_cast<double>(in0[x]) * w[0];
@@ -53,7 +55,7 @@ void columns_pass(const float* const* lo, const float* const* hi, const float* i
 }
 
 // One row along x: line holds the row reflected by r on both sides, as float64.
-__attribute__((target_clones("avx512f", "avx2", "default")))
+HER2KIT_VECTOR_CLONES
 void row_pass(const double* line, const double* w, int64_t r, int64_t n, double* acc,
               float* out) {
   const double* c = line + r;
@@ -214,7 +216,7 @@ py::tuple label(py::array_t<bool, py::array::c_style | py::array::forcecast> mas
 }
 
 // out[x] |= (g2[x + dx] <= t) over the columns where x + dx is inside the row
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+HER2KIT_VECTOR_CLONES
 void or_within(const uint16_t* g2, int64_t n, int64_t dx, int64_t t, uint8_t* out) {
   const int64_t lo = std::max<int64_t>(0, -dx), hi = std::min<int64_t>(n, n - dx);
   const uint16_t tt = static_cast<uint16_t>(t);
