@@ -3,7 +3,7 @@
 // csrc/cuda; importing this module is what loads those registrations. It
 // also carries the watershed, distance transform and reconstruction of cell
 // finding, its Gaussian filter, labelling and per-label sums, and the outline
-// tracer of the cell polygons.
+// tracer of the cell polygons with their GeoJSON text.
 #include <pybind11/pybind11.h>
 
 namespace her2kit {
@@ -13,6 +13,7 @@ void register_reconstruction(pybind11::module_& m);      // csrc/cpu/reconstruct
 void register_outline(pybind11::module_& m);             // csrc/cpu/outline.cpp
 void register_filters(pybind11::module_& m);             // csrc/cpu/filters.cpp
 void register_label_stats(pybind11::module_& m);         // csrc/cpu/label_stats.cpp
+void register_geojson(pybind11::module_& m);             // csrc/cpu/geojson.cpp
 }
 
 namespace {
@@ -34,4 +35,5 @@ PYBIND11_MODULE(_C, m) {
   her2kit::register_outline(m);
   her2kit::register_filters(m);
   her2kit::register_label_stats(m);
+  her2kit::register_geojson(m);
 }

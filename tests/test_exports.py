@@ -191,3 +191,48 @@ def test_outlines_of_a_known_shape():
     # corners cut; (4.5, 4) lies on the diagonal from (5, 4.5) to (4, 3.5)
     assert mids.tolist() == [[1, 2.5], [1, 4.5], [1.5, 5], [4.5, 5], [5, 4.5],
                              [4, 3.5], [4, 2.5], [3.5, 2], [1.5, 2]]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_feature_lines_equal_json_dumps_of_features(phantom_result, native, monkeypatch):
+    """The WSI worker's Feature text (rings written by the native writer) is byte for
+    byte json.dumps of cell_features, at any scale and offset."""
+    import sys
+
+    if not native:
+        monkeypatch.setitem(sys.modules, "her2kit._C", None)
+    _, r = phantom_result
+    ids = np.asarray(r.table["id"])
+    for scale, offset in (((1.0, 1.0), (0.0, 0.0)), ((1.0137, 0.9871), (4096.0, 12288.0)),
+                          ((2.0, 2.0), (123456.5, 0.25)), (0.5, (7.0, 3.0))):
+        polygons = exports.cell_polygons(r.cell_labels, r.nucleus_labels, ids, scale=scale, offset=offset)
+        ref = [json.dumps(f, separators=(",", ":")) for f in exports.cell_features(r.table, polygons)]
+        cells = exports.ring_texts(r.cell_labels, ids, scale=scale, offset=offset)
+        nuclei = exports.ring_texts(r.nucleus_labels, ids, scale=scale, offset=offset)
+        assert exports.cell_feature_lines(r.table, cells, nuclei) == ref
+        assert len(ref) > 10
+
+
+def test_ring_text_numbers_and_small_rings():
+    """Python's float text (".0" on whole numbers, shortest digits), None under 3 points."""
+    json_rings = _native_or_skip("json_rings")
+    vertices = np.array([[0, 0], [0, 3], [5, 3], [1, 1], [2, 2], [7, 9], [9, 7], [8, 8]], np.int32)
+    starts = np.array([0, 3, 5, 8], np.int64)  # rings of 3, 2 and 3 points
+    for scale, offset in ((1.0, 0.0), (0.1, 0.005), (3.3, 99999.99), (1e-3, 1e6)):
+        got = json_rings(vertices, starts, 2.0, scale, scale, offset, offset)
+        assert got[1] is None
+        for k in (0, 2):
+            pts = vertices[starts[k]:starts[k + 1]] / 2.0
+            ring = np.round(np.column_stack([offset + pts[:, 1] * scale, offset + pts[:, 0] * scale]), 2).tolist()
+            assert got[k] == json.dumps(ring + [ring[0]], separators=(",", ":")), (scale, offset)
+    with pytest.raises(ValueError, match="starts"):
+        json_rings(vertices, np.array([0, 9], np.int64), 2.0, 1.0, 1.0, 0.0, 0.0)
+
+
+def _native_or_skip(name):
+    from her2kit.scoring.cells import _native
+
+    fn = _native(name)
+    if fn is None:
+        pytest.skip(f"her2kit._C.{name} is not built")
+    return fn

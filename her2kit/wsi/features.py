@@ -12,11 +12,13 @@ import json
 from pathlib import Path
 
 
-def write_block_features(path: str | Path, features: list[dict]) -> None:
-    """One Feature per line, written to a temporary name and renamed."""
+def write_block_features(path: str | Path, features: list[dict] | list[str]) -> None:
+    """One Feature per line (dicts, or their JSON text already), written to a
+    temporary name and renamed."""
     from her2kit.wsi.resume import atomic_write_bytes
 
-    text = "".join(json.dumps(f, separators=(",", ":")) + "\n" for f in features)
+    text = "".join((f if isinstance(f, str) else json.dumps(f, separators=(",", ":"))) + "\n"
+                   for f in features)
     atomic_write_bytes(path, text.encode())
 
 

@@ -504,13 +504,14 @@ def _process(plan: dict, stage: dict) -> dict:
     out_cols["y"] = y0[order]
     out_cols["x"] = x0[order]
     if nuclei is not None:
-        from her2kit.scoring.exports import cell_features, cell_polygons
+        from her2kit.scoring.exports import cell_feature_lines, ring_texts
         from her2kit.wsi.features import write_block_features
 
-        polys = cell_polygons(labels, nuclei, local_ids[order], scale=(fy, fx), offset=(ry, rx))
-        polys = {int(g): polys[int(lid)] for g, lid in zip(gids, local_ids[order], strict=True)}
+        # the rings' JSON text straight from the tracer (rows in out_cols' order)
+        cell_rings = ring_texts(labels, local_ids[order], scale=(fy, fx), offset=(ry, rx))
+        nucleus_rings = ring_texts(nuclei, local_ids[order], scale=(fy, fx), offset=(ry, rx))
         write_block_features(Ledger(plan["work_dir"]).features_path(block.index),
-                             cell_features(out_cols, polys))
+                             cell_feature_lines(out_cols, cell_rings, nucleus_rings))
     del labels, nuclei
     timings["total"] = time.perf_counter() - t0
     meta = {"index": block.index, "cells": int(len(order)), "timings": timings,
