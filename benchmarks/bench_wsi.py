@@ -20,6 +20,8 @@ Sections:
               the pipeline runs without and with cell finding overlapped
               (--overlap); prints the blocks' predict / find_cells / io sums.
               --device cuda predicts on the GPU (model alone and pipeline).
+              --repeat N measures model alone and pipeline N times in turn
+              and records each turn's ratios and their median.
   tissue      time of a slide with 30 % tissue vs the same slide all tissue.
   workers     pipeline time with 2 local worker processes vs 1.
   cells       find_cells (CPU-s, best of 3) on one 2048^2 block and nine 640^2
@@ -387,7 +389,7 @@ def _timed(fn, tiles) -> tuple[float, float]:
 
 def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
                      threads: int | None = None, overlap: str = "both", device: str = "cpu",
-                     job: str = "segment") -> dict:
+                     job: str = "segment", extras: bool = True) -> dict:
     """Model alone on the pipeline's own block + halo tiles vs the whole pipeline.
 
     The model alone runs in this process, the pipeline in a fresh one, both
@@ -395,6 +397,8 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
     "on" or "both" (one pipeline run each; the ratio is the better one).
     ``job``: "segment" (labels.zarr only, the headline ratio), "score" (all
     of score's outputs: cells.csv, cells.geojson, report) or "both".
+    ``extras``: also time one pass per block and the segmenter's default
+    sliding window, for the record (off in repeats).
     """
     from her2kit.readers import open_slide
     from her2kit.wsi.blocks import make_grid
@@ -409,9 +413,12 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
             "scale": grid.scale, "level": 0, "level_downsample": 1.0}
     tiles = [read_block(slide, plan, b) for b in grid.blocks()]
     warm_up(seg)
-    model_s, model_cpu = _timed(network_forward(seg), tiles)
-    one_pass_s, one_pass_cpu = model_s, model_cpu
     blocked = block_segmenter(seg, tiles[0].shape[:2]) if hasattr(seg, "tile") else seg
+    if extras or blocked is seg:
+        model_s, model_cpu = _timed(network_forward(seg), tiles)
+    else:
+        model_s = model_cpu = float("nan")
+    one_pass_s, one_pass_cpu = model_s, model_cpu
     if blocked is not seg:
         # a block larger than one batch: the pipeline's network sees the fewest
         # tiles of up to 1024^2 (blended): those are "the same tiles" the
@@ -424,11 +431,12 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
            "device": device,
            "load_average_start": os.getloadavg()[0]}
     tile_px = sum(t.shape[0] * t.shape[1] for t in tiles)
-    if hasattr(seg, "tile"):  # the segmenter's default sliding window (what blocks used to get)
+    if hasattr(seg, "tile") and extras:  # the segmenter's default sliding window (what blocks used to get)
         sl_s, sl_cpu = _timed(seg.predict, tiles)
         rec.update({"segmenter_sliding_s": round(sl_s, 2), "segmenter_sliding_cpu_s": round(sl_cpu, 2),
                     "segmenter_tile": seg.tile, "segmenter_overlap": seg.overlap})
-    rec.update({"model_one_pass_s": round(one_pass_s, 2), "model_one_pass_cpu_s": round(one_pass_cpu, 2)})
+    if one_pass_s == one_pass_s:  # (not measured in repeats)
+        rec.update({"model_one_pass_s": round(one_pass_s, 2), "model_one_pass_cpu_s": round(one_pass_cpu, 2)})
     if blocked is not seg:
         rec.update({"model_block_tiles_s": round(tiled_s, 2), "model_block_tiles_cpu_s": round(tiled_cpu, 2),
                     "block_tile": blocked.tile})
@@ -450,7 +458,8 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
             run["mpx_s"] = round(tile_px / run["wall_s"] / 1e6, 3)
             run["ratio"] = round(model_s / run["wall_s"], 3)
             run["ratio_cpu"] = round(model_cpu / run["cpu_s"], 3)
-            run["ratio_vs_one_pass"] = round(min(model_s, one_pass_s) / run["wall_s"], 3)
+            run["ratio_vs_one_pass"] = (round(min(model_s, one_pass_s) / run["wall_s"], 3)
+                                        if one_pass_s == one_pass_s else None)
             run["predict_vs_model"] = round(ts.get("block_predict_sum", 0) / model_s, 3)
             run["job"] = jb
             runs[("score_" if jb == "score" else "") + ("overlap" if ov else "sequential")] = run
@@ -481,6 +490,20 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
               f"ratio {r['ratio']} wall, {r['ratio_cpu']} CPU ({r['ratio_vs_one_pass']} against the "
               f"faster of one pass per block and the same tiles)", flush=True)
     return rec
+
+
+def repeated(turns: list[dict]) -> dict:
+    """One record of several throughput turns: each turn's ratios, and their medians."""
+    import statistics
+
+    out = {"name": "throughput", "turns": turns, "repeat": len(turns), "target_ratio": 0.8}
+    for key in ("ratio", "ratio_cpu", "ratio_score", "ratio_score_cpu"):
+        values = [t[key] for t in turns if key in t]
+        if values:
+            out[f"{key}_turns"] = values
+            out[key] = round(statistics.median(values), 3)
+            out[f"{key}_min"] = min(values)
+    return out
 
 
 def bench_tissue(work: Path, size: int, block: int, halo: int, model, cells) -> dict:
@@ -547,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-job", choices=["segment", "score", "both"], default="segment",
                    help="throughput: pipeline as `her2kit segment` (labels.zarr only; the headline "
                    "ratio), as `her2kit score` (all outputs), or both")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="throughput: measure model alone and pipeline(s) this many times in turn "
+                   "(ratios per turn, and their median: the machine's speed drifts between runs)")
     p.add_argument("--work", default=None, help="folder for slides and outputs (default: a temp dir)")
     args = p.parse_args(argv)
     size = args.size or (1024 if args.quick else 4096)
@@ -562,9 +588,12 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "memory":
             r = bench_memory(work, sizes, args.memory_block, args.halo, args.model, args.memory_cells)
         elif section == "throughput":
-            r = bench_throughput(work, args.throughput_size or size, block, args.halo,
-                                 args.throughput_model or args.model, args.cells,
-                                 args.threads, args.overlap, args.device, args.throughput_job)
+            turns = [bench_throughput(work, args.throughput_size or size, block, args.halo,
+                                      args.throughput_model or args.model, args.cells,
+                                      args.threads, args.overlap, args.device, args.throughput_job,
+                                      extras=i == 0)
+                     for i in range(max(1, args.repeat))]
+            r = turns[0] if len(turns) == 1 else repeated(turns)
         elif section == "cells":
             r = bench_cells(work, args.model)
         elif section == "tissue":
