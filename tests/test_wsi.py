@@ -232,7 +232,7 @@ def test_early_seams_follow_the_last_neighbour(monkeypatch, tmp_path):
     ledger = Ledger(tmp_path)
     ran = []
     monkeypatch.setattr(worker, "seam_block", lambda plan, t, sources: ran.append((t, sorted(sources))))
-    seams = pipeline._EarlySeams({}, grid, selected, ledger)
+    seams = pipeline._EarlySeams({}, grid, selected, ledger, done=set())
     after = {}
     for i in selected:
         seams({"index": i})

@@ -396,7 +396,6 @@ def _distance_to_background(mask: np.ndarray) -> np.ndarray:
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes(mask)`` (2-D): the False regions (4-connected) not touching the border are filled."""
-
     lab, n = _label(~mask)
     if n == 0:
         return mask.copy()
@@ -409,7 +408,6 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def segment_nuclei(nucleus_prob: np.ndarray, mpp: float, params: CellParams) -> np.ndarray:
     """Nucleus instances, uint32 (H, W), from the nucleus probability (H, W)."""
-
     mask = nucleus_prob >= params.nucleus_threshold
     mask = _fill_holes(mask)
     min_px = max(1, int(round(params.min_nucleus_area_um2 / mpp**2)))
@@ -571,7 +569,6 @@ def cell_territories(membrane_prob: np.ndarray, nuclei: np.ndarray, mpp: float,
     seen (unstained cells) the split follows the distance to the centroids, a
     Voronoi partition like the tissue's own.
     """
-
     n = int(nuclei.max(initial=0))
     if n == 0:
         return np.zeros(nuclei.shape, dtype=np.uint32)
@@ -721,7 +718,6 @@ def _claim_wrapping_arcs(cells: np.ndarray, membrane: np.ndarray, nuclei: np.nda
     All arcs at once: every arc pixel is paired with each of the (2 or 3)
     cells sharing its arc, and the sectors seen are counted per pair.
     """
-
     comp, n_comp = _label(membrane & (cells > 0), diagonal=True)
     if n_comp == 0:
         return cells
@@ -786,7 +782,6 @@ def _claim_enclosing_membrane(cells: np.ndarray, membrane: np.ndarray, nuclei: n
     nucleus, the ring pixels near that hole go to that nucleus's cell; between
     two enclosed cells the band is split by distance to their holes.
     """
-
     # holes of the membrane: regions of non-membrane (4-connected, as
     # binary_fill_holes) that do not reach the image border
     hole_lab, n_holes = _label(~membrane)
@@ -855,7 +850,7 @@ def _median(values: np.ndarray):
         bits_k = ~k if k < 0x80000000 else k & np.uint32(0x7FFFFFFF)
         middle.append(np.array([bits_k], dtype=np.uint32).view(np.float32)[0])
     # np.median's own arithmetic: the mean of the middle element(s) in float32
-    return np.mean(np.array(middle * (2 // len(middle)), dtype=np.float32))
+    return np.mean(np.array(middle, dtype=np.float32))
 
 
 def _label_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1029,7 +1024,6 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     ``nuc`` (from :func:`nucleus_features`) and ``tumour_by_id`` are computed
     when not given; ``dab`` is the DAB OD image (computed from ``rgb`` if None).
     """
-
     from her2kit.preprocess.stain import HedDeconvolver
 
     # ids with a nucleus and a cell (sorted), by counting rather than sorting pixels

@@ -179,11 +179,16 @@ def outlines(labels: np.ndarray, ids: Iterable[int], midpoints: bool = True) -> 
         if not midpoints:
             return [r.astype(np.float64) for r in rings]
         return [_midpoints(r) / 2.0 if len(r) else r.astype(np.float64) for r in rings]
-    if labels.dtype not in (np.int32, np.uint32, np.int64):
-        labels = labels.astype(np.int64)
-    vertices, starts = tracer(np.ascontiguousarray(labels), ids, midpoints)
+    vertices, starts = _trace(tracer, labels, ids, midpoints)
     vertices = vertices / 2.0 if midpoints else vertices.astype(np.float64)
     return [vertices[starts[k]:starts[k + 1]] for k in range(len(ids))]
+
+
+def _trace(tracer, labels: np.ndarray, ids: np.ndarray, midpoints: bool):
+    """The native tracer's (vertices, starts) for ``ids`` of a 2-D label image."""
+    if labels.dtype not in (np.int32, np.uint32, np.int64):
+        labels = labels.astype(np.int64)
+    return tracer(np.ascontiguousarray(labels), ids, midpoints)
 
 
 def _rings(corners: list[np.ndarray], scale: tuple[float, float], offset: tuple[float, float],
@@ -288,9 +293,7 @@ def ring_texts(labels: np.ndarray, ids: Iterable[int], scale: float | tuple[floa
     if tracer is None or json_rings is None or labels.ndim != 2:
         rings = _rings(outlines(labels, ids), sc, off, 0.0)
         return [None if r is None else json.dumps(r, separators=(",", ":")) for r in rings]
-    if labels.dtype not in (np.int32, np.uint32, np.int64):
-        labels = labels.astype(np.int64)
-    vertices, starts = tracer(np.ascontiguousarray(labels), ids, True)
+    vertices, starts = _trace(tracer, labels, ids, True)
     return json_rings(vertices, starts, 2.0, sc[0], sc[1], off[0], off[1])
 
 

@@ -8,18 +8,14 @@ number of cells.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
-def write_block_features(path: str | Path, features: list[dict] | list[str]) -> None:
-    """One Feature per line (dicts, or their JSON text already), written to a
-    temporary name and renamed."""
+def write_block_features(path: str | Path, lines: list[str]) -> None:
+    """One Feature's JSON text per line, written to a temporary name and renamed."""
     from her2kit.wsi.resume import atomic_write_bytes
 
-    text = "".join((f if isinstance(f, str) else json.dumps(f, separators=(",", ":"))) + "\n"
-                   for f in features)
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
 
 
 def concatenate(paths: list[Path], out: Path) -> int:

@@ -258,10 +258,12 @@ def run_slide(
             overlap = _default_overlap(executor, segmenter, device)
         # closing: a failed block stops the run only once the block in the second
         # thread (overlap) is finished and recorded
+        # in-process overlapped runs stitch blocks as they finish (the rest: _stitch below)
+        seams = (_EarlySeams(plan, grid, selected, ledger, set(selected) - set(pending))
+                 if overlap and executor.kind == "in-process" else None)
         with _bar(len(selected), len(selected) - len(pending), stem, progress) as bar, \
                 contextlib.closing(_run_blocks(executor, plan, pending, seg_arg, overlap,
-                                               cell_workers, _EarlySeams(plan, grid, selected, ledger)))\
-                as results:
+                                               cell_workers, seams)) as results:
             for r in results:
                 if "error" in r:
                     _raise_task_error(path, r)
@@ -379,11 +381,11 @@ class _EarlySeams:
     for the end of the slide. A seam that fails here is left unmarked, and
     :func:`_stitch` does it again (and reports it) after the blocks."""
 
-    def __init__(self, plan: dict, grid: Any, selected: list[int], ledger: Ledger):
+    def __init__(self, plan: dict, grid: Any, selected: list[int], ledger: Ledger, done: set[int]):
         self.plan, self.grid = plan, grid
         self.chosen = set(selected)
         self.left = _seams_left(grid, selected, ledger)
-        self.done = {i for i in selected if ledger.done(i)}
+        self.done = set(done)  # blocks written by an earlier run
         self.lock = threading.Lock()  # several cell threads on a GPU
 
     def __call__(self, summary: dict) -> None:
