@@ -218,13 +218,10 @@ def process_block(plan: dict, index: int, segmenter: Any) -> dict:
     return stage if "error" in stage else finish_block(plan, stage)
 
 
-def predict_block(plan: dict, index: int, segmenter: Any) -> dict:
-    """First stage of a block: read block + halo and predict its probabilities.
-
-    Returns the state :func:`finish_block` takes, or an error dict (with "error").
-    """
+def read_stage(plan: dict, index: int) -> dict:
+    """A block's pixels (block + halo), as :func:`predict_block` takes them, or an
+    error dict (with "error")."""
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
     grid = grid_of(plan)
     block = grid.block(index)
     try:
@@ -233,7 +230,20 @@ def predict_block(plan: dict, index: int, segmenter: Any) -> dict:
     except Exception as exc:
         return {"index": index, "error": f"cannot read pixels of block {index} "
                 f"(y={block.y}, x={block.x}): {_one_line(exc)}", "input": True}
-    timings["read"] = time.perf_counter() - t0
+    return {"grid": grid, "block": block, "rgb": rgb, "t0": t0,
+            "timings": {"read": time.perf_counter() - t0}}
+
+
+def predict_block(plan: dict, index: int, segmenter: Any, read: dict | None = None) -> dict:
+    """First stage of a block: read block + halo (unless ``read``, :func:`read_stage`'s
+    result, is given) and predict its probabilities.
+
+    Returns the state :func:`finish_block` takes, or an error dict (with "error").
+    """
+    read = read_stage(plan, index) if read is None else read
+    if "error" in read:
+        return read
+    grid, block, rgb, timings = read["grid"], read["block"], read["rgb"], read["timings"]
     try:
         seg = block_segmenter(worker_segmenter(segmenter, plan.get("device")), rgb.shape[:2])
         t = time.perf_counter()
@@ -243,7 +253,8 @@ def predict_block(plan: dict, index: int, segmenter: Any) -> dict:
         if plan.get("debug"):
             raise
         return _failed(block, exc)
-    return {"grid": grid, "block": block, "rgb": rgb, "probs": probs, "timings": timings, "t0": t0}
+    return {"grid": grid, "block": block, "rgb": rgb, "probs": probs, "timings": timings,
+            "t0": read["t0"]}
 
 
 def finish_block(plan: dict, stage: dict) -> dict:
@@ -318,19 +329,27 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
 
     device = plan.get("device")
     restore = _spare_a_core(segmenter, device)
-    pending: deque = deque()
-    pool, in_flight = None, 1
+    pending: deque = deque()  # (future, stage) of blocks whose cells are being found
+    pool, tail, in_flight = None, None, 1
+    # the next block is read while this one is predicted: reading is off the
+    # network's path (it waits for pixels only at the first block)
+    reader = ThreadPoolExecutor(1, thread_name_prefix="her2kit-read")
+    reads = deque(reader.submit(read_stage, plan, i) for i in indices[:1])
 
     def oldest():
-        r = pending.popleft().result()
+        r = pending.popleft()[0].result()
         if release is not None:
             release()
         return r
 
     try:
-        for i in indices:
-            stage = predict_block(plan, i, segmenter)
-            while pending and pending[0].done():  # keep the progress bar moving
+        for k, i in enumerate(indices):
+            read = reads.popleft().result()
+            if k + 1 < len(indices):
+                reads.append(reader.submit(read_stage, plan, indices[k + 1]))
+            stage = predict_block(plan, i, segmenter, read)
+            del read
+            while pending and pending[0][0].done():  # keep the progress bar moving
                 yield oldest()
             if "error" in stage:
                 while pending:  # blocks are yielded in order: earlier ones first
@@ -346,16 +365,37 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
                 in_flight = workers + 1 if on_cpu else workers
             while len(pending) >= in_flight:
                 yield oldest()
-            pending.append(pool.submit(_finish_then, plan, stage, after))
+            pending.append((pool.submit(_finish_then, plan, stage, after), stage))
             del stage
+        tail = _run_queued_now(pending, plan, after)
         while pending:
             yield oldest()
     finally:
-        for f in pending:  # the consumer stopped early: let started blocks finish
-            f.result()
-        if pool is not None:
-            pool.shutdown()
+        reader.shutdown(cancel_futures=True)
+        for f, _ in pending:  # the consumer stopped early: let started blocks finish
+            if not f.cancelled():
+                f.result()
+        for p in (pool, tail):
+            if p is not None:
+                p.shutdown()
         restore()
+
+
+def _run_queued_now(pending: Any, plan: dict, after: Any) -> Any:
+    """Once the network is done, the blocks still queued for the busy cell
+    thread(s) start in threads of their own, at normal priority: the cores
+    the network leaves would otherwise idle while they wait (on a CPU one
+    block waits behind the one being finished). Returns the extra pool (or None)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queued = [n for n, (f, _) in enumerate(pending) if f.cancel()]
+    if not queued:
+        return None
+    tail = ThreadPoolExecutor(len(queued), thread_name_prefix="her2kit-cells-tail")
+    for n in queued:
+        stage = pending[n][1]
+        pending[n] = (tail.submit(_finish_then, plan, stage, after), stage)
+    return tail
 
 
 def _lowest_priority() -> None:
