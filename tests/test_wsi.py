@@ -778,3 +778,64 @@ def test_in_process_run_leaves_the_collector_thawed(slides, tmp_path):
         assert gc.get_freeze_count() == host > 0
     finally:
         gc.unfreeze()
+
+
+def test_gathered_csv_is_the_same_from_block_text_or_records(tmp_path):
+    """cells.csv copied from the blocks' own text equals cells.csv formatted from
+    their records (as csv.writer writes them), including a block without a text
+    file (an older run) and one whose columns differ from the slide's header."""
+    import csv
+
+    from her2kit.wsi import cellrows
+    from her2kit.wsi.pipeline import _gather
+    from her2kit.wsi.resume import Ledger
+
+    rng = np.random.default_rng(3)
+
+    def cols(n, extra=False):
+        c = {"id": np.arange(1, n + 1, dtype=np.uint32), "y": rng.random(n) * 1e4,
+             "x": rng.random(n) * 1e4, "category": rng.integers(0, 4, n).astype(np.int8),
+             "tumour": rng.random(n) > 0.3, "area_um2": rng.random(n).astype(np.float32) * 90}
+        if extra:
+            c["note"] = np.array([f"c{i}" for i in range(n)])
+        return c
+
+    ledger = Ledger(tmp_path / "work")
+    ledger.blocks_dir.mkdir(parents=True, exist_ok=True)
+    blocks = {0: cols(5), 1: cols(0), 2: cols(7), 3: cols(4, extra=True)}
+    for i, c in blocks.items():
+        ledger.save_block(i, c, np.zeros((0, 3), np.int64), {"index": i})
+        if i != 2:  # block 2: recorded without its text
+            cellrows.write_block_rows(ledger.rows_path(i), c)
+    counts, n = _gather(ledger, list(blocks), tmp_path / "cells.csv")
+
+    names = cellrows.column_names(blocks[0])
+    ref = tmp_path / "ref.csv"
+    with open(ref, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        for i in (0, 2, 3):
+            c = {k: np.load(ledger.block_path(i))[f"cell_{k}"] for k in names}
+            for row in zip(*(c[k] for k in names), strict=True):
+                w.writerow([int(v) if isinstance(v, (np.bool_, np.integer)) else f"{v:.6g}" for v in row])
+    assert (tmp_path / "cells.csv").read_bytes() == ref.read_bytes()
+    assert n == 16
+    tumour = np.concatenate([blocks[i]["category"][blocks[i]["tumour"]] for i in blocks])
+    assert counts.tolist() == np.bincount(tumour, minlength=4).tolist()
+
+
+def test_geojson_concatenation_skips_empty_and_missing_blocks(tmp_path):
+    import json
+
+    from her2kit.wsi import features
+
+    feats = [{"type": "Feature", "id": i, "properties": {"k": i}} for i in range(5)]
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    features.write_block_features(a, [json.dumps(f) for f in feats[:2]])
+    features.write_block_features(b, [])
+    features.write_block_features(c, [json.dumps(f) for f in feats[2:]])
+    n = features.concatenate([a, b, tmp_path / "missing.jsonl", c], tmp_path / "out.geojson")
+    doc = json.loads((tmp_path / "out.geojson").read_text())
+    assert n == 5 and doc["type"] == "FeatureCollection" and doc["features"] == feats
+    assert features.concatenate([b], tmp_path / "empty.geojson") == 0
+    assert json.loads((tmp_path / "empty.geojson").read_text())["features"] == []

@@ -10,7 +10,6 @@ Stable entry points (used by ``her2kit score`` / ``her2kit segment``):
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shutil
@@ -421,53 +420,38 @@ def _pyramid(plan: dict, ledger: Ledger, executor: Any, path: str) -> None:
         ledger.mark(f"level-{level}")
 
 
-def _formatter(a: np.ndarray):
-    # the same text as her2kit.scoring.exports.write_cells_csv, so a slide's
-    # cells.csv reads like an image's
-    if a.dtype == bool:
-        return lambda v: int(v)
-    if a.dtype.kind in "iu":
-        return int
-    if a.dtype.kind == "f":
-        return lambda v: f"{v:.6g}"
-    return str
-
-
 def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
             heat: Any = None) -> tuple[np.ndarray, int]:
     """Stream the blocks' cells into cells.csv (block order, then rank); return
     the tumour cells' counts per category (0..3) and the number of all cells.
     Nothing grows with the number of cells."""
     from her2kit.scoring.cells import COLUMNS
+    from her2kit.wsi import cellrows
 
     counts = np.zeros(4, np.int64)
     names: list[str] | None = None
     n = 0
-    f = open(csv_path, "w", newline="", encoding="utf-8") if csv_path is not None else None
+    f = open(csv_path, "wb") if csv_path is not None else None
     try:
-        writer = csv.writer(f) if f is not None else None
         for i in selected:
             cols, _, _ = ledger.load_block(i)
             if not cols or len(cols.get("id", ())) == 0:
                 continue
             if names is None:
-                names = [c for c in COLUMNS if c in cols] + [c for c in cols if c not in COLUMNS]
-                if writer is not None:
-                    writer.writerow(names)
+                names = cellrows.column_names(cols)
+                if f is not None:
+                    f.write(cellrows.header_text(names).encode())
             n += len(cols["id"])
-            if writer is not None:
-                arrays = [cols[c] for c in names]
-                fmts = [_formatter(a) for a in arrays]
-                for row in zip(*arrays, strict=True):
-                    writer.writerow([fm(v) for fm, v in zip(fmts, row, strict=True)])
+            if f is not None:
+                f.write(cellrows.block_rows(ledger.rows_path(i), cols, names))
             cat = np.clip(cols["category"].astype(np.int64), 0, 3)
             if "tumour" in cols:
                 cat = cat[cols["tumour"].astype(bool)]
             counts += np.bincount(cat, minlength=4)[:4]
             if heat is not None:
                 heat.add(cols)
-        if names is None and writer is not None:
-            writer.writerow(list(COLUMNS))
+        if names is None and f is not None:
+            f.write(cellrows.header_text(list(COLUMNS)).encode())
     finally:
         if f is not None:
             f.close()
@@ -485,21 +469,30 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
                                "model_mpp": plan["model_mpp"], "her2kit_version": __version__}
     staged: list[str] = []
     if not segment_only:
-        heat = report.HeatMap(thumb.shape[:2], thumb_ds, plan["mpp"])
-        counts, n = _gather(ledger, selected, work / "cells.csv", heat)
-        summary.update(report.score_counts(counts))
-        summary["cells_all"] = int(n)
+        from concurrent.futures import ThreadPoolExecutor
+
         from her2kit.wsi import features
 
-        features.concatenate([ledger.features_path(i) for i in selected], work / "cells.geojson")
-        report.write_overlay(work / "overlay.png", thumb, heat)
-        staged += ["cells.csv", "cells.geojson", "overlay.png"]
-        summary["wsi"] = wsi
-        timings["outputs"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t_start
-        summary["run"] = {**run_info, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-        report.write_report(work / "report.html", summary, thumb, heat, path)
-        staged.append("report.html")
+        # file copies and PNG encoding release the GIL: they run beside the
+        # gathering of the cells (Python) instead of after it
+        with ThreadPoolExecutor(2, thread_name_prefix="her2kit-outputs") as pool:
+            geojson = pool.submit(features.concatenate, [ledger.features_path(i) for i in selected],
+                                  work / "cells.geojson")
+            slide_img = pool.submit(report.slide_image, thumb)
+            heat = report.HeatMap(thumb.shape[:2], thumb_ds, plan["mpp"])
+            counts, n = _gather(ledger, selected, work / "cells.csv", heat)
+            overlay = pool.submit(report.write_overlay, work / "overlay.png", thumb, heat)
+            summary.update(report.score_counts(counts))
+            summary["cells_all"] = int(n)
+            summary["wsi"] = wsi
+            timings["outputs"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t_start
+            summary["run"] = {**run_info, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+            report.write_report(work / "report.html", summary, thumb, heat, path,
+                                slide_img=slide_img.result())
+            geojson.result()
+            overlay.result()
+        staged += ["cells.csv", "cells.geojson", "overlay.png", "report.html"]
         atomic_write_bytes(work / "score.json", (json.dumps(summary, indent=2) + "\n").encode())
         staged.append("score.json")
     else:

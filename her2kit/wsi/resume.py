@@ -102,6 +102,10 @@ class Ledger:
         """The block's QuPath features (JSON lines), written before its record."""
         return self.blocks_dir / f"{index:06d}.features.jsonl"
 
+    def rows_path(self, index: int) -> Path:
+        """The block's cells.csv header and rows, written before its record."""
+        return self.blocks_dir / f"{index:06d}.cells.csv"
+
     def done(self, index: int) -> bool:
         """Whether block ``index`` is finished."""
         return self.block_path(index).exists()

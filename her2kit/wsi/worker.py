@@ -543,15 +543,18 @@ def _process(plan: dict, stage: dict) -> dict:
     out_cols["id"] = gids
     out_cols["y"] = y0[order]
     out_cols["x"] = x0[order]
-    if nuclei is not None:
+    if nuclei is not None:  # a score run: its cells.geojson and cells.csv text, here
         from her2kit.scoring.exports import cell_feature_lines, ring_texts
+        from her2kit.wsi.cellrows import write_block_rows
         from her2kit.wsi.features import write_block_features
 
+        ledger = Ledger(plan["work_dir"])
         # the rings' JSON text straight from the tracer (rows in out_cols' order)
         cell_rings = ring_texts(labels, local_ids[order], scale=(fy, fx), offset=(ry, rx))
         nucleus_rings = ring_texts(nuclei, local_ids[order], scale=(fy, fx), offset=(ry, rx))
-        write_block_features(Ledger(plan["work_dir"]).features_path(block.index),
+        write_block_features(ledger.features_path(block.index),
                              cell_feature_lines(out_cols, cell_rings, nucleus_rings))
+        write_block_rows(ledger.rows_path(block.index), out_cols)
     del labels, nuclei
     timings["total"] = time.perf_counter() - t0
     meta = {"index": block.index, "cells": int(len(order)), "timings": timings,
