@@ -20,8 +20,10 @@ Sections:
               the pipeline runs without and with cell finding overlapped
               (--overlap); prints the blocks' predict / find_cells / io sums.
               --device cuda predicts on the GPU (model alone and pipeline).
-              --repeat N measures model alone and pipeline N times in turn
-              and records each turn's ratios and their median.
+              --repeat N measures model alone and pipeline N times in turn,
+              then the model alone once more, and records each turn's ratios,
+              their median, and the ratios against the mean of the model-alone
+              runs before and after each turn ("bracketed", for drift).
   tissue      time of a slide with 30 % tissue vs the same slide all tissue.
   workers     pipeline time with 2 local worker processes vs 1.
   cells       find_cells (CPU-s, best of 3) on one 2048^2 block and nine 640^2
@@ -389,7 +391,7 @@ def _timed(fn, tiles) -> tuple[float, float]:
 
 def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
                      threads: int | None = None, overlap: str = "both", device: str = "cpu",
-                     job: str = "segment", extras: bool = True) -> dict:
+                     job: str = "segment", extras: bool = True, pipelines: bool = True) -> dict:
     """Model alone on the pipeline's own block + halo tiles vs the whole pipeline.
 
     The model alone runs in this process, the pipeline in a fresh one, both
@@ -398,7 +400,8 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
     ``job``: "segment" (labels.zarr only, the headline ratio), "score" (all
     of score's outputs: cells.csv, cells.geojson, report) or "both".
     ``extras``: also time one pass per block and the segmenter's default
-    sliding window, for the record (off in repeats).
+    sliding window, for the record (off in repeats). ``pipelines=False``:
+    the model alone only (the closing bracket of repeats).
     """
     from her2kit.readers import open_slide
     from her2kit.wsi.blocks import make_grid
@@ -442,6 +445,9 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
                     "block_tile": blocked.tile})
     rec.update({"model_s": round(model_s, 2), "model_cpu_s": round(model_cpu, 2),
                 "model_mpx_s": round(tile_px / model_s / 1e6, 3), "tile_mpx": round(tile_px / 1e6, 3)})
+    if not pipelines:
+        print(f"model alone: {model_s:.2f} s wall, {model_cpu:.2f} CPU-s", flush=True)
+        return rec
     modes = {"off": [False], "on": [True], "both": [False, True]}[overlap]
     jobs = {"segment": ["segment"], "score": ["score"], "both": ["segment", "score"]}[job]
     runs = {}
@@ -492,12 +498,28 @@ def bench_throughput(work: Path, size: int, block: int, halo: int, model, cells,
     return rec
 
 
-def repeated(turns: list[dict]) -> dict:
-    """One record of several throughput turns: each turn's ratios, and their medians."""
+def repeated(turns: list[dict], closing: dict | None = None) -> dict:
+    """One record of several throughput turns: each turn's ratios, and their medians.
+
+    With ``closing`` (the model alone once more after the last turn), each
+    turn's pipelines are also compared with the mean of the model-alone runs
+    before and after them ("bracketed"): the machine's speed drifts by ~10 %
+    within minutes, and the pipelines run 1-2 minutes after their turn's
+    model-alone run.
+    """
     import statistics
 
     out = {"name": "throughput", "turns": turns, "repeat": len(turns), "target_ratio": 0.8}
-    for key in ("ratio", "ratio_cpu", "ratio_score", "ratio_score_cpu"):
+    if closing is not None:
+        after = [t["model_s"] for t in turns[1:]] + [closing["model_s"]]
+        out["model_closing_s"] = closing["model_s"]
+        for t, later in zip(turns, after, strict=True):
+            t["model_bracket_s"] = round((t["model_s"] + later) / 2, 2)
+            for key, run in (("ratio_bracketed", "overlap"), ("ratio_score_bracketed", "score_overlap")):
+                if run in t.get("runs", {}):
+                    t[key] = round(t["model_bracket_s"] / t["runs"][run]["wall_s"], 3)
+    for key in ("ratio", "ratio_cpu", "ratio_score", "ratio_score_cpu", "ratio_bracketed",
+                "ratio_score_bracketed"):
         values = [t[key] for t in turns if key in t]
         if values:
             out[f"{key}_turns"] = values
@@ -593,7 +615,13 @@ def main(argv: list[str] | None = None) -> int:
                                       args.threads, args.overlap, args.device, args.throughput_job,
                                       extras=i == 0)
                      for i in range(max(1, args.repeat))]
-            r = turns[0] if len(turns) == 1 else repeated(turns)
+            closing = None
+            if len(turns) > 1:  # the model alone once more: every turn is bracketed
+                closing = bench_throughput(work, args.throughput_size or size, block, args.halo,
+                                           args.throughput_model or args.model, args.cells,
+                                           args.threads, args.overlap, args.device,
+                                           args.throughput_job, extras=False, pipelines=False)
+            r = turns[0] if len(turns) == 1 else repeated(turns, closing)
         elif section == "cells":
             r = bench_cells(work, args.model)
         elif section == "tissue":
@@ -606,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         keys = [k for k in ("speedup", "speedup_cpu", "speedup_block_2048", "speedup_tiles_640",
                             "ratio", "ratio_cpu", "ratio_vs_one_pass", "ratio_score", "ratio_score_cpu",
+                            "ratio_bracketed", "ratio_score_bracketed",
                             "allocator_speedup_block_2048", "growth_ratio",
                             "target_ratio", "target_speedup") if k in r]
         print(f"{r['name']}: " + ", ".join(f"{k} {r[k]}" for k in keys), flush=True)
