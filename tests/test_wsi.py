@@ -231,7 +231,8 @@ def test_early_seams_follow_the_last_neighbour(monkeypatch, tmp_path):
     selected = [0, 1, 2, 3, 4, 5, 6, 7]  # block 8 has no tissue (it still takes spill)
     ledger = Ledger(tmp_path)
     ran = []
-    monkeypatch.setattr(worker, "seam_block", lambda plan, t, sources: ran.append((t, sorted(sources))))
+    monkeypatch.setattr(worker, "seam_block",
+                        lambda plan, t, sources: ran.append((t, sorted(sources))) or {"index": t})
     seams = pipeline._EarlySeams({}, grid, selected, ledger, done=set())
     after = {}
     for i in selected:
@@ -869,3 +870,39 @@ def test_block_rows_text_is_what_csv_writer_writes():
     text = cellrows.rows_text(mixed, [*names, "note"])
     assert list(csv.reader(io.StringIO(text)))[1][-1] == "b,c"
     assert text.splitlines()[0] == reference(cols).splitlines()[0] + ",a"
+
+
+def test_level1_filled_as_blocks_finish_equals_a_full_pyramid(slides, tmp_path, monkeypatch):
+    """In an overlapped in-process run, level 1 of the label pyramid is filled
+    block by block as each block's region is final (several blocks share a
+    level-1 chunk here), and not again after the blocks; every level equals
+    level 0 taken every 2^k-th pixel."""
+    import zarr
+
+    from her2kit.wsi import labelstore
+
+    calls = []
+    real = labelstore.downsample_region
+
+    def spy(path, level, *region):
+        import threading
+
+        calls.append((level, threading.current_thread().name))
+        return real(path, level, *region)
+
+    monkeypatch.setattr(labelstore, "downsample_region", spy)
+    out = tmp_path / "p"
+    run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False,
+              overlap=True, segment_only=True)
+    level1 = [name for level, name in calls if level == 1]
+    assert len(level1) == 9 and all(n.startswith("her2kit-cells") for n in level1)
+    assert any(level == 2 for level, _ in calls)
+    for name in ("cells", "semantic"):
+        g = out / "labels.zarr" / "labels" / name
+        base = zarr.open_array(str(g / "0"), mode="r")[:]
+        levels = len(zarr.open_group(str(g), mode="r").attrs["multiscales"][0]["datasets"])
+        assert levels == 3
+        for k in range(1, levels):
+            got = zarr.open_array(str(g / str(k)), mode="r")[:]
+            assert np.array_equal(got, base[::2**k, ::2**k]), (name, k)
+        assert base.any()

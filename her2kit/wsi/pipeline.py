@@ -275,6 +275,8 @@ def run_slide(
         t = time.perf_counter()
         _stitch(plan, grid, selected, ledger, executor, path)
         timings["stitch"] = time.perf_counter() - t
+        if seams is not None and seams.level1_complete():
+            ledger.mark("level-1")
         t = time.perf_counter()
         _pyramid(plan, ledger, executor, path)
         timings["pyramid"] = time.perf_counter() - t
@@ -378,7 +380,15 @@ class _EarlySeams:
     written, in the thread that wrote the last of them (in-process overlapped
     runs): the stitching then overlaps with the network instead of waiting
     for the end of the slide. A seam that fails here is left unmarked, and
-    :func:`_stitch` does it again (and reports it) after the blocks."""
+    :func:`_stitch` does it again (and reports it) after the blocks.
+
+    Once a block's level-0 region is final (written and stitched), its region
+    of pyramid level 1 is filled too, in the same thread. When every block
+    that can hold cells got its level 1 so, :meth:`level1_complete` says the
+    pyramid may start at level 2 (level 1 took ~0.35 of the 0.5 s the
+    pyramid took after the blocks of an 8192^2 slide); otherwise (a resumed
+    run, a seam or a region that failed) level 1 is made again after the
+    blocks, as before."""
 
     def __init__(self, plan: dict, grid: Any, selected: list[int], ledger: Ledger, done: set[int]):
         self.plan, self.grid = plan, grid
@@ -386,6 +396,13 @@ class _EarlySeams:
         self.left = _seams_left(grid, selected, ledger)
         self.done = set(done)  # blocks written by an earlier run
         self.lock = threading.Lock()  # several cell threads on a GPU
+        # the blocks that can hold cells: those with tissue and their neighbours (spill)
+        self.needed = self.chosen | {n for i in self.chosen for n in grid.neighbours(i)}
+        self.no_seam = self.needed - set(self.left)
+        labels = plan.get("labels_path")
+        self.levels = labelstore.level_count(labels) if labels else 0
+        self.level1: set[int] = set()
+        self.level1_lock = threading.Lock()  # two blocks' level-1 regions may share a chunk
 
     def __call__(self, summary: dict) -> None:
         from her2kit.wsi.worker import seam_block
@@ -400,8 +417,31 @@ class _EarlySeams:
                     continue
                 if all(s in self.done for s in sources):
                     ready.append((t, self.left.pop(t)))
+        if i in self.no_seam:  # written, and nothing to paste: final now
+            self._level1(i)
         for t, sources in ready:
-            seam_block(self.plan, t, sources)
+            if "error" not in seam_block(self.plan, t, sources):
+                self._level1(t)
+
+    def _level1(self, index: int) -> None:
+        """Fill block ``index``'s region of level 1 from its (final) level-0 region."""
+        if self.levels < 2:
+            return
+        b = self.grid.block(index)
+        h1, w1 = (-(-s // 2) for s in self.grid.shape)
+        y, x = b.y // 2, b.x // 2
+        h, w = min(-(-(b.y + b.h) // 2), h1) - y, min(-(-(b.x + b.w) // 2), w1) - x
+        try:
+            with self.level1_lock:
+                labelstore.downsample_region(self.plan["labels_path"], 1, y, x, h, w)
+        except Exception:  # made again after the blocks (and reported there if it fails again)
+            return
+        with self.lock:
+            self.level1.add(index)
+
+    def level1_complete(self) -> bool:
+        """Whether level 1 was filled here for every block that can hold cells."""
+        return self.levels >= 2 and not self.left and self.needed <= self.level1
 
 
 def _pyramid(plan: dict, ledger: Ledger, executor: Any, path: str) -> None:
