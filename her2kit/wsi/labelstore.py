@@ -9,6 +9,8 @@ Layout::
 Blocks write disjoint, chunk-aligned regions of level 0 (safe from several
 processes); the coarser levels are made afterwards, region by region, by
 taking every second pixel (nearest neighbour: labels must not be averaged).
+In-process overlapped runs fill level 1 block by block as soon as a block's
+region is final (see ``pipeline._EarlySeams``).
 """
 
 from __future__ import annotations
