@@ -906,3 +906,23 @@ def test_level1_filled_as_blocks_finish_equals_a_full_pyramid(slides, tmp_path, 
             got = zarr.open_array(str(g / str(k)), mode="r")[:]
             assert np.array_equal(got, base[::2**k, ::2**k]), (name, k)
         assert base.any()
+
+
+def test_blocks_are_read_ahead_in_their_own_thread(slides, tmp_path, monkeypatch):
+    """Overlapped runs read each block once, in the reader thread (while the
+    previous block is predicted), never in the network's thread."""
+    import threading
+
+    from her2kit.wsi import worker
+
+    names = []
+    real = worker.read_block
+
+    def spy(*args, **kw):
+        names.append(threading.current_thread().name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(worker, "read_block", spy)
+    run_slide(slides["zarr"], tmp_path / "r", StainSegmenter(), block=BLOCK, halo=HALO, progress=False,
+              overlap=True, segment_only=True)
+    assert len(names) == 9 and all(n.startswith("her2kit-read") for n in names)

@@ -341,7 +341,7 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
     # the next block is read while this one is predicted: reading is off the
     # network's path (it waits for pixels only at the first block)
     reader = ThreadPoolExecutor(1, thread_name_prefix="her2kit-read")
-    reads = deque(reader.submit(read_stage, plan, i) for i in indices[:1])
+    next_read = reader.submit(read_stage, plan, indices[0]) if indices else None
 
     def oldest():
         r = pending.popleft()[0].result()
@@ -351,9 +351,8 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
 
     try:
         for k, i in enumerate(indices):
-            read = reads.popleft().result()
-            if k + 1 < len(indices):
-                reads.append(reader.submit(read_stage, plan, indices[k + 1]))
+            read = next_read.result()
+            next_read = reader.submit(read_stage, plan, indices[k + 1]) if k + 1 < len(indices) else None
             stage = predict_block(plan, i, segmenter, read)
             del read
             while pending and pending[0][0].done():  # keep the progress bar moving
