@@ -926,3 +926,27 @@ def test_blocks_are_read_ahead_in_their_own_thread(slides, tmp_path, monkeypatch
     run_slide(slides["zarr"], tmp_path / "r", StainSegmenter(), block=BLOCK, halo=HALO, progress=False,
               overlap=True, segment_only=True)
     assert len(names) == 9 and all(n.startswith("her2kit-read") for n in names)
+
+
+def test_odd_block_side_leaves_level1_to_the_end(slides, tmp_path):
+    """With an odd level-0 block side, two blocks would share level-1 pixels, so
+    level 1 is made after the blocks; the pyramid is right either way."""
+    import zarr
+
+    from her2kit.wsi import labelstore, pipeline
+    from her2kit.wsi.resume import Ledger
+
+    labels = tmp_path / "labels.zarr"
+    labelstore.create(labels, (512, 512), 128, None)
+    for side, early in ((101, False), (100, True)):
+        grid = make_grid((512, 512), 1.0, side, 16)
+        seams = pipeline._EarlySeams({"labels_path": str(labels)}, grid, list(range(len(grid))),
+                                     Ledger(tmp_path / "w"), set())
+        assert (seams.levels >= 2) == early, side
+    out = tmp_path / "odd"
+    run_slide(slides["zarr"], out, StainSegmenter(), block=101, halo=16, progress=False,
+              overlap=True, segment_only=True)
+    g = out / "labels.zarr" / "labels" / "cells"
+    base = zarr.open_array(str(g / "0"), mode="r")[:]
+    assert base.any()
+    assert np.array_equal(zarr.open_array(str(g / "1"), mode="r")[:], base[::2, ::2])

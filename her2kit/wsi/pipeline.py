@@ -400,7 +400,9 @@ class _EarlySeams:
         self.needed = self.chosen | {n for i in self.chosen for n in grid.neighbours(i)}
         self.no_seam = self.needed - set(self.left)
         labels = plan.get("labels_path")
-        self.levels = labelstore.level_count(labels) if labels else 0
+        # an odd block side would make neighbouring blocks share level-1 pixels
+        # (level-1 row r is level-0 row 2r): then level 1 waits for the end
+        self.levels = labelstore.level_count(labels) if labels and grid.block0 % 2 == 0 else 0
         self.level1: set[int] = set()
         self.level1_lock = threading.Lock()  # two blocks' level-1 regions may share a chunk
 
