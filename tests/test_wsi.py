@@ -787,6 +787,7 @@ def test_gathered_csv_is_the_same_from_block_text_or_records(tmp_path):
     file (an older run) and one whose columns differ from the slide's header."""
     import csv
 
+    from her2kit.scoring import exports
     from her2kit.wsi import cellrows
     from her2kit.wsi.pipeline import _gather
     from her2kit.wsi.resume import Ledger
@@ -810,7 +811,7 @@ def test_gathered_csv_is_the_same_from_block_text_or_records(tmp_path):
             cellrows.write_block_rows(ledger.rows_path(i), c)
     counts, n = _gather(ledger, list(blocks), tmp_path / "cells.csv")
 
-    names = cellrows.column_names(blocks[0])
+    names = exports.csv_columns(blocks[0])
     ref = tmp_path / "ref.csv"
     with open(ref, "w", newline="") as f:
         w = csv.writer(f)
@@ -842,20 +843,20 @@ def test_geojson_concatenation_skips_empty_and_missing_blocks(tmp_path):
     assert json.loads((tmp_path / "empty.geojson").read_text())["features"] == []
 
 
-def test_block_rows_text_is_what_csv_writer_writes():
+def test_csv_rows_text_is_what_csv_writer_writes():
     """The fast path for numeric columns gives csv.writer's text of the same
     formatted values; other columns (strings with commas) go through csv.writer."""
     import csv
     import io
 
-    from her2kit.wsi import cellrows
+    from her2kit.scoring import exports
 
     cols = {"id": np.array([1, 2, 3, 4, 5, 6], np.uint32),
             "big": np.array([2**40, -7, 0, 1, 2, 3], np.int64),
             "y": np.array([0.1, -0.0, np.nan, np.inf, 1e-7, 123456789.0]),
             "f32": np.array([0.1, 1 / 3, 2.5, -1e20, 7, 1e-3], np.float32),
             "flag": np.array([True, False, True, True, False, False])}
-    names = cellrows.column_names(cols)
+    names = exports.csv_columns(cols)
 
     def reference(c):
         buf = io.StringIO()
@@ -864,10 +865,10 @@ def test_block_rows_text_is_what_csv_writer_writes():
             w.writerow([int(v) if isinstance(v, (np.bool_, np.integer)) else f"{v:.6g}" for v in row])
         return buf.getvalue()
 
-    assert cellrows.rows_text(cols, names) == reference(cols)
-    assert cellrows.rows_text({k: v[:0] for k, v in cols.items()}, names) == ""
+    assert exports.csv_rows(cols, names) == reference(cols)
+    assert exports.csv_rows({k: v[:0] for k, v in cols.items()}, names) == ""
     mixed = {**cols, "note": np.array(["a", "b,c", 'd"e', "f", "g", "h"])}
-    text = cellrows.rows_text(mixed, [*names, "note"])
+    text = exports.csv_rows(mixed, [*names, "note"])
     assert list(csv.reader(io.StringIO(text)))[1][-1] == "b,c"
     assert text.splitlines()[0] == reference(cols).splitlines()[0] + ",a"
 

@@ -468,6 +468,7 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
     the tumour cells' counts per category (0..3) and the number of all cells.
     Nothing grows with the number of cells."""
     from her2kit.scoring.cells import COLUMNS
+    from her2kit.scoring.exports import csv_columns, csv_header
     from her2kit.wsi import cellrows
 
     counts = np.zeros(4, np.int64)
@@ -480,9 +481,9 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
             if not cols or len(cols.get("id", ())) == 0:
                 continue
             if names is None:
-                names = cellrows.column_names(cols)
+                names = csv_columns(cols)
                 if f is not None:
-                    f.write(cellrows.header_text(names).encode())
+                    f.write(csv_header(names).encode())
             n += len(cols["id"])
             if f is not None:
                 f.write(cellrows.block_rows(ledger.rows_path(i), cols, names))
@@ -493,7 +494,7 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
             if heat is not None:
                 heat.add(cols)
         if names is None and f is not None:
-            f.write(cellrows.header_text(list(COLUMNS)).encode())
+            f.write(csv_header(list(COLUMNS)).encode())
     finally:
         if f is not None:
             f.close()

@@ -549,12 +549,12 @@ def _process(plan: dict, stage: dict) -> dict:
     out_cols["id"] = gids
     out_cols["y"] = y0[order]
     out_cols["x"] = x0[order]
+    ledger = Ledger(plan["work_dir"])
     if nuclei is not None:  # a score run: its cells.geojson and cells.csv text, here
         from her2kit.scoring.exports import cell_feature_lines, ring_texts
         from her2kit.wsi.cellrows import write_block_rows
         from her2kit.wsi.features import write_block_features
 
-        ledger = Ledger(plan["work_dir"])
         # the rings' JSON text straight from the tracer (rows in out_cols' order)
         cell_rings = ring_texts(labels, local_ids[order], scale=(fy, fx), offset=(ry, rx))
         nucleus_rings = ring_texts(nuclei, local_ids[order], scale=(fy, fx), offset=(ry, rx))
@@ -565,7 +565,7 @@ def _process(plan: dict, stage: dict) -> dict:
     timings["total"] = time.perf_counter() - t0
     meta = {"index": block.index, "cells": int(len(order)), "timings": timings,
             "model_pixels": int(mh * mw)}
-    Ledger(plan["work_dir"]).save_block(block.index, out_cols, spill, meta)
+    ledger.save_block(block.index, out_cols, spill, meta)
     return meta
 
 
