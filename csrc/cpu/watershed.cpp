@@ -8,10 +8,11 @@
 // Why not skimage's: cell finding floods every tissue pixel twice (nuclei and
 // cell territories) and skimage's heap of pointers, float64 copies and padded
 // arrays made it half of the time of a block. Here the heap holds the items
-// themselves, no array is padded or copied, the GIL is released, and in the
-// compact flood a pixel is pushed again only when the new cost is strictly
-// lower than the one already pending for it (a later, not-lower push could
-// never be popped first, so skipping it changes nothing).
+// themselves (16 bytes: cost, age, pixel), no array is padded or copied, the
+// GIL is released, and in the compact flood a pixel is pushed again only when
+// the new cost is strictly lower than the one already pending for it (a
+// later, not-lower push could never be popped first, so skipping it changes
+// nothing).
 //
 // The plain flood's heap sifts exactly as skimage's does, so even ties
 // between markers of equal cost (all pushed at age 0) are broken the same
@@ -38,35 +39,26 @@ namespace py = pybind11;
 namespace her2kit {
 namespace {
 
+// Pixels are indexed by uint32: images up to kMaxPixels (the Python caller
+// hands larger ones to skimage).
+constexpr int64_t kMaxPixels = (int64_t{1} << 30);
+
 struct Item {
   double cost;
-  uint64_t age;  // push order; 0 for all markers
-  int64_t index;
-  int64_t source;  // the marker pixel this flood came from (compact mode)
+  uint32_t age;    // push order (plain: 0 for all markers; compact: markers 0..M-1 in raster order)
+  uint32_t index;  // the pixel
 };
 
-inline bool before(const Item& a, const Item& b) {
-  return a.cost < b.cost || (a.cost == b.cost && a.age < b.age);
-}
-
-// The compact flood's order: also the pixel index, so that markers of equal
-// cost (all pushed at age 0) come out in one defined order however the queue
-// holds them (raster order of the marker pixels).
-struct BeforeTotal {
+// Order of the queue: (cost, age). In the compact flood ages are unique, so
+// markers of equal cost come out in raster order however the queue holds them.
+struct Before {
   bool operator()(const Item& a, const Item& b) const {
-    if (a.cost != b.cost) return a.cost < b.cost;
-    if (a.age != b.age) return a.age < b.age;
-    return a.index < b.index;
+    return a.cost < b.cost || (a.cost == b.cost && a.age < b.age);
   }
 };
 
-struct Before {
-  bool operator()(const Item& a, const Item& b) const { return before(a, b); }
-};
-
 // Binary min-heap of Items stored by value.
-template <typename Less>
-class HeapT {
+class Heap {
  public:
   bool empty() const { return items_.empty(); }
   const Item& top() const { return items_[0]; }
@@ -103,21 +95,19 @@ class HeapT {
 
  private:
   std::vector<Item> items_;
-  Less less_;
+  Before less_;
 };
-using Heap = HeapT<Before>;
 
 // The queue of the compact flood: costs popped never decrease (a push costs at
 // least what was just popped), so items wait unsorted in buckets of cost. A
 // bucket's turn comes: its items are sorted once and taken in order, beside a
 // small heap for the pushes that land in the bucket meanwhile. Sorted runs
 // let the flood fetch the pixels of the next items ahead of time (the visits
-// jump all over the image: each is a cache miss otherwise). Order: exactly
-// (cost, age), and markers of equal cost in raster order.
+// jump all over the image: each is a cache miss otherwise).
 class BucketQueue {
  public:
   BucketQueue(double lo, double width, int nbuckets)
-      : lo_(lo), width_(width), buckets_(static_cast<size_t>(nbuckets)) {}
+      : lo_(lo), inv_width_(1.0 / width), buckets_(static_cast<size_t>(nbuckets)) {}
   bool empty() {
     while (pos_ == run_.size() && current_.empty()) {
       if (!advance()) return true;
@@ -125,7 +115,8 @@ class BucketQueue {
     return false;
   }
   void push(const Item& it) {
-    const double b = std::floor((it.cost - lo_) / width_);
+    // any non-decreasing map of cost to bucket keeps the order exact
+    const double b = std::floor((it.cost - lo_) * inv_width_);
     if (b <= static_cast<double>(cur_)) {
       current_.push(it);
     } else if (b >= static_cast<double>(buckets_.size())) {
@@ -142,7 +133,7 @@ class BucketQueue {
 
  private:
   bool from_run() const {
-    return pos_ < run_.size() && (current_.empty() || BeforeTotal()(run_[pos_], current_.top()));
+    return pos_ < run_.size() && (current_.empty() || Before()(run_[pos_], current_.top()));
   }
   bool advance() {
     while (++cur_ < static_cast<int64_t>(buckets_.size())) {
@@ -151,7 +142,7 @@ class BucketQueue {
       run_.clear();
       run_.swap(b);
       std::vector<Item>().swap(b);
-      std::sort(run_.begin(), run_.end(), BeforeTotal());
+      std::sort(run_.begin(), run_.end(), Before());
       pos_ = 0;
       return true;
     }
@@ -167,13 +158,13 @@ class BucketQueue {
     return true;
   }
 
-  double lo_, width_;
+  double lo_, inv_width_;
   int64_t cur_ = -1;
   std::vector<std::vector<Item>> buckets_;
   std::vector<Item> overflow_;
   std::vector<Item> run_;
   size_t pos_ = 0;
-  HeapT<BeforeTotal> current_;
+  Heap current_;
 };
 
 // Memory for the per-pixel state, on 2 MB pages where the kernel allows
@@ -203,93 +194,109 @@ struct HugePageAllocator {
 };
 
 // Per-pixel state in one place: the flood visits pixels in cost order, all
-// over the image, so each visit is a cache miss; one line instead of four.
+// over the image, so each visit is a cache miss; one line instead of three.
+// label: -1 outside the mask (or a negative marker), 0 not reached, > 0
+// claimed; in the compact flood <= -2 means queued, from the marker pixel
+// -2 - label: the source of its lowest pending cost. The first push of a
+// pixel to be popped is its last one (each push costs strictly less), so
+// the items need not carry their source.
 struct Pixel {
   double pending;  // compact: lowest cost already pushed (a later, not-lower push is skipped)
   float value;
-  int32_t label;  // -1: outside the mask
+  int32_t label;
 };
+using Pixels = std::vector<Pixel, HugePageAllocator<Pixel>>;
 
-#ifndef WS_AHEAD
-#define WS_AHEAD 8
-#endif
-constexpr size_t kAhead = WS_AHEAD;
+// Fetches the cache lines of pixel n and of its rows' neighbours.
+inline void prefetch_around(const Pixel* p, int64_t n, int64_t W, int64_t N) {
+  __builtin_prefetch(p + n);
+  if (n >= W) __builtin_prefetch(p + n - W);
+  if (n + W < N) __builtin_prefetch(p + n + W);
+}
 
-template <bool Compact, typename Queue>
-void flood(Queue& queue, std::vector<Pixel, HugePageAllocator<Pixel>>& px, int64_t H, int64_t W,
-           double compactness) {
+// How far down the sorted run the compact flood fetches pixels ahead (a
+// memory latency's worth of visits; measured best between 32 and 64).
+constexpr size_t kAhead = 48;
+
+void compact_flood(Pixels& px, int64_t H, int64_t W, double compactness, BucketQueue& queue) {
   const int64_t N = H * W;
+  uint32_t age = 0;
   for (int64_t i = 0; i < N; ++i) {
-    if (px[i].label > 0) queue.push({static_cast<double>(px[i].value), 0, i, i});
+    if (px[i].label > 0) queue.push({static_cast<double>(px[i].value), age++, static_cast<uint32_t>(i)});
   }
-  uint64_t age = 1;
+  const uint32_t markers = age;
   const int64_t dy[4] = {-1, 0, 0, 1};
   const int64_t dx[4] = {0, -1, 1, 0};
   Pixel* p = px.data();
   while (!queue.empty()) {
     const Item e = queue.pop();
-    if (!queue.empty()) {  // the next pixel's rows, fetched while this one is done
-      const int64_t n = queue.top().index;
-      __builtin_prefetch(p + n);
-      if (n >= W) __builtin_prefetch(p + n - W);
-      if (n + W < N) __builtin_prefetch(p + n + W);
+    if (!queue.empty()) prefetch_around(p, queue.top().index, W, N);
+    if (const Item* far = queue.ahead(kAhead)) prefetch_around(p, far->index, W, N);
+    const int64_t i = e.index;
+    int64_t source = i;  // a marker's own item
+    int32_t label = p[i].label;
+    if (e.age >= markers) {
+      if (label >= 0) continue;  // claimed meanwhile: a costlier, stale push
+      source = -2 - static_cast<int64_t>(label);
+      label = p[source].label;
+      p[i].label = label;
     }
-    if constexpr (Compact) {  // and those of an item further down the sorted run
-      if (const Item* far = queue.ahead(kAhead)) {
-        const int64_t n = far->index;
-        __builtin_prefetch(p + n);
-        if (n >= W) __builtin_prefetch(p + n - W);
-        if (n + W < N) __builtin_prefetch(p + n + W);
-      }
+    const int64_t y = i / W, x = i % W;
+    const int64_t sy = source / W, sx = source % W;
+    const int32_t queued = static_cast<int32_t>(-2 - source);
+    for (int k = 0; k < 4; ++k) {
+      const int64_t ny = y + dy[k], nx = x + dx[k];
+      if (ny < 0 || ny >= H || nx < 0 || nx >= W) continue;
+      const int64_t nb = ny * W + nx;
+      Pixel& q = p[nb];
+      if (q.label > 0 || q.label == -1) continue;  // claimed, or outside the mask
+      const double ddy = static_cast<double>(ny - sy), ddx = static_cast<double>(nx - sx);
+      double cost = static_cast<double>(q.value) + compactness * std::sqrt(ddy * ddy + ddx * ddx);
+      if (cost < e.cost) cost = e.cost;
+      if (!(cost < q.pending)) continue;
+      q.pending = cost;
+      q.label = queued;
+      queue.push({cost, age++, static_cast<uint32_t>(nb)});
     }
-    int32_t label;
-    if (Compact) {
-      if (p[e.index].label != 0 && e.index != e.source) continue;  // claimed meanwhile
-      label = p[e.source].label;
-      p[e.index].label = label;
-    } else {
-      label = p[e.index].label;
-    }
+  }
+}
+
+void plain_flood(Pixels& px, int64_t H, int64_t W) {
+  const int64_t N = H * W;
+  Heap heap;  // sifts as skimage's heap: identical results, ties too
+  for (int64_t i = 0; i < N; ++i) {
+    if (px[i].label > 0) heap.push({static_cast<double>(px[i].value), 0, static_cast<uint32_t>(i)});
+  }
+  uint32_t age = 1;
+  const int64_t dy[4] = {-1, 0, 0, 1};
+  const int64_t dx[4] = {0, -1, 1, 0};
+  Pixel* p = px.data();
+  while (!heap.empty()) {
+    const Item e = heap.pop();
+    if (!heap.empty()) prefetch_around(p, heap.top().index, W, N);
+    const int32_t label = p[e.index].label;
     const int64_t y = e.index / W, x = e.index % W;
-    const int64_t sy = e.source / W, sx = e.source % W;
     for (int k = 0; k < 4; ++k) {
       const int64_t ny = y + dy[k], nx = x + dx[k];
       if (ny < 0 || ny >= H || nx < 0 || nx >= W) continue;
       const int64_t nb = ny * W + nx;
       Pixel& q = p[nb];
       if (q.label != 0) continue;  // outside the mask (-1) or claimed
-      double cost = static_cast<double>(q.value);
-      if (Compact) {
-        const double ddy = static_cast<double>(ny - sy), ddx = static_cast<double>(nx - sx);
-        cost += compactness * std::sqrt(ddy * ddy + ddx * ddx);
-      } else {
-        q.label = label;  // first reach wins: no later push can cost less
-      }
-      if (cost < e.cost) cost = e.cost;
-      if (Compact) {
-        if (!(cost < q.pending)) continue;
-        q.pending = cost;
-      }
-      queue.push({cost, age++, nb, e.source});
+      q.label = label;  // first reach wins: no later push can cost less
+      heap.push({std::max(static_cast<double>(q.value), e.cost), age++, static_cast<uint32_t>(nb)});
     }
   }
 }
 
-struct PlainQueue {
-  Heap heap;
-  bool empty() const { return heap.empty(); }
-  const Item& top() const { return heap.top(); }
-  void push(const Item& it) { heap.push(it); }
-  Item pop() { return heap.pop(); }
-};
-
 void flood(const float* image, int32_t* out, const uint8_t* mask, int64_t H, int64_t W,
            double compactness) {
   const int64_t N = H * W;
-  std::vector<Pixel, HugePageAllocator<Pixel>> px(static_cast<size_t>(N));
+  if (N > kMaxPixels) throw std::invalid_argument("watershed: image larger than 2^30 pixels");
+  Pixels px(static_cast<size_t>(N));
   float lo = std::numeric_limits<float>::infinity(), hi = -lo;
   for (int64_t i = 0; i < N; ++i) {
-    px[i] = {std::numeric_limits<double>::infinity(), image[i], mask[i] ? out[i] : -1};
+    // a negative marker blocks the flood like a pixel outside the mask
+    px[i] = {std::numeric_limits<double>::infinity(), image[i], mask[i] ? std::max(out[i], -1) : -1};
     if (mask[i]) {
       // an inf or NaN cost would never leave the compact flood's overflow bucket
       if (compactness > 0 && !std::isfinite(image[i]))
@@ -304,10 +311,9 @@ void flood(const float* image, int32_t* out, const uint8_t* mask, int64_t H, int
     const int nb = 4096;
     const double span = static_cast<double>(hi) - lo + compactness * 64.0;
     BucketQueue queue(lo, span > 0 ? span / nb : 1.0, nb);
-    flood<true>(queue, px, H, W, compactness);
+    compact_flood(px, H, W, compactness, queue);
   } else {
-    PlainQueue queue;  // sifts as skimage's heap: identical results, ties too
-    flood<false>(queue, px, H, W, 0.0);
+    plain_flood(px, H, W);
   }
   for (int64_t i = 0; i < N; ++i) out[i] = px[i].label < 0 ? 0 : px[i].label;
 }

@@ -375,7 +375,8 @@ def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
     without the GIL."""
     image = np.asarray(image, dtype=np.float32)
     watershed = _native("watershed")
-    if watershed is None or not np.isfinite(image).all():  # (inf/NaN costs: skimage's own answer)
+    if watershed is None or image.size > 2**30 or not np.isfinite(image).all():
+        # (inf/NaN costs, or more pixels than the flood indexes: skimage's own answer)
         from skimage.segmentation import watershed as sk_watershed
 
         return sk_watershed(image, markers, mask=mask, compactness=compactness).astype(np.int32)
