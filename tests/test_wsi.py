@@ -307,6 +307,27 @@ def test_queued_blocks_start_when_the_network_is_done(monkeypatch):
     assert worker._run_queued_now(pending, {}, None) is None  # nothing queued: no new threads
 
 
+def test_release_memory_trims_growth_not_the_working_set(monkeypatch):
+    """The heap is trimmed only when the process, between blocks, is the slack
+    above its working set (the size at the first call); a size back above the
+    mark within one block of a trim becomes the new mark, untrimmed."""
+    import her2kit.wsi.cluster as cluster
+
+    trims = []
+    sizes = iter([1000, 1030, 1063, 1070, 600, 1040, 1080, 1300, 1310, 1320, 1390])
+    monkeypatch.setattr(cluster, "_malloc_trim", lambda pad: trims.append(calls[0]))
+    monkeypatch.setattr(cluster, "_rss_mb", lambda: next(sizes))
+    monkeypatch.setattr(cluster, "_working_set_mb", None)
+    monkeypatch.setattr(cluster, "_trimmed_last", False)
+    calls = [0]
+    for calls[0] in range(11):
+        cluster.release_memory(64.0)
+    # 1000: the mark; 1070 (>= 1064): growth, trimmed; 1080 after an untrimmed
+    # block: trimmed; 1300 right after that trim: the new mark; 1390 (>= 1364): trimmed
+    assert trims == [3, 6, 10]
+    assert cluster._working_set_mb == 1300
+
+
 def test_block_segmenter_one_pass_per_block():
     """A her2kit Segmenter covers a block + halo in one network pass when it holds
     no more pixels than one of its batches; larger blocks get the fewest tiles."""
