@@ -39,9 +39,10 @@ namespace py = pybind11;
 namespace her2kit {
 namespace {
 
-// Pixels are indexed by uint32: images up to kMaxPixels (the Python caller
-// hands larger ones to skimage).
-constexpr int64_t kMaxPixels = (int64_t{1} << 30);
+// Pixels and push ages are uint32: images up to kMaxPixels (a pixel is pushed
+// at most once per neighbour, so ages stay below 5 * 2^29 < 2^32; the Python
+// caller hands larger images to skimage).
+constexpr int64_t kMaxPixels = (int64_t{1} << 29);
 
 struct Item {
   double cost;
@@ -291,7 +292,7 @@ void plain_flood(Pixels& px, int64_t H, int64_t W) {
 void flood(const float* image, int32_t* out, const uint8_t* mask, int64_t H, int64_t W,
            double compactness) {
   const int64_t N = H * W;
-  if (N > kMaxPixels) throw std::invalid_argument("watershed: image larger than 2^30 pixels");
+  if (N > kMaxPixels) throw std::invalid_argument("watershed: image larger than 2^29 pixels");
   Pixels px(static_cast<size_t>(N));
   float lo = std::numeric_limits<float>::infinity(), hi = -lo;
   for (int64_t i = 0; i < N; ++i) {

@@ -375,7 +375,7 @@ def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
     without the GIL."""
     image = np.asarray(image, dtype=np.float32)
     watershed = _native("watershed")
-    if watershed is None or image.size > 2**30 or not np.isfinite(image).all():
+    if watershed is None or image.size > 2**29 or not np.isfinite(image).all():
         # (inf/NaN costs, or more pixels than the flood indexes: skimage's own answer)
         from skimage.segmentation import watershed as sk_watershed
 
