@@ -159,3 +159,21 @@ def test_non_finite_costs_are_refused_natively_and_fall_back_in_cell_finding():
         native.watershed(image, markers, mask, 0.01)
     np.testing.assert_array_equal(_watershed(image, markers, mask, 0.01),
                                   sk_watershed(image, markers, mask=mask, compactness=0.01))
+
+
+def test_images_beyond_the_native_flood_go_to_skimage(monkeypatch):
+    """Over 2^29 pixels the native flood's 32-bit ages could overflow: cell
+    finding floods such images with skimage (here the limit is lowered)."""
+    import her2kit.scoring.cells as cells
+
+    def native_flood(*args):
+        raise AssertionError("the native flood was called")
+
+    rng = np.random.default_rng(11)
+    image, markers, mask = random_case(rng, 12, 13, 4)
+    monkeypatch.setattr(cells, "_native", lambda name: native_flood)
+    with pytest.raises(AssertionError, match="native flood was called"):
+        cells._watershed(image, markers, mask, 0.01)  # within the limit: native
+    monkeypatch.setattr(cells, "_NATIVE_FLOOD_MAX_PIXELS", image.size - 1)
+    np.testing.assert_array_equal(cells._watershed(image, markers, mask, 0.01),
+                                  sk_watershed(image, markers, mask=mask, compactness=0.01))

@@ -367,6 +367,10 @@ def _pieces_with(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return connected_to_seeds(np.asarray(labels, dtype=np.int32), np.asarray(seeds, dtype=bool))
 
 
+#: The native flood indexes pixels and push ages with 32 bits (csrc/cpu/watershed.cpp).
+_NATIVE_FLOOD_MAX_PIXELS = 2**29
+
+
 def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
                compactness: float = 0.0) -> np.ndarray:
     """``skimage.segmentation.watershed(image, markers, mask=mask, compactness=...)``
@@ -375,7 +379,7 @@ def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
     without the GIL."""
     image = np.asarray(image, dtype=np.float32)
     watershed = _native("watershed")
-    if watershed is None or image.size > 2**29 or not np.isfinite(image).all():
+    if watershed is None or image.size > _NATIVE_FLOOD_MAX_PIXELS or not np.isfinite(image).all():
         # (inf/NaN costs, or more pixels than the flood indexes: skimage's own answer)
         from skimage.segmentation import watershed as sk_watershed
 
