@@ -313,6 +313,28 @@ def test_find_cells_table_matches_per_cell_reference():
     assert r.cell_labels.dtype == np.uint32 and r.nucleus_labels.dtype == np.uint32
 
 
+def test_labels_only_skips_the_staining_and_nothing_else():
+    """``staining=False`` (what `her2kit segment` asks): the same labels and
+    cell geometry; staining columns NaN, category -1 (not measured)."""
+    p = make_phantom([0, 1, 2, 3, 3, 2, 0, 1], seed=9, stroma=2)
+    probs = probabilities_from_mask(p.mask, seed=3)
+    full = find_cells(p.rgb, probs, p.mpp)
+    bare = find_cells(p.rgb, probs, p.mpp, CellParams(staining=False))
+    np.testing.assert_array_equal(bare.cell_labels, full.cell_labels)
+    np.testing.assert_array_equal(bare.nucleus_labels, full.nucleus_labels)
+    np.testing.assert_array_equal(bare.semantic, full.semantic)
+    assert list(bare.table) == list(full.table) == list(C.COLUMNS)
+    staining = {"completeness", "intensity", "dab_od_mean", "membrane_fraction"}
+    for c in C.COLUMNS:
+        if c in staining:
+            assert np.isnan(bare.table[c]).all() and not np.isnan(full.table[c]).any(), c
+        elif c == "category":
+            assert (bare.table[c] == -1).all() and (full.table[c] >= 0).all()
+        else:
+            np.testing.assert_array_equal(bare.table[c], full.table[c])
+    assert bare.sector_od.shape == full.sector_od.shape and np.isnan(bare.sector_od).all()
+
+
 def test_inner_boundaries_equal_find_boundaries():
     from skimage.segmentation import find_boundaries
 

@@ -426,13 +426,23 @@ def test_rerun_does_nothing_unless_force(slides, tmp_path):
     assert (out / "cells.csv").read_bytes() == old_csv
 
 
-def test_segment_only_writes_labels_only(slides, tmp_path):
+def test_segment_only_writes_labels_only(slides, reference, tmp_path, monkeypatch):
+    import her2kit.scoring.cells as cells
+
+    asked = []  # staining asked of find_cells per block
+    find_cells = cells.find_cells
+    monkeypatch.setattr(cells, "find_cells", lambda rgb, probs, mpp, params=None: (
+        asked.append(params.staining), find_cells(rgb, probs, mpp, params))[1])
     out = tmp_path / "seg"
-    s = run_slide(slides["zarr"], out, StainSegmenter(), block=256, halo=HALO, progress=False,
+    s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False,
                   segment_only=True)
     assert (out / "labels.zarr").is_dir() and not (out / "score.json").exists()
     assert not (out / "cells.csv").exists() and "score" not in s
     assert label_level0(out, "cells").max() > 0
+    # without measuring the staining: the labels of a score run, to the pixel
+    assert asked and not any(asked)
+    for name in ("cells", "semantic"):
+        np.testing.assert_array_equal(label_level0(out, name), label_level0(reference, name))
 
 
 def test_cluster_tcp(slides, reference, tmp_path):

@@ -92,6 +92,7 @@ class CellParams:
     side_window_um: float = 2.0           # membrane pixel -> the cell whose cytoplasm within this is more stained (0: off)
     side_margin_od: float = 0.005         # ... by at least this DAB OD more than the watershed's owner (ties stay)
     foreign_guard_um: float = 1.0         # band pixels this close to another cell's membrane are not measured
+    staining: bool = True                 # measure membrane staining (False: cells and labels only, as `segment`)
     extra: dict = field(default_factory=dict)  # room for plugins' own parameters
 
     def to_dict(self) -> dict:
@@ -1028,6 +1029,8 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
 
     ``nuc`` (from :func:`nucleus_features`) and ``tumour_by_id`` are computed
     when not given; ``dab`` is the DAB OD image (computed from ``rgb`` if None).
+    With ``params.staining`` False, the staining columns are NaN and the
+    category -1 (not measured); the other columns are the same.
     """
     from her2kit.preprocess.stain import HedDeconvolver
 
@@ -1045,12 +1048,28 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
         nuc = nucleus_features(nuclei, deconv.haematoxylin(rgb), mpp)
     if tumour_by_id is None:
         tumour_by_id = tumour_rule(nuc["area_um2"], nuc["elongation"], nuc["h_od"], params)
+    cell_area, cell_y, cell_x = _label_centroids(cells, n + 1)
+    geometry = {
+        "id": ids,
+        "y": cell_y[ids],
+        "x": cell_x[ids],
+        "tumour": tumour_by_id[ids].astype(bool),
+        "area_um2": cell_area[ids] * mpp**2,
+        "nucleus_area_um2": nuc["area_um2"][ids],
+        "nucleus_elongation": nuc["elongation"][ids],
+        "nucleus_h_od": nuc["h_od"][ids],
+    }
+    if not params.staining:
+        # cells and labels only (`her2kit segment` writes nothing else): the
+        # rings and sectors below are most of this function's time
+        unmeasured = np.full(ids.size, np.nan)
+        return {c: geometry[c] if c in geometry else unmeasured for c in COLUMNS} | {
+            "category": np.full(ids.size, -1, np.int64),
+            "_sector_od": np.full((ids.size, params.n_sectors), np.nan)}
     if dab is None:
         dab = deconv.dab(rgb)
     if params.smooth_um > 0:
         dab = _gaussian(dab, _px(params.smooth_um, mpp))
-
-    cell_area, cell_y, cell_x = _label_centroids(cells, n + 1)
 
     # ring pixels: membrane pixels of the cell, or within ring_width of its outline
     edge = _inner_boundaries(cells)
@@ -1086,22 +1105,14 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     ring_sum = np.bincount(rc, weights=values, minlength=n + 1)
     ring_n = np.bincount(rc, minlength=n + 1)
     dab_mean = ring_sum[ids] / np.maximum(ring_n[ids], 1)
-    return {
-        "id": ids,
-        "y": cell_y[ids],
-        "x": cell_x[ids],
+    staining = {
         "category": categorise(completeness, intensity, params),
-        "tumour": tumour_by_id[ids].astype(bool),
         "completeness": completeness,
         "intensity": intensity,
-        "area_um2": cell_area[ids] * mpp**2,
-        "nucleus_area_um2": nuc["area_um2"][ids],
         "dab_od_mean": dab_mean,
         "membrane_fraction": membrane_fraction,
-        "nucleus_elongation": nuc["elongation"][ids],
-        "nucleus_h_od": nuc["h_od"][ids],
-        "_sector_od": sector_od,
     }
+    return {c: geometry[c] if c in geometry else staining[c] for c in COLUMNS} | {"_sector_od": sector_od}
 
 
 def _relabel(table: dict[str, np.ndarray], cells: np.ndarray, nuclei: np.ndarray):

@@ -137,7 +137,8 @@ def run_slide(
         executor: an executor from :func:`her2kit.wsi.cluster.make_executor`
             to share between slides (overrides workers/scheduler/client).
         cell_params: :class:`~her2kit.scoring.cells.CellParams` fields (a dict)
-            passed to ``find_cells``.
+            passed to ``find_cells`` (``segment_only`` adds ``staining=False``:
+            the same labels, without measuring each cell's staining).
         cell_finder: "module:function" used instead of ``find_cells`` (same
             signature; e.g. a cheaper one for benchmarks).
         overlap: find cells of one block in a second thread while the next
@@ -169,6 +170,8 @@ def run_slide(
     path = os.fspath(path)
     if cell_params is not None and hasattr(cell_params, "to_dict"):
         cell_params = cell_params.to_dict()
+    if segment_only:  # labels only: each cell's staining would be measured for nothing
+        cell_params = {**(cell_params or {}), "staining": False}
     out_dir = Path(out_dir)
     if _complete(out_dir, segment_only) and not force:
         summary = {}
