@@ -177,3 +177,19 @@ def test_images_beyond_the_native_flood_go_to_skimage(monkeypatch):
     monkeypatch.setattr(cells, "_NATIVE_FLOOD_MAX_PIXELS", image.size - 1)
     np.testing.assert_array_equal(cells._watershed(image, markers, mask, 0.01),
                                   sk_watershed(image, markers, mask=mask, compactness=0.01))
+
+
+@pytest.mark.parametrize("compactness", [0.0, 0.01])
+def test_negative_markers_block_like_pixels_outside_the_mask(compactness):
+    """A negative marker is a wall (output 0), as a pixel outside the mask;
+    the compact flood's own bookkeeping (queued pixels) must not mistake it
+    for a queued pixel."""
+    rng = np.random.default_rng(21)
+    for _ in range(10):
+        image, markers, mask = random_case(rng, 30, 31, 6)
+        walls = rng.random(image.shape) < 0.1
+        markers = np.where(walls & (markers == 0), -rng.integers(2, 50, image.shape), markers).astype(np.int32)
+        ours = native.watershed(image, markers, mask, compactness)
+        blocked = native.watershed(image, np.maximum(markers, 0), mask & (markers >= 0), compactness)
+        np.testing.assert_array_equal(ours, blocked)
+        assert not ours[markers < 0].any()
