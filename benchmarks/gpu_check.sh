@@ -4,9 +4,12 @@
 # Steps: build (her2kit with its CUDA kernels; always done first), tests (the
 # CUDA tests and the native watershed's), ops (native-op benchmark on the GPU),
 # score (score a synthetic 4096^2 slide on the GPU), wsi (whole-slide
-# throughput on the GPU against the model alone, 8192^2 slide, 2048 px blocks).
+# throughput on the GPU against the model alone, 8192^2 slide, 2048 px blocks),
+# diag (what sets the pipeline's pace on a GPU: benchmarks/gpu_diag.py; runs
+# before the tests).
 # Everything lands in $OUT (default ./gpu_out): gpu_check.log, build.log,
-# tests_cuda.xml, bench_cuda.json, score_gpu.json, score_gpu_workers4.json, wsi_gpu.json.
+# tests_cuda.xml, bench_cuda.json, score_gpu.json, score_gpu_workers4.json, wsi_gpu.json,
+# gpu_diag.json.
 # Missing Python packages may be supplied as wheels in .whl/ (installed with
 # --no-deps into /tmp/site). Each step has its own time limit.
 set -uo pipefail
@@ -39,9 +42,14 @@ fi
 echo "build took ${SECONDS}s"
 python3 -c "import her2kit._C as c; print('cuda_built', c.cuda_built())" || exit 1
 
+if want diag; then
+  step "what sets the pace on a GPU"
+  timeout 420 python3 benchmarks/gpu_diag.py --out "$OUT/gpu_diag.json" --work /tmp/gd \
+    --sections topology,variants,cells,large --ns 1,4,8,15
+fi
 if want tests; then
   step "CUDA tests"
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_watershed.py \
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_watershed.py \
     -k "cuda or CUDA or watershed or skimage" --junitxml="$OUT/tests_cuda.xml"
 fi
 if want ops; then
