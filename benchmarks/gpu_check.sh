@@ -69,7 +69,7 @@ fi
 if want wsi; then
   step "whole-slide throughput on the GPU"
   timeout 300 python3 benchmarks/bench_wsi.py --sections throughput --throughput-size 8192 \
-    --block 2048 --throughput-model her2net --device cuda --overlap on --work /tmp/bw \
+    --block 2048 --throughput-model her2net --device cuda --overlap on --throughput-job both --work /tmp/bw \
     --out "$OUT/wsi_gpu.json"
 fi
 step "done"

@@ -351,6 +351,51 @@ def test_block_segmenter_one_pass_per_block():
     assert block_segmenter(StainSegmenter(), (640, 640)).__class__ is StainSegmenter
 
 
+def test_block_segmenter_batches_the_tiles_on_a_gpu():
+    """On a GPU a block's tiles (the same as on a CPU) go through the network in
+    one batch; on a CPU the batch stays within the segmenter's pixels."""
+    from her2kit.wsi.worker import block_segmenter
+
+    class Seg:
+        tile, overlap, batch, device = 512, 128, 4, "cpu"
+
+        def predict(self, rgb):
+            return rgb
+
+    class GpuSeg(Seg):
+        device = "cuda:0"
+
+    cpu, gpu = block_segmenter(Seg(), (2304, 2304)), block_segmenter(GpuSeg(), (2304, 2304))
+    assert gpu.tile == cpu.tile and gpu.overlap == cpu.overlap
+    assert cpu.batch == 1 and gpu.batch == 9  # 3 x 3 tiles
+    small = block_segmenter(GpuSeg(), (640, 576))  # one pass anyway: nothing more to batch
+    assert small.tile == 640 and small.batch == block_segmenter(Seg(), (640, 576)).batch
+
+
+def test_batched_tiles_predict_as_one_after_another():
+    """Batching the tiles changes nothing but the speed: same tiles, same blending."""
+    import copy
+
+    import torch
+
+    from her2kit.inference import Segmenter
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 5, padding=2)
+
+        def forward(self, x):
+            return {"pixel": self.conv(x) * x.mean(dim=(1, 2, 3), keepdim=True)}  # tile-dependent
+
+    torch.manual_seed(0)
+    one = Segmenter(Net().eval(), {"mpp": 0.5}, "net", "cpu", tile=96, overlap=32, batch=1)
+    batched = copy.copy(one)
+    batched.batch = 9
+    rgb = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    np.testing.assert_allclose(batched.predict(rgb), one.predict(rgb), rtol=0, atol=1e-6)
+
+
 def test_overlap_default(monkeypatch):
     """On by default on a GPU and in-process with a spare core; off for local worker processes."""
     import os
