@@ -117,7 +117,14 @@ class Segmenter:
         return normalise(batch, self.normalisation)
 
     def _sliding(self, rgb: np.ndarray, fn: Any, channels: int) -> np.ndarray:
-        """Apply ``fn`` (normalised batch -> (B, channels, h, w) tensor) over tiles, blended."""
+        """Apply ``fn`` (normalised batch -> (B, channels, h, w) tensor) over tiles, blended.
+
+        On a GPU the blending runs there too: only the blended image comes
+        back, and the thread feeding the GPU leaves the CPU's cores and memory
+        bandwidth to cell finding. On a CPU numpy blends (torch's CPU ops:
+        2.7x the CPU time on a 2176^2 block, the same values).
+        """
+        import torch
 
         rgb = self._check(rgb)
         h, w = rgb.shape[:2]
@@ -127,17 +134,26 @@ class Segmenter:
             with _no_grad():
                 return fn(self._tensor([rgb]))[0].float().cpu().numpy()
         weight = gaussian_weight((th, tw))
-        out = np.zeros((channels, h, w), np.float32)
-        norm = np.zeros((h, w), np.float32)
+        if self._blends_with_numpy():
+            out, norm = np.zeros((channels, h, w), np.float32), np.zeros((h, w), np.float32)
+            tiles_back, image_back = (lambda t: t.cpu().numpy()), (lambda a: a)
+        else:
+            weight = torch.from_numpy(weight).to(self.device)
+            out = torch.zeros((channels, h, w), dtype=torch.float32, device=self.device)
+            norm = torch.zeros((h, w), dtype=torch.float32, device=self.device)
+            tiles_back, image_back = (lambda t: t), (lambda a: a.cpu().numpy())
         boxes = [(y, x) for y in ys for x in xs]
         with _no_grad():
             for i in range(0, len(boxes), self.batch):
                 chunk = boxes[i:i + self.batch]
-                result = fn(self._tensor([rgb[y:y + th, x:x + tw] for y, x in chunk])).float().cpu().numpy()
+                result = tiles_back(fn(self._tensor([rgb[y:y + th, x:x + tw] for y, x in chunk])).float())
                 for (y, x), r in zip(chunk, result, strict=True):
                     out[:, y:y + th, x:x + tw] += r * weight
                     norm[y:y + th, x:x + tw] += weight
-        return out / norm
+            return image_back(out / norm)
+
+    def _blends_with_numpy(self) -> bool:
+        return str(self.device).startswith("cpu")
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """Softmax probabilities (3, H, W) float32 (background, membrane, nucleus) for uint8 RGB (H, W, 3)."""

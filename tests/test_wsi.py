@@ -394,6 +394,10 @@ def test_batched_tiles_predict_as_one_after_another():
     batched.batch = 9
     rgb = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     np.testing.assert_allclose(batched.predict(rgb), one.predict(rgb), rtol=0, atol=1e-6)
+    # blended by torch on the model's device (as on a GPU): the same values as numpy's
+    on_device = copy.copy(batched)
+    on_device._blends_with_numpy = lambda: False
+    np.testing.assert_array_equal(on_device.predict(rgb), batched.predict(rgb))
 
 
 def test_overlap_default(monkeypatch):
