@@ -400,6 +400,41 @@ def test_batched_tiles_predict_as_one_after_another():
     np.testing.assert_array_equal(on_device.predict(rgb), batched.predict(rgb))
 
 
+def test_a_batch_out_of_gpu_memory_is_halved(monkeypatch):
+    """A block view whose batch runs out of GPU memory predicts with half the
+    batch, the same values, and keeps the smaller batch for the next blocks."""
+    import torch
+
+    from her2kit.inference import Segmenter
+    from her2kit.wsi import worker
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (test)")
+            return {"pixel": self.conv(x)}
+
+    torch.manual_seed(0)
+    seg = Segmenter(Net().eval(), {"mpp": 0.5}, "net", "cpu", tile=64, overlap=16, batch=4)
+    monkeypatch.setattr(worker, "uses_gpu", lambda *a, **k: True)
+    view = worker.block_segmenter(seg, (200, 200))
+    assert view.tile == 108 and view.batch == 4  # 2 x 2 tiles, all at once
+    rgb = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    probs = worker._predict(view, rgb)
+    assert view.batch == 2
+    one = worker.block_segmenter(seg, (200, 200))
+    assert one is view  # the next block gets the smaller batch
+    view.batch = 1
+    np.testing.assert_allclose(probs, seg.__class__.predict(view, rgb), rtol=0, atol=1e-6)
+    with pytest.raises(torch.OutOfMemoryError):  # not a block view: not ours to change
+        big = Segmenter(Net().eval(), {"mpp": 0.5}, "net", "cpu", tile=64, overlap=16, batch=4)
+        worker._predict(big, rgb)
+
+
 def test_overlap_default(monkeypatch):
     """On by default on a GPU and in-process with a spare core; off for local worker processes."""
     import os

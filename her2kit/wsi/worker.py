@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 import weakref
 from typing import Any
@@ -130,7 +131,25 @@ def block_segmenter(seg: Any, shape: tuple[int, int]) -> Any:
     if view is None:
         view = views[(new_tile, new_batch)] = copy.copy(seg)  # shares the network
         view.tile, view.batch = new_tile, new_batch
+        view._block_view = True  # its batch is ours to lower (see _predict)
     return view
+
+
+def _predict(seg: Any, rgb: np.ndarray) -> np.ndarray:
+    """``seg.predict(rgb)``; where a block view's batch runs out of GPU memory,
+    again with half the batch, which the next blocks keep (the batch on a
+    GPU comes from a per-pixel estimate that a user's model may exceed)."""
+    while True:
+        try:
+            return seg.predict(rgb)
+        except Exception as exc:
+            torch = sys.modules.get("torch")
+            oom = torch is not None and isinstance(exc, torch.OutOfMemoryError)
+            if not (oom and getattr(seg, "_block_view", False) and seg.batch > 1):
+                raise
+            seg.batch //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 _BLOCK_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -279,7 +298,7 @@ def predict_block(plan: dict, index: int, segmenter: Any, read: dict | None = No
     try:
         seg = block_segmenter(worker_segmenter(segmenter, plan.get("device")), rgb.shape[:2])
         t = time.perf_counter()
-        probs = seg.predict(rgb)
+        probs = _predict(seg, rgb)
         timings["predict"] = time.perf_counter() - t
     except Exception as exc:
         if plan.get("debug"):
