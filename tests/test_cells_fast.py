@@ -485,3 +485,35 @@ def test_label_sums_native_equal_bincount(dtype, monkeypatch):
         np.testing.assert_array_equal(features[key], reference[key], err_msg=key)
     with pytest.raises(ValueError, match=r"\[0, size\)"):
         label_moments(labels, int(labels.max()))
+
+
+@pytest.mark.parametrize("table_dtype", [bool, np.int32, np.uint32, np.int64, np.float32])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.uint32, np.int64])
+def test_lookup_equals_fancy_indexing(table_dtype, label_dtype, monkeypatch):
+    """``_lookup(table, labels)`` is ``table[labels]``: values and dtype, natively
+    or by numpy (the dtypes the native gather does not take, or no extension)."""
+    import sys
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 500, (61, 47)).astype(label_dtype)
+    table = (rng.random(500) * 1000).astype(table_dtype)
+    got = C._lookup(table, labels)
+    assert got.dtype == table.dtype and got.shape == labels.shape
+    np.testing.assert_array_equal(got, table[labels])
+    sliced = labels[::2, 1::3]  # not contiguous
+    np.testing.assert_array_equal(C._lookup(table, sliced), table[sliced])
+    monkeypatch.setitem(sys.modules, "her2kit._C", None)
+    np.testing.assert_array_equal(C._lookup(table, labels), table[labels])
+
+
+def test_native_lookup_refuses_labels_outside_the_table():
+    label_lookup = _native_or_skip("label_lookup")
+    labels = np.zeros((4, 5), np.int32)
+    labels[3, 4] = 10
+    with pytest.raises(IndexError, match="len\\(table\\)"):
+        label_lookup(np.zeros(10, bool), labels)
+    labels[3, 4] = -1
+    with pytest.raises(IndexError):
+        label_lookup(np.zeros(10, np.uint32), labels)
+    np.testing.assert_array_equal(label_lookup(np.arange(11, dtype=np.uint32), np.abs(labels) * 10),
+                                  np.abs(labels) * 10)

@@ -107,9 +107,43 @@ py::tuple label_spread(py::array_t<T, py::array::c_style> labels, int64_t size,
   return py::make_tuple(sxx, syy, sxy, sv);
 }
 
+// table[labels] for an integer label image and a 1-D table, as numpy's
+// fancy indexing gives it, without its first step: a copy of the labels as
+// int64 (twice the memory traffic of the gather itself on int32 labels).
+template <typename L, typename V>
+py::array_t<V> label_lookup(py::array_t<V, py::array::c_style> table,
+                            py::array_t<L, py::array::c_style> labels) {
+  if (table.ndim() != 1) throw std::invalid_argument("table must be 1-D");
+  const int64_t size = table.shape(0);
+  std::vector<py::ssize_t> shape(labels.shape(), labels.shape() + labels.ndim());
+  py::array_t<V> out(shape);
+  const L* l = labels.data();
+  const V* t = table.data();
+  V* o = out.mutable_data();
+  const int64_t n = labels.size();
+  bool bad = false;
+  {
+    py::gil_scoped_release release;
+    for (int64_t i = 0; i < n; ++i) {
+      const L v = l[i];
+      if (outside(v, size)) { bad = true; break; }
+      o[i] = t[v];
+    }
+  }
+  if (bad) throw py::index_error("labels must lie in [0, len(table))");
+  return out;
+}
+
 }  // namespace
 
 void register_label_stats(py::module_& m) {
+  const char* lookup_doc = "table[labels] for a 1-D table and an int32/uint32 label image (numpy's values).";
+  m.def("label_lookup", &label_lookup<int32_t, bool>, py::arg("table"), py::arg("labels"), lookup_doc);
+  m.def("label_lookup", &label_lookup<uint32_t, bool>, py::arg("table"), py::arg("labels"), lookup_doc);
+  m.def("label_lookup", &label_lookup<int32_t, int32_t>, py::arg("table"), py::arg("labels"), lookup_doc);
+  m.def("label_lookup", &label_lookup<uint32_t, int32_t>, py::arg("table"), py::arg("labels"), lookup_doc);
+  m.def("label_lookup", &label_lookup<int32_t, uint32_t>, py::arg("table"), py::arg("labels"), lookup_doc);
+  m.def("label_lookup", &label_lookup<uint32_t, uint32_t>, py::arg("table"), py::arg("labels"), lookup_doc);
   const char* moments_doc =
       "(count, sum of rows, sum of columns) per label 0..size-1 over the nonzero pixels, "
       "float64 (np.bincount's sums over the labelled pixels in raster order).";
