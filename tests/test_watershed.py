@@ -65,6 +65,50 @@ def test_large_compact_flood_matches_skimage():
     np.testing.assert_array_equal(ours, ref)
 
 
+@pytest.mark.parametrize("plateaus", [False, True])
+def test_compact_flood_with_crowded_buckets_matches_skimage(plateaus):
+    """Hundreds of items per bucket of the queue, crowded into clumps of near
+    and exactly equal costs (as a block's territory flood has them): each
+    bucket's sort (sub-ranges of cost, recursively) keeps skimage's order."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(11)
+    image = ndi.gaussian_filter(rng.random((600, 560)), 2).astype(np.float32)
+    if plateaus:
+        image = np.round(image * 16).astype(np.float32) / 16
+    image -= image.min()
+    markers = np.zeros(image.shape, np.int32)
+    idx = rng.choice(image.size, 400, replace=False)
+    markers.ravel()[idx] = np.arange(1, 401)
+    # markers of distinct costs (ties between markers are taken in raster
+    # order here, in an accident of its heap's layout by skimage)
+    image.ravel()[idx] = rng.permutation(400).astype(np.float32) * 1e-5
+    mask = rng.random(image.shape) < 0.97
+    for compactness in (0.01, 0.5):
+        ours = native.watershed(image, markers, mask, compactness)
+        ref = sk_watershed(image, markers, mask=mask, compactness=compactness)
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_queue_takes_a_bucket_by_cost_then_age():
+    """The compact flood sorts each bucket by spreading its items over
+    sub-ranges of cost, recursively: the order of a plain sort by (cost, age),
+    on costs crowded into clumps within clumps, ties and lone outliers."""
+    rng = np.random.default_rng(5)
+    cases = [np.zeros(0), np.array([0.5]), np.full(300, 0.25), rng.random(20)]
+    cases += [rng.integers(0, 4, int(n)) * 0.1 for n in rng.integers(2, 25, 20)]  # small, with ties
+    for _ in range(30):
+        n = int(rng.integers(25, 4000))
+        scale = 10.0 ** rng.integers(-12, 0, n)  # clumps at many scales
+        costs = 0.5 + rng.choice([-1.0, 1.0], n) * scale * rng.random(n)
+        costs[rng.random(n) < 0.2] = 0.5  # exact ties
+        costs[:2] = 0.5 - 1e-3, 0.5 + 1e-3  # the bucket's edges
+        cases.append(costs)
+    for costs in cases:
+        ages = rng.permutation(costs.size).astype(np.uint32)
+        np.testing.assert_array_equal(native.queue_order(costs, ages), np.lexsort((ages, costs)))
+
+
 def test_markers_outside_mask_and_empty_cases():
     image = np.zeros((5, 6), np.float32)
     markers = np.zeros((5, 6), np.int32)
