@@ -99,9 +99,10 @@ def block_segmenter(seg: Any, shape: tuple[int, int]) -> Any:
     blending as on a CPU, but the recurrent sweeps of the TLSTM are
     sequential steps whose launches set the GPU's pace, so a batch of nine
     costs about what one tile does. Measured on an H200 (8192^2 slide, 16
-    blocks of 2048 + 64, shipped Her2Net): nine 811^2 tiles one after
-    another per block 6.1 s for the network alone; see benchmarks/README.md
-    for the batched figure.
+    blocks of 2048 + 64, shipped Her2Net, the network alone): nine ~800^2
+    tiles per block one after another 6.1 s, in one batch 2.5 s, and
+    blended on the GPU too (:meth:`her2kit.inference.Segmenter._sliding`)
+    0.9 s.
     """
     tile, overlap, batch = (getattr(seg, a, None) for a in ("tile", "overlap", "batch"))
     if not all(isinstance(v, int) and v >= 0 for v in (tile, overlap, batch)) or tile < 1 or batch < 1:
@@ -362,8 +363,8 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
     Cell-finding threads run at the lowest priority: the thread feeding the
     network never waits for a core (on an H200 with 16 cores, 8192^2 slide:
     pipeline 9.3 s against 10.3 s at normal priority, one run each). On a
-    CPU one more predicted block may wait for them. The network alone keeps only ~1.7
-    of 2 cores busy (its threads wait passively between parallel regions);
+    CPU one more predicted block may wait for them. The network alone keeps
+    only ~1.7 of 2 cores busy (its threads wait passively between parallel regions);
     at low priority cell finding runs in exactly those gaps instead of
     slowing the network, and the queued block keeps the network from
     waiting for cell finding. Measured (8192^2 slide, 16 blocks of 2048 px,
