@@ -2,8 +2,8 @@
 // The ops themselves are registered with TORCH_LIBRARY in csrc/cpu and
 // csrc/cuda; importing this module is what loads those registrations. It
 // also carries the watershed, distance transform and reconstruction of cell
-// finding, its Gaussian filter, labelling and per-label sums, and the outline
-// tracer of the cell polygons with their GeoJSON text.
+// finding, its Gaussian filter, labelling and per-label sums, the stains'
+// look-ups, and the outline tracer of the cell polygons with their GeoJSON text.
 #include <pybind11/pybind11.h>
 
 namespace her2kit {
@@ -14,6 +14,7 @@ void register_outline(pybind11::module_& m);             // csrc/cpu/outline.cpp
 void register_filters(pybind11::module_& m);             // csrc/cpu/filters.cpp
 void register_label_stats(pybind11::module_& m);         // csrc/cpu/label_stats.cpp
 void register_geojson(pybind11::module_& m);             // csrc/cpu/geojson.cpp
+void register_stain(pybind11::module_& m);               // csrc/cpu/stain.cpp
 }
 
 namespace {
@@ -36,4 +37,5 @@ PYBIND11_MODULE(_C, m) {
   her2kit::register_filters(m);
   her2kit::register_label_stats(m);
   her2kit::register_geojson(m);
+  her2kit::register_stain(m);
 }

@@ -37,6 +37,29 @@ def test_hed_round_trip_and_channels():
         d(np.zeros((2, 2), np.uint8))
 
 
+def test_stain_channel_native_equals_numpy(monkeypatch):
+    """The native one-pass look-up gives the numpy path's values bit for bit
+    (signs of zero too), for every channel and odd shapes; not (..., 3) is refused."""
+    import her2kit.preprocess.stain as stain
+
+    if stain._native_channel() is None:
+        pytest.skip("her2kit._C not built")
+    d = HedDeconvolver()
+    rng = np.random.default_rng(3)
+    every = np.stack(np.meshgrid(*[np.arange(0, 256, 5, dtype=np.uint8)] * 3, indexing="ij"), -1)
+    images = [every, rng.integers(0, 256, (37, 41, 3), dtype=np.uint8), np.zeros((0, 3), np.uint8),
+              np.full((3, 4, 3), 255, np.uint8), every[::2, 1::3]]  # (the last not contiguous)
+    native = {(i, k): d.channel(im, k) for i, im in enumerate(images) for k in range(3)}
+    monkeypatch.setattr(stain, "_native_channel", lambda: None)
+    for (i, k), got in native.items():
+        ref = d.channel(images[i], k)
+        assert got.dtype == ref.dtype and got.shape == ref.shape == images[i].shape[:-1]
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(ref))
+    with pytest.raises(ValueError):
+        d.channel(np.zeros((2, 2), np.uint8), 0)
+
+
 def test_hed_plugin_record():
     from her2kit.plugins import registry
 
