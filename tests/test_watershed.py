@@ -97,6 +97,7 @@ def test_queue_takes_a_bucket_by_cost_then_age():
     rng = np.random.default_rng(5)
     cases = [np.zeros(0), np.array([0.5]), np.full(300, 0.25), rng.random(20)]
     cases += [rng.integers(0, 4, int(n)) * 0.1 for n in rng.integers(2, 25, 20)]  # small, with ties
+    cases.append(np.repeat([0.0, 5e-324, 1e-320], 20))  # a range too narrow to scale
     for _ in range(30):
         n = int(rng.integers(25, 4000))
         scale = 10.0 ** rng.integers(-12, 0, n)  # clumps at many scales

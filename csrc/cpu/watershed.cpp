@@ -128,12 +128,13 @@ void sort_items(Item* first, Item* last, Item* tmp, int depth) {
     lo = std::min(lo, p->cost);
     hi = std::max(hi, p->cost);
   }
-  if (!(hi > lo) || depth >= 4) {  // one cost (then by age), or clumped beyond 256^4
+  constexpr int kSub = 256;
+  const double scale = kSub / (hi - lo);
+  // one cost (then by age), clumped beyond 256^4, or a range too narrow to scale
+  if (!(hi > lo) || depth >= 4 || !std::isfinite(scale)) {
     std::sort(first, last, Before());
     return;
   }
-  constexpr int kSub = 256;
-  const double scale = kSub / (hi - lo);
   auto sub = [&](double cost) {
     const double s = (cost - lo) * scale;
     return s >= kSub - 1 ? kSub - 1 : static_cast<int>(s);
