@@ -430,9 +430,10 @@ def test_a_batch_out_of_gpu_memory_is_halved(monkeypatch):
     assert one is view  # the next block gets the smaller batch
     view.batch = 1
     np.testing.assert_allclose(probs, seg.__class__.predict(view, rgb), rtol=0, atol=1e-6)
+    big = Segmenter(Net().eval(), {"mpp": 0.5}, "net", "cpu", tile=64, overlap=16, batch=4)
     with pytest.raises(torch.OutOfMemoryError):  # not a block view: not ours to change
-        big = Segmenter(Net().eval(), {"mpp": 0.5}, "net", "cpu", tile=64, overlap=16, batch=4)
         worker._predict(big, rgb)
+    assert big.batch == 4
 
 
 def test_overlap_default(monkeypatch):

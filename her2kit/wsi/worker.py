@@ -364,8 +364,8 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
     network never waits for a core (on an H200 with 16 cores, 8192^2 slide:
     pipeline 9.3 s against 10.3 s at normal priority, one run each). On a
     CPU one more predicted block may wait for them. The network alone keeps
-    only ~1.7 of 2 cores busy (its threads wait passively between parallel regions);
-    at low priority cell finding runs in exactly those gaps instead of
+    only ~1.7 of 2 cores busy (its threads wait passively between parallel
+    regions); at low priority cell finding runs in exactly those gaps instead of
     slowing the network, and the queued block keeps the network from
     waiting for cell finding. Measured (8192^2 slide, 16 blocks of 2048 px,
     shipped Her2Net, 2 cores, interleaved runs): 58.3-63.0 s before, 55.9-
