@@ -307,6 +307,47 @@ def test_queued_blocks_start_when_the_network_is_done(monkeypatch):
     assert worker._run_queued_now(pending, {}, None) is None  # nothing queued: no new threads
 
 
+def test_a_slow_block_does_not_idle_the_other_cell_threads(monkeypatch):
+    """With several cell threads, the next block is submitted as soon as any
+    thread is free, not when the oldest block is done; blocks still come out
+    in order. (Block 0 here finishes only after block 3 has: waiting for the
+    oldest would never submit block 3.)"""
+    import threading
+
+    from her2kit.wsi import worker
+
+    block3_done, finished = threading.Event(), []
+
+    def finish(plan, stage, after):
+        if stage["i"] == 0:
+            assert block3_done.wait(10), "block 3 was never submitted while block 0 ran"
+        finished.append(stage["i"])
+        if stage["i"] == 3:
+            block3_done.set()
+        return {"index": stage["i"]}
+
+    monkeypatch.setattr(worker, "read_stage", lambda plan, i: {"i": i})
+    monkeypatch.setattr(worker, "predict_block",
+                        lambda plan, i, seg, read: {"i": i, "rgb": np.zeros((8, 8, 3), np.uint8)})
+    monkeypatch.setattr(worker, "_finish_then", finish)
+    out = [r["index"] for r in worker.iter_blocks({}, list(range(8)), None, overlap=True, cell_workers=2)]
+    assert out == list(range(8))
+    assert finished.index(3) < finished.index(0)
+
+
+def test_finished_blocks_waiting_their_turn_drop_their_pixels():
+    from collections import deque
+    from concurrent.futures import Future
+
+    from her2kit.wsi import worker
+
+    done, running = Future(), Future()
+    done.set_result({"index": 1})
+    pending = deque([(running, {"rgb": 0}), (done, {"rgb": 1})])
+    assert worker._busy(pending) == 1
+    assert pending[0][1] == {"rgb": 0} and pending[1] == (done, None)
+
+
 def test_release_memory_trims_growth_not_the_working_set(monkeypatch):
     """The heap is trimmed only when the process, between blocks, is the slack
     above its working set (the size at the first call); a size back above the

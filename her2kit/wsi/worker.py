@@ -373,6 +373,11 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
     help further. SCHED_IDLE instead of nice 19 kept the network as fast as
     alone but starved cell finding (61-64 s against 56-57 s).
 
+    With several cell threads (a GPU), the next block is submitted when any
+    of them is free, not when the oldest block is done: one slow block would
+    otherwise idle the rest (finished blocks wait, without their pixels, to
+    be yielded in order).
+
     Two more things keep the network's path short: the next block is read
     (in a thread) while this one is predicted, and once the last block is
     predicted, a block still queued for the busy cell thread starts at once
@@ -386,7 +391,7 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
                 release()
         return
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     device = plan.get("device")
     restore = _spare_a_core(segmenter, device)
@@ -423,8 +428,15 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
                                           initializer=_lowest_priority)
                 # on a CPU one more block waits for cell finding (see above)
                 in_flight = workers + 1 if on_cpu else workers
-            while len(pending) >= in_flight:
-                yield oldest()
+            # a slow block must not idle the other cell threads: wait for any
+            # block to finish, not the oldest (blocks are still yielded in order)
+            while _busy(pending) >= in_flight or len(pending) >= 4 * in_flight:
+                if _busy(pending) < in_flight:
+                    yield oldest()
+                    continue
+                wait([f for f, _ in pending if not f.done()], return_when=FIRST_COMPLETED)
+                while pending and pending[0][0].done():
+                    yield oldest()
             pending.append((pool.submit(_finish_then, plan, stage, after), stage))
             del stage
         tail = _run_queued_now(pending, plan, after)
@@ -439,6 +451,18 @@ def iter_blocks(plan: dict, indices: list[int], segmenter: Any, overlap: bool = 
             if p is not None:
                 p.shutdown()
         restore()
+
+
+def _busy(pending: Any) -> int:
+    """How many of the pending blocks are queued or having their cells found
+    (the finished ones drop their pixels: only their summaries wait to be yielded)."""
+    busy = 0
+    for n, (f, stage) in enumerate(pending):
+        if not f.done():
+            busy += 1
+        elif stage is not None:
+            pending[n] = (f, None)
+    return busy
 
 
 def _run_queued_now(pending: Any, plan: dict, after: Any) -> Any:
