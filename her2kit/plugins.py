@@ -10,6 +10,7 @@ built-ins only.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -56,12 +57,16 @@ class Registry:
             load_entry_points = os.environ.get(DISABLE_ENV, "").strip() in ("", "0")
         self._load_entry_points = load_entry_points
         self._discovered = False
+        # a dask worker's threads may open slides at once: one of them loads
+        # the plugins while the others wait (they saw no readers before)
+        self._lock = threading.RLock()
 
     def register(self, plugin: object, name: str, origin: str) -> None:
         """Register a plugin module or object under ``name``."""
-        self.pm.register(plugin, name=name)
-        self._origins[name] = origin
-        self._records = None
+        with self._lock:
+            self.pm.register(plugin, name=name)
+            self._origins[name] = origin
+            self._records = None
 
     def _discover(self) -> None:
         if self._discovered:
@@ -88,6 +93,10 @@ class Registry:
                 )
 
     def _collect(self) -> dict[str, dict[str, Registered]]:
+        with self._lock:
+            return self._collect_locked()
+
+    def _collect_locked(self) -> dict[str, dict[str, Registered]]:
         self._discover()
         if self._records is not None:
             return self._records
@@ -143,14 +152,16 @@ class Registry:
 
 
 _registry: Registry | None = None
+_registry_lock = threading.Lock()
 
 
 def registry() -> Registry:
     """The process-wide registry, created on first use."""
     global _registry
-    if _registry is None:
-        _registry = Registry()
-    return _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = Registry()
+        return _registry
 
 
 def reset() -> None:

@@ -361,3 +361,22 @@ def test_help_imports_no_torch():
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "her2kit.cli" in imported  # the listing is real
     assert not {m for m in imported if m.split(".")[0] in ("torch", "dask", "openslide")}
+
+
+def test_threads_loading_the_plugins_at_once_all_see_every_reader():
+    """A dask worker's threads open slides at once in a fresh process: the one
+    that loads the plugins must not let the others see an empty registry
+    (they failed with "not an image or a Zarr store")."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def readers(registry, start):
+        start.wait()
+        return sorted(e.name for e in registry.list("reader"))
+
+    expected = sorted(e.name for e in Registry().list("reader"))
+    for _ in range(5):
+        registry, start = Registry(), threading.Barrier(8)
+        with ThreadPoolExecutor(8) as pool:
+            seen = list(pool.map(lambda _: readers(registry, start), range(8)))  # noqa: B023
+        assert seen == [expected] * 8
