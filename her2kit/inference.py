@@ -99,6 +99,27 @@ class Segmenter:
     def __repr__(self) -> str:
         return f"Segmenter({self.name!r}, mpp={self.mpp}, device={self.device!r})"
 
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the weights and of what shapes the output (tiling,
+        normalisation, mpp): two checkpoints with one name but other weights
+        differ, so a run never resumes or skips with another model's blocks."""
+        if getattr(self, "_fingerprint", None) is None:
+            import hashlib
+            import json
+
+            import torch
+
+            digest = hashlib.sha256(json.dumps(
+                [self.mpp, self.tile, self.overlap, self.normalisation, list(self.classes)],
+                sort_keys=True).encode())
+            for key, value in sorted(self.model.state_dict().items()):
+                t = value.detach().cpu().contiguous()
+                digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+                digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
     @staticmethod
     def _check(rgb: np.ndarray) -> np.ndarray:
         rgb = np.asarray(rgb)
@@ -204,6 +225,15 @@ class Segmenter:
 
         out = self._sliding(rgb, fn, 4)
         return out[:3], out[3]
+
+
+def model_fingerprint(segmenter: Any) -> str:
+    """The segmenter's ``fingerprint`` (a model plugin may give one), else its class."""
+    fingerprint = getattr(segmenter, "fingerprint", None)
+    if fingerprint:
+        return str(fingerprint)
+    cls = type(segmenter)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def load_segmenter(model: str | os.PathLike | None = None, device: str | None = None) -> Segmenter:

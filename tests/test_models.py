@@ -221,3 +221,20 @@ def test_shipped_default_weights():
     assert p.shape == (3, 96, 96)
     assert p[2, 48, 48] > 0.5 and p[0, 5, 5] > 0.5
     assert seg.predict_pattern(rgb).shape == (4,)
+
+
+def test_segmenter_fingerprint_follows_the_weights_not_the_name():
+    import torch
+
+    from her2kit.inference import load_segmenter, model_fingerprint
+
+    a, b = load_segmenter(device="cpu"), load_segmenter(device="cpu")
+    assert a.name == b.name and model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad():
+        next(b.model.parameters()).view(-1)[0] += 1e-3
+    b._fingerprint = None
+    assert model_fingerprint(b) != model_fingerprint(a)
+    b.tile = a.tile // 2  # the tiling shapes the output too
+    b.model.load_state_dict(a.model.state_dict())
+    b._fingerprint = None
+    assert model_fingerprint(b) != model_fingerprint(a)

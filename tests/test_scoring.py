@@ -248,7 +248,7 @@ def test_analyse_image_with_roi_and_resampling():
     assert np.allclose(np.sort(res.table["x"]), np.sort(full.table["x"] * 2 + 0.5), atol=1.5)
 
 
-def test_synthetic_image_scores_right(tmp_path):
+def test_synthetic_image_scores_right(tmp_path, capsys):
     """A synthetic 3+ image (her2kit.synth) scored with ground-truth probabilities, through run()."""
     from PIL import Image
 
@@ -271,6 +271,18 @@ def test_synthetic_image_scores_right(tmp_path):
     assert set(doc["percent"]) == {"0", "1", "2", "3"}
     for name in ("cells.csv", "cells.geojson", "labels.zarr", "overlay.png", "report.html"):
         assert (out / name).exists(), name
+    # run again with other weights under the same name: nothing is redone, and it says why
+    before = (out / "score.json").read_bytes()
+    other = TruthSegmenter(patch.region.semantic, 0.5)
+    other.fingerprint = "other-weights"
+    capsys.readouterr()
+    assert run(args, get_segmenter=lambda: other) == 0
+    said = capsys.readouterr()
+    assert "made with another model (truth-masks " in said.out + said.err
+    assert (out / "score.json").read_bytes() == before
+    assert run(args, get_segmenter=lambda: seg) == 0  # the same model: plainly complete
+    said = capsys.readouterr()
+    assert "complete already, skipped" in said.out + said.err and "another" not in said.out + said.err
 
 
 # --- command line: bad input gets one line, not a traceback ---------------------------------

@@ -160,8 +160,11 @@ class CrashAfter:
     """A segmenter double that raises in its n-th call (a crash mid-run)."""
 
     def __init__(self, n: int):
+        from her2kit.inference import model_fingerprint
+
         self.inner = StainSegmenter()
         self.mpp, self.name, self.n, self.calls = self.inner.mpp, self.inner.name, n, 0
+        self.fingerprint = model_fingerprint(self.inner)  # the same model, crashing
 
     def predict(self, rgb):
         self.calls += 1
@@ -202,6 +205,20 @@ def test_crash_and_resume_in_process(slides, reference, tmp_path, monkeypatch):
     assert stable_json(out) | {"input": 0} == stable_json(reference) | {"input": 0}
     np.testing.assert_array_equal(label_level0(out, "cells"), label_level0(reference, "cells"))
     np.testing.assert_array_equal(label_level0(out, "semantic"), label_level0(reference, "semantic"))
+
+
+def test_resume_with_other_weights_starts_over(slides, tmp_path):
+    """Blocks finished by one model are not reused by another of the same
+    name (QA: a resume with other weights mixed two models' cells)."""
+    out = tmp_path / "w"
+    with pytest.raises(Her2kitError, match="simulated crash"):
+        run_slide(slides["zarr"], out, CrashAfter(5), block=BLOCK, halo=HALO, progress=False)
+    class OtherWeights(StainSegmenter):
+        fingerprint = "other-weights"
+
+    s = run_slide(slides["zarr"], out, OtherWeights(), block=BLOCK, halo=HALO, progress=False)
+    assert s["run"]["blocks_resumed"] == 0 and s["run"]["blocks_run"] == 9
+    assert s["model_fingerprint"] == "other-weights"
 
 
 def test_overlap_crash_and_resume_equals_reference(slides, reference, tmp_path):

@@ -17,6 +17,7 @@ tumour cells), not an error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -202,6 +203,21 @@ def complete(out_dir: Path, segment_only: bool) -> bool:
     return all((out_dir / n).exists() for n in names)
 
 
+def _made_by_another_model(out_dir: Path, get_segmenter) -> dict:
+    """``{"other_model": name}`` when the finished score.json records another
+    model's fingerprint than the one asked for now (else ``{}``)."""
+    from her2kit.inference import model_fingerprint
+
+    try:
+        done = json.loads((out_dir / "score.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    recorded = done.get("model_fingerprint") if isinstance(done, dict) else None
+    if recorded is None or recorded == model_fingerprint(get_segmenter()):
+        return {}
+    return {"other_model": f"{done.get('model')} {recorded}"}
+
+
 def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Namespace,
                   roi: list | None, segment_only: bool = False) -> dict:
     """Score (or segment) one input into ``out_root/<stem>``; returns its summary."""
@@ -209,7 +225,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
 
     out_dir = out_root / stem_of(path)
     if not getattr(args, "force", False) and complete(out_dir, segment_only):
-        return {"input": path, "skipped": True, "out": str(out_dir)}
+        return {"input": path, "skipped": True, "out": str(out_dir),
+                **_made_by_another_model(out_dir, get_segmenter)}
     t0 = time.perf_counter()
     with open_slide(path) as slide:
         file_mpp = slide.mpp
@@ -237,9 +254,13 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
         result = CellResult(empty_table(), empty, empty.copy(), np.zeros((h, w), np.uint8), mpp=mpp)
         timings = {"note": "no tissue found"}
         model_name = os.fspath(args.model) if args.model else "her2net"
+        fingerprint = None
     else:
+        from her2kit.inference import model_fingerprint
+
         segmenter = get_segmenter()
         model_name = getattr(segmenter, "name", "unknown")
+        fingerprint = model_fingerprint(segmenter)
         result, timings = analyse_image(rgb, mpp, segmenter, CellParams(), roi)
         if getattr(args, "scorer", None) == "her2net-pattern":
             small = resample(rgb, mpp / float(segmenter.mpp))
@@ -249,7 +270,7 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
     timings = {"read_s": read_s, **timings}
     summary = summarise(result, mpp, model_name,
                         getattr(args, "scorer", "asco-cap-2018"),
-                        extra={"input": os.fspath(path), "shape": [h, w],
+                        extra={"model_fingerprint": fingerprint, "input": os.fspath(path), "shape": [h, w],
                                "roi": bool(roi), "timings": timings})
     if pattern is not None:
         summary["scorer"] = {"name": "her2net-pattern", "value": pattern}
@@ -302,6 +323,9 @@ def _segmenter_loader(args: argparse.Namespace):
 
 
 def _report(summary: dict, segment_only: bool) -> str:
+    if summary.get("other_model"):
+        return (f"{summary['input']}: complete already, made with another model "
+                f"({summary['other_model']}), skipped (use --force to redo) -> {summary['out']}")
     if summary.get("skipped"):
         return f"{summary['input']}: complete already, skipped (use --force to redo) -> {summary['out']}"
     if segment_only:

@@ -162,6 +162,7 @@ def run_slide(
     Raises:
         InputError: unreadable / corrupt / zero-size slide, missing level.
     """
+    from her2kit.inference import model_fingerprint
     from her2kit.readers import open_slide
     from her2kit.wsi.cluster import make_executor
 
@@ -202,7 +203,8 @@ def run_slide(
             "shape": [h0, w0], "mpp": mpp0, "level": level,
             "level_downsample": h0 / slide.level_shape(level)[0],
             "scale": scale, "block0": grid.block0, "halo0": grid.halo0,
-            "model": seg_name, "model_mpp": seg_mpp, "id_stride": grid.id_stride(),
+            "model": seg_name, "model_fingerprint": model_fingerprint(seg),
+            "model_mpp": seg_mpp, "id_stride": grid.id_stride(),
             "segment_only": bool(segment_only), "tissue": tissue, "roi": roi,
             "cell_params": cell_params, "features": not segment_only,
             "cell_finder": cell_finder,
@@ -511,7 +513,8 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
     from her2kit.wsi import report
 
     work = ledger.dir
-    summary: dict[str, Any] = {"input": path, "model": plan["model"], "mpp": plan["mpp"],
+    summary: dict[str, Any] = {"input": path, "model": plan["model"],
+                               "model_fingerprint": plan["model_fingerprint"], "mpp": plan["mpp"],
                                "model_mpp": plan["model_mpp"], "her2kit_version": __version__}
     staged: list[str] = []
     if not segment_only:

@@ -32,6 +32,12 @@ class StainSegmenter:
         self.width = width
         self._deconvolver = None
 
+    @property
+    def fingerprint(self) -> str:
+        """What sets its output (a resumed run must use the same)."""
+        return (f"stain-threshold mpp={self.mpp} nucleus_od={self.nucleus_od} "
+                f"membrane_od={self.membrane_od} width={self.width}")
+
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """Probabilities (3, H, W) float32 (background, membrane, nucleus) of uint8 RGB (H, W, 3)."""
         from her2kit.preprocess.stain import HedDeconvolver
