@@ -331,3 +331,25 @@ def test_cli_all_background_gives_no_score_and_others_continue(bad_inputs, tmp_p
     assert "no tissue" in doc["note"]
     assert "score is undefined" in proc.stderr
     assert (tmp_path / "blank" / "report.html").exists()
+
+
+def test_cli_inputs_with_one_name_and_bad_out(bad_inputs, tmp_path):
+    """Two inputs that would share an output folder: the first is scored, the
+    second is a one-line error (QA: it was silently skipped as "complete");
+    the same path twice is done once. An --out that is a file, or --workers 0,
+    is a one-line error before any work."""
+    import shutil
+
+    blank = str(bad_inputs / "blank.png")
+    (tmp_path / "other").mkdir()
+    twin = shutil.copy(blank, tmp_path / "other" / "blank.png")
+    out = tmp_path / "o"
+    proc = _cli("score", blank, blank, str(twin), "--out", str(out), "--mpp", "0.5")
+    _one_line_error(proc, "other/blank.png", "inputs with one name")
+    assert "1 of 3 inputs failed" in proc.stderr and "given twice" in proc.stderr
+    assert json.loads((out / "blank" / "score.json").read_text())["input"] == blank
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    _one_line_error(_cli("score", blank, "--out", str(afile), "--mpp", "0.5"), "is a file, not a folder")
+    _one_line_error(_cli("score", blank, "--out", str(afile / "sub"), "--mpp", "0.5"), "cannot create")
+    _one_line_error(_cli("score", blank, "--out", str(out), "--workers", "0"), "--workers 0")

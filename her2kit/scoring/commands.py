@@ -351,10 +351,29 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
     if args.mpp is not None and (not np.isfinite(args.mpp) or args.mpp <= 0 or args.mpp > MPP_RANGE[1]):
         raise Her2kitError(f"--mpp {args.mpp}: implausible resolution (expected > 0 and <= {MPP_RANGE[1]} "
                            "microns per pixel)")
+    workers = getattr(args, "workers", 1)
+    if workers is not None and workers < 1:
+        raise Her2kitError(f"--workers {workers}: give 1 or more")
     out_root = Path(args.out)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise Her2kitError(f"--out {out_root}: is a file, not a folder") from None
+    except OSError as exc:
+        raise Her2kitError(f"--out {out_root}: cannot create the folder ({exc.strerror or exc})") from None
     get_segmenter = get_segmenter or _segmenter_loader(args)
     failed = 0
-    for path in args.inputs:
+    first_of: dict[str, int] = {}  # output folder -> the input it belongs to
+    for n, path in enumerate(args.inputs):
+        first = args.inputs[first_of.setdefault(stem_of(path), n)]
+        if first_of[stem_of(path)] != n:
+            if os.path.abspath(first) == os.path.abspath(path):
+                print(f"her2kit: note: {path}: given twice, processed once", file=sys.stderr)
+            else:
+                print(f"her2kit: error: {path}: its outputs would go to {out_root / stem_of(path)}, "
+                      f"as those of {first} (inputs with one name); give it its own --out", file=sys.stderr)
+                failed += 1
+            continue
         try:
             summary = process_input(path, out_root, get_segmenter, args, roi, segment_only)
         except InputError as exc:
