@@ -188,12 +188,18 @@ def _reduce(block: np.ndarray, labels: bool) -> np.ndarray:
     return ((s + 2) // 4).astype(block.dtype)
 
 
-def chunk_grid(shape_hw: tuple[int, int], chunk: int) -> Iterable[tuple[int, int, int, int]]:
-    """(y, x, h, w) of each chunk-aligned block covering ``shape_hw``, row by row."""
+def chunk_grid(shape_hw: tuple[int, int], chunk: int | tuple[int, int]) -> Iterable[tuple[int, int, int, int]]:
+    """(y, x, h, w) of each chunk-aligned block covering ``shape_hw``, row by row.
+
+    ``chunk``: the chunk side, or its (height, width) when the chunks are not
+    square (a level narrower or shorter than the chunk size has chunks of its
+    own width or height).
+    """
     H, W = shape_hw
-    for y in range(0, H, chunk):
-        for x in range(0, W, chunk):
-            yield y, x, min(chunk, H - y), min(chunk, W - x)
+    ch, cw = (int(chunk), int(chunk)) if np.ndim(chunk) == 0 else (int(c) for c in chunk)
+    for y in range(0, H, ch):
+        for x in range(0, W, cw):
+            yield y, x, min(ch, H - y), min(cw, W - x)
 
 
 def build_pyramid(group: str | os.PathLike | Any, labels: bool | None = None, workers: int = 1,
@@ -211,8 +217,9 @@ def build_pyramid(group: str | os.PathLike | Any, labels: bool | None = None, wo
     paths = [d["path"] for d in datasets]
     for prev, cur in zip(paths[:-1], paths[1:], strict=False):
         src, dst = group[prev], group[cur]
-        ch = dst.chunks[-1]
-        tiles = list(chunk_grid(dst.shape[-2:], ch))
+        # one task per output chunk, on the chunk grid of both axes: tasks writing parts
+        # of one chunk at once would race (each rewrites the whole chunk) and lose data
+        tiles = list(chunk_grid(dst.shape[-2:], dst.chunks[-2:]))
 
         def one(t: tuple[int, int, int, int], src=src, dst=dst) -> None:
             y, x, h, w = t

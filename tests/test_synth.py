@@ -264,6 +264,48 @@ def test_slide_ome_tiff(slide):
         assert np.array_equal(series.asarray(), np.moveaxis(np.asarray(lvl0), 0, -1))
 
 
+def _mean_2x2(a):
+    """2 x 2 mean (rounded) of an (h, w, c) uint8 image, an odd last row / column replicated."""
+    a = np.pad(a, ((0, a.shape[0] % 2), (0, a.shape[1] % 2), (0, 0)), mode="edge").astype(np.uint16)
+    return ((a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2] + 2) // 4).astype(np.uint8)
+
+
+def test_slide_pyramid_levels_are_downsamples_of_level_0(tmp_path):
+    """Every level of a tall, odd-sized slide is the 2 x 2 reduction of the level
+    above, for the image, its labels and the OME-TIFF. Levels narrower than the
+    chunk have non-square chunks (128 x 102, 128 x 51 here); the pyramid used to be
+    built in square tiles of the chunk *width*, several racing on one chunk, and
+    left parts of levels 1.. unwritten (white image, zero labels)."""
+    import zarr
+
+    from her2kit.synth.slide import make_slide
+
+    out, tif = tmp_path / "p.zarr", tmp_path / "p.ome.tif"
+    make_slide(str(out), (1001, 203), "2+", seed=1, chunk=128, tiff=str(tif), workers=4, progress=False)
+    root = zarr.open_group(str(out), mode="r")
+    paths = [d["path"] for d in root.attrs["multiscales"][0]["datasets"]]
+    assert len(paths) == 3 and root["2"].chunks == (3, 128, 51)
+    rgb = [np.moveaxis(np.asarray(root[p]), 0, -1) for p in paths]
+    with tifffile.TiffFile(tif) as tf:
+        tiff_levels = [lvl.asarray() for lvl in tf.series[0].levels]
+    assert len(tiff_levels) == len(paths)
+    labels0 = {name: np.asarray(root[f"labels/{name}/0"]) for name in ("semantic", "cells", "nuclei")}
+
+    def off(got, want):  # share of pixels that differ (a short message, not two arrays)
+        assert got.shape == want.shape
+        return float((got != want).reshape(*got.shape[:2], -1).any(-1).mean())
+
+    for level in range(1, len(paths)):
+        bad, white = off(rgb[level], _mean_2x2(rgb[level - 1])), float((rgb[level] == 255).all(-1).mean())
+        assert bad == 0, f"image level {level}: {bad:.0%} of pixels wrong, {white:.0%} white"
+        for name, lab0 in labels0.items():
+            bad = off(np.asarray(root[f"labels/{name}/{level}"]), lab0[::2**level, ::2**level])
+            assert bad == 0, f"labels/{name} level {level}: {bad:.0%} of pixels wrong"
+    for level in range(len(paths)):
+        bad = off(tiff_levels[level], rgb[level])
+        assert bad == 0, f"OME-TIFF level {level}: {bad:.0%} of pixels differ from the Zarr level"
+
+
 def test_slide_with_glass(tmp_path):
     from her2kit.synth.slide import make_slide
 

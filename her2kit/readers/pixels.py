@@ -108,7 +108,7 @@ class Layout:
         if "Y" not in axes or "X" not in axes:
             raise InputError(path, f"no Y/X axes in {axes!r}; not a 2-D image")
         if 0 in tuple(shape):
-            raise InputError(path, f"empty image (shape {tuple(shape)}, axes {axes})")
+            raise InputError(path, f"empty image (array shape {tuple(shape)})")
         channel_axes = [i for i, a in enumerate(axes) if a in _CHANNEL_AXES and shape[i] > 1]
         if len(channel_axes) > 1:
             raise InputError(path, f"several channel axes in {axes!r} {tuple(shape)}")
