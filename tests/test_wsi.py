@@ -1125,3 +1125,18 @@ def test_odd_block_side_leaves_level1_to_the_end(slides, tmp_path):
     base = zarr.open_array(str(g / "0"), mode="r")[:]
     assert base.any()
     assert np.array_equal(zarr.open_array(str(g / "1"), mode="r")[:], base[::2, ::2])
+
+
+def test_dask_tasks_run_with_the_in_process_memory_handling(monkeypatch):
+    """Block tasks in dask workers reuse freed memory (set once per process)
+    and trim it after each task, as an in-process run does."""
+    from her2kit.wsi import cluster
+
+    calls = []
+    monkeypatch.setattr(cluster, "_memory_settled", False)
+    monkeypatch.setattr(cluster, "reuse_freed_memory", lambda: calls.append("reuse"))
+    monkeypatch.setattr(cluster, "release_memory", lambda: calls.append("release"))
+    assert cluster.in_worker_process(lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(ZeroDivisionError):
+        cluster.in_worker_process(lambda: 1 / 0)
+    assert calls == ["reuse", "release", "release"]
