@@ -20,3 +20,8 @@ class InputError(Her2kitError):
 
 class PluginError(Her2kitError):
     """A plugin conflict or an unknown plugin name."""
+
+
+class SetupError(Her2kitError):
+    """A problem every input would meet (the model, the scheduler): the run
+    stops at once instead of repeating it for each input."""

@@ -353,3 +353,17 @@ def test_cli_inputs_with_one_name_and_bad_out(bad_inputs, tmp_path):
     _one_line_error(_cli("score", blank, "--out", str(afile), "--mpp", "0.5"), "is a file, not a folder")
     _one_line_error(_cli("score", blank, "--out", str(afile / "sub"), "--mpp", "0.5"), "cannot create")
     _one_line_error(_cli("score", blank, "--out", str(out), "--workers", "0"), "--workers 0")
+
+
+def test_cli_a_bad_model_stops_the_run_once(tmp_path):
+    """A model every input would need and that cannot load is one error, not one per input."""
+    from PIL import Image
+    from skimage.data import immunohistochemistry
+
+    paths = []
+    for name in ("a.png", "b.png"):
+        Image.fromarray(immunohistochemistry()[:96, :96]).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    proc = _cli("score", *paths, "--out", str(tmp_path / "o"), "--mpp", "0.5", "--model", "bogusname")
+    _one_line_error(proc, "unknown model 'bogusname'")
+    assert proc.stderr.count("her2kit: error") == 1 and "inputs failed" not in proc.stderr

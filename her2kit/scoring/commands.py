@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from her2kit import __version__
-from her2kit.errors import Her2kitError, InputError
+from her2kit.errors import Her2kitError, InputError, SetupError
 
 #: Longest side (pixels) processed as one image; larger ones go block by block.
 WHOLE_LIMIT = 4096
@@ -316,7 +316,12 @@ def _segmenter_loader(args: argparse.Namespace):
         if "s" not in cache:
             from her2kit.inference import load_segmenter
 
-            cache["s"] = load_segmenter(args.model, device=getattr(args, "device", None))
+            try:
+                cache["s"] = load_segmenter(args.model, device=getattr(args, "device", None))
+            except SetupError:
+                raise
+            except Her2kitError as exc:  # the same for every input
+                raise SetupError(str(exc)) from None
         return cache["s"]
 
     return get
@@ -376,13 +381,13 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
             continue
         try:
             summary = process_input(path, out_root, get_segmenter, args, roi, segment_only)
+        except SetupError:
+            raise  # the same for every input: stop at once
         except InputError as exc:
             print(f"her2kit: error: {exc}", file=sys.stderr)
             failed += 1
             continue
         except Her2kitError as exc:
-            if isinstance(exc, Her2kitError) and "shipped weights" in str(exc):
-                raise  # the same for every input: stop at once
             print(f"her2kit: error: {path}: {exc}", file=sys.stderr)
             failed += 1
             continue

@@ -291,7 +291,7 @@ def make_executor(workers: int = 1, scheduler: str | None = None, client: Any = 
                   connect_timeout: float = 20.0):
     """The executor for these options (see the module docstring).
 
-    Raises Her2kitError when the scheduler cannot be reached within
+    Raises SetupError when the scheduler cannot be reached within
     ``connect_timeout`` seconds.
     """
     if client is not None:
@@ -307,15 +307,17 @@ def make_executor(workers: int = 1, scheduler: str | None = None, client: Any = 
 
 
 def _new_executor(workers: int, scheduler: str | None, connect_timeout: float):
-    from her2kit.errors import Her2kitError
+    from her2kit.errors import SetupError
 
     if scheduler:
         from distributed import Client
 
         try:
             c = Client(scheduler, timeout=f"{connect_timeout}s")
-        except Exception as exc:  # OSError / TimeoutError with a long text
-            raise Her2kitError(f"cannot reach dask scheduler {scheduler}: {type(exc).__name__}") from None
+        except Exception as exc:  # OSError / TimeoutError with a long text: its first line
+            why = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise SetupError(f"cannot reach dask scheduler {scheduler}: {type(exc).__name__}"
+                             + (f" ({why})" if why else "")) from None
         return DaskExecutor(c, kind=f"scheduler {scheduler}", own=True)
     if workers <= 1:
         return SyncExecutor()
