@@ -22,7 +22,10 @@ import numpy as np
 from her2kit.errors import Her2kitError, InputError
 from her2kit.readers import Slide
 
-MAX_SIDE = 2**31  # pixels; beyond this an image is taken for a corrupt header
+# pixels; beyond this an image is taken for a corrupt header. A whole 75 mm
+# glass slide at 0.1 um/px is 750,000 px long; a side of 10^7 went on to fail
+# reading its thumbnail (68 GB for one strip)
+MAX_SIDE = 2**21
 # Microns per pixel that a microscope image can plausibly have. Files often
 # carry an editor's default (72, 96 or 300 dpi = 353, 265, 85 um/px): such a
 # value is treated as unknown rather than trusted.
@@ -70,7 +73,7 @@ def check_channels(n: int, path: str) -> None:
 
 
 def check_size(height: int, width: int, path: str) -> None:
-    """Refuse empty images and sides beyond 2**31 pixels."""
+    """Refuse empty images and sides beyond :data:`MAX_SIDE` pixels."""
     if height <= 0 or width <= 0:
         raise InputError(path, f"empty image ({height}x{width} pixels)")
     if height > MAX_SIDE or width > MAX_SIDE:
