@@ -749,6 +749,7 @@ def test_corrupt_chunk_in_a_block_is_input_error(slides, tmp_path):
         run_slide(str(bad), tmp_path / "o", CrashAfter(0), block=256, halo=HALO, progress=False)
     msg = str(e.value)
     assert msg.startswith(str(bad)) and "cannot read pixels of block" in msg and "\n" not in msg
+    assert msg.count(str(bad)) == 1  # named once
 
 
 def _glass_slide(src: str, path: Path, tissue_fraction: float) -> None:

@@ -35,6 +35,10 @@ _SEGMENTERS: dict[tuple, Any] = {}
 
 
 def _one_line(exc: BaseException) -> str:
+    from her2kit.errors import InputError
+
+    if isinstance(exc, InputError):  # its message names the slide, which the caller names already
+        return " ".join(exc.problem.split())
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
