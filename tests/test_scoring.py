@@ -283,6 +283,11 @@ def test_synthetic_image_scores_right(tmp_path, capsys):
     assert run(args, get_segmenter=lambda: seg) == 0  # the same model: plainly complete
     said = capsys.readouterr()
     assert "complete already, skipped" in said.out + said.err and "another" not in said.out + said.err
+    # `segment` writes labels.zarr alone: the fingerprint travels in its attributes
+    (out / "score.json").unlink()
+    assert run(args, segment_only=True, get_segmenter=lambda: other) == 0
+    said = capsys.readouterr()
+    assert "made with another model (truth-masks " in said.out + said.err
 
 
 # --- command line: bad input gets one line, not a traceback ---------------------------------

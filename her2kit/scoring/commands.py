@@ -183,7 +183,8 @@ def write_outputs(out_dir: Path, rgb: np.ndarray, result, summary: dict,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     exports.write_labels_zarr(out_dir / "labels.zarr", result.semantic, result.cell_labels,
-                              summary.get("mpp"))
+                              summary.get("mpp"), about={k: v for k, v in summary.items()
+                                                         if k not in ("percent", "counts")})
     if segment_only:
         return
     exports.write_cells_csv(out_dir / "cells.csv", result.table)
@@ -208,10 +209,14 @@ def _made_by_another_model(out_dir: Path, get_segmenter) -> dict:
     model's fingerprint than the one asked for now (else ``{}``)."""
     from her2kit.inference import model_fingerprint
 
-    try:
-        done = json.loads((out_dir / "score.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    done: Any = None
+    for record in (out_dir / "score.json", out_dir / "labels.zarr" / ".zattrs"):  # segment: the labels'
+        try:
+            done = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        done = done.get("her2kit", done) if record.name == ".zattrs" and isinstance(done, dict) else done
+        break
     recorded = done.get("model_fingerprint") if isinstance(done, dict) else None
     if recorded is None or recorded == model_fingerprint(get_segmenter()):
         return {}

@@ -368,11 +368,13 @@ def write_cells_geojson(path: str | os.PathLike, features: Iterable[dict]) -> in
 
 
 def write_labels_zarr(path: str | os.PathLike, semantic: np.ndarray, cells: np.ndarray,
-                      mpp: float | None, chunk: int = 1024) -> None:
+                      mpp: float | None, chunk: int = 1024, about: dict | None = None) -> None:
     """labels.zarr: OME-Zarr (NGFF 0.4) labels ``semantic`` (uint8) and ``cells`` (uint32), multiscale.
 
     Level 0 is the input's full resolution; coarser levels take every second
-    pixel (labels must not be averaged).
+    pixel (labels must not be averaged). ``about`` (the run's summary: model,
+    its fingerprint...) goes to the root's ``her2kit`` attribute, as the
+    whole-slide pipeline writes it.
     """
     from her2kit.wsi import labelstore
 
@@ -385,6 +387,13 @@ def write_labels_zarr(path: str | os.PathLike, semantic: np.ndarray, cells: np.n
     for level in range(1, labelstore.level_count(tmp)):
         for _, y, x, h, w in labelstore.pyramid_regions(tmp, level, chunk):
             labelstore.downsample_region(tmp, level, y, x, h, w)
+    if about is not None:
+        import json
+
+        import zarr
+
+        root = zarr.open_group(str(tmp), mode="r+", zarr_format=2)
+        root.attrs["her2kit"] = json.loads(json.dumps(about, default=str))
     _replace(tmp, path)
 
 
