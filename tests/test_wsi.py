@@ -811,6 +811,22 @@ def test_roi_keeps_cells_inside(slides, reference, tmp_path):
     assert len(cells["id"]) < len(ref["id"])
 
 
+def test_roi_hole_keeps_its_cells_out(slides, reference, tmp_path):
+    """A polygon's hole is outside the ROI on slides as on images (QA: the
+    slide pipeline kept only the exterior ring)."""
+    from her2kit.scoring.roi import parse_roi
+
+    outer, hole = [[0, 0], [400, 0], [400, 400], [0, 400], [0, 0]], [[100, 100], [300, 100], [300, 300], [100, 300], [100, 100]]
+    roi = parse_roi({"type": "Polygon", "coordinates": [outer, hole]})
+    out = tmp_path / "hole"
+    run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, roi=roi, progress=False)
+    cells, ref = read_cells(out), read_cells(reference)
+    in_hole = (ref["x"] > 110) & (ref["x"] < 290) & (ref["y"] > 110) & (ref["y"] < 290)
+    assert in_hole.sum() > 5  # the hole has cells to keep out
+    assert len(cells["id"]) > 5
+    assert not ((cells["x"] > 110) & (cells["x"] < 290) & (cells["y"] > 110) & (cells["y"] < 290)).any()
+
+
 def test_grid_geometry():
     g = make_grid((1000, 700), 2.0, 300, 50)
     assert g.block0 == 512 and g.halo0 == 100 and (g.rows, g.cols) == (2, 2)

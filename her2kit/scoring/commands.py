@@ -299,12 +299,12 @@ def _run_wsi(path, out_dir, segmenter, mpp, args, roi, segment_only) -> dict | N
         from her2kit.wsi.pipeline import run_slide
     except ImportError:
         return None
-    from her2kit.scoring.roi import exteriors
+    from her2kit.scoring.roi import as_rings
 
     try:
         summary = run_slide(path, out_dir, segmenter, mpp=mpp, workers=getattr(args, "workers", 1),
                             scheduler=getattr(args, "scheduler", None),
-                            roi=exteriors(roi) if roi else None, force=getattr(args, "force", False),
+                            roi=as_rings(roi) if roi else None, force=getattr(args, "force", False),
                             segment_only=segment_only, device=getattr(args, "device", None))
     except NotImplementedError:
         return None

@@ -73,9 +73,19 @@ def load_roi(path: str | os.PathLike) -> list[Polygon]:
     return polygons
 
 
-def exteriors(polygons: list[Polygon]) -> list[list[tuple[float, float]]]:
-    """Exterior rings as lists of (x, y) (the whole-slide pipeline's ROI form; holes dropped)."""
-    return [[(float(x), float(y)) for x, y in p[0]] for p in polygons]
+def as_rings(roi: list) -> list[list[list[list[float]]]]:
+    """ROI polygons in the whole-slide pipeline's (JSON) form: each polygon a list
+    of rings (exterior first, then holes), each ring a list of [x, y]. Takes
+    :func:`load_roi`'s polygons, or polygons given as a single ring of (x, y)
+    vertices each (no holes)."""
+    out = []
+    for poly in roi:
+        first = poly[0] if len(poly) else []
+        single_ring = len(first) == 2 and np.isscalar(first[0])
+        rings = [poly] if single_ring else poly
+        out.append([[[float(x), float(y)] for x, y in np.asarray(r, np.float64).reshape(-1, 2)]
+                    for r in rings])
+    return out
 
 
 def inside(polygons: list[Polygon], x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -145,9 +145,11 @@ def tissue_fractions(grid: Grid, mask: np.ndarray, downsample: float) -> np.ndar
 
 def roi_boxes(roi: list | None) -> list[tuple[float, float, float, float]]:
     """Bounding boxes (y0, x0, y1, x1) in level-0 pixels of ROI polygons of (x, y) vertices."""
+    from her2kit.scoring.roi import as_rings
+
     boxes = []
-    for poly in roi or []:
-        p = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+    for poly in as_rings(roi or []):
+        p = np.asarray(poly[0], dtype=np.float64).reshape(-1, 2)  # the exterior ring
         if len(p):
             boxes.append((p[:, 1].min(), p[:, 0].min(), p[:, 1].max(), p[:, 0].max()))
     return boxes

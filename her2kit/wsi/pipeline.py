@@ -120,8 +120,9 @@ def run_slide(
         scheduler: address of an existing dask.distributed scheduler
             ("tcp://host:8786"); workers must see ``path`` and ``out_dir``.
         client: an existing ``distributed.Client`` (overrides workers/scheduler).
-        roi: polygons in level-0 pixels, each a list of (x, y) vertices
-            (GeoJSON order); only cells whose centroid lies inside count and
+        roi: polygons in level-0 pixels, each a list of (x, y) vertices, or a
+            list of such rings (exterior, then holes; GeoJSON order); only
+            cells whose centroid lies inside (outside the holes) count and
             only blocks touching a polygon's bounding box are processed.
         force: redo a slide whose outputs are complete (otherwise nothing is
             done and the existing summary is returned).
@@ -173,6 +174,10 @@ def run_slide(
         cell_params = cell_params.to_dict()
     if segment_only:  # labels only: each cell's staining would be measured for nothing
         cell_params = {**(cell_params or {}), "staining": False}
+    if roi:
+        from her2kit.scoring.roi import as_rings
+
+        roi = as_rings(roi)  # one form in the plan: rings of [x, y], exterior first
     out_dir = Path(out_dir)
     if _complete(out_dir, segment_only) and not force:
         summary = {}

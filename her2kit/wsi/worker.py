@@ -257,15 +257,13 @@ def _nucleus_centroids(nuclei: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray,
 
 
 def _inside_roi(xs: np.ndarray, ys: np.ndarray, roi: list | None) -> np.ndarray:
+    """Points inside any ROI polygon and outside its holes (``roi``: see
+    :func:`her2kit.scoring.roi.as_rings`)."""
     if not roi:
         return np.ones(len(xs), bool)
-    from skimage.measure import points_in_poly
+    from her2kit.scoring.roi import as_rings, inside
 
-    pts = np.stack([xs, ys], axis=1)
-    inside = np.zeros(len(xs), bool)
-    for poly in roi:
-        inside |= points_in_poly(pts, np.asarray(poly, np.float64).reshape(-1, 2))
-    return inside
+    return inside([[np.asarray(r, np.float64) for r in poly] for poly in as_rings(roi)], xs, ys)
 
 
 def process_block(plan: dict, index: int, segmenter: Any) -> dict:
