@@ -207,7 +207,7 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path):
                                              "accuracy", "fpr"}
         assert cls in model["auc"]
     assert {"accuracy", "qwk", "confusion"} <= set(model["score"])
-    assert np.asarray(model["score"]["confusion"]).sum() == 4
+    assert np.asarray(model["score"]["confusion"]).sum() + model["score"].get("unscored", 0) == 4
     assert np.asarray(model["pixel_confusion"]).sum() == 4 * 64 * 64
     for name in ("comparison.md", "comparison.json", "by_score.md", "roc.png", "confusion_pixels.png"):
         assert (ev / name).is_file(), name
@@ -221,3 +221,15 @@ def test_cli_errors_are_one_line(tiny, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and "nowhere" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_unscored_image_counts_as_wrong_not_as_an_error():
+    """An image where the cell pipeline finds no tumour cell has no score: the
+    metric keeps the other images (QA: SCORE_NAMES.index(None) threw the whole
+    metric away)."""
+    from her2kit.evaluation.commands import cell_score_metrics
+
+    m = cell_score_metrics([0, 1, 2, 3], [0, None, 2, 2])
+    assert m["accuracy"] == 0.5 and m["unscored"] == 1
+    assert np.asarray(m["confusion"]).sum() == 3 and m["confusion"][3][2] == 1
+    assert cell_score_metrics([1], [None])["accuracy"] == 0.0

@@ -80,11 +80,25 @@ def cell_level_scorer():
     except ImportError:
         return None
 
-    def score(rgb: np.ndarray, mpp: float, segmenter: Any) -> int:
+    def score(rgb: np.ndarray, mpp: float, segmenter: Any) -> int | None:
         result, _ = analyse_image(rgb, mpp, segmenter)
-        return SCORE_NAMES.index(asco_cap_score(result.tumour_categories()).score)
+        name = asco_cap_score(result.tumour_categories()).score
+        return None if name is None else SCORE_NAMES.index(name)  # None: no tumour cell found
 
     return score
+
+
+def cell_score_metrics(truth: list[int], pred: list[int | None]) -> dict[str, Any]:
+    """Score agreement of the cell-level pipeline; ``None`` in ``pred``: an image
+    it gave no score (no tumour cell found). Such an image counts as wrong in
+    the accuracy (over all images); kappa and confusion cover the scored ones."""
+    scored = [(t, p) for t, p in zip(truth, pred, strict=True) if p is not None]
+    out = score_metrics([t for t, _ in scored], [p for _, p in scored])
+    out["accuracy"] = float(sum(t == p for t, p in scored) / len(truth)) if truth else None
+    out["unscored"] = len(truth) - len(scored)
+    out["source"] = ("cell level: her2kit.scoring (cells, categories, ASCO/CAP 2018 rule); accuracy "
+                     "over all images, an unscored one wrong; kappa and confusion over the scored ones")
+    return out
 
 
 def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -163,13 +177,13 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
         pattern["source"] = "staining-pattern head (image-level softmax, tiles averaged)"
         result["score_pattern_head"] = pattern
     if cell_truth and cell_error is None:
-        result["score"] = score_metrics(cell_truth, cell_pred)
-        result["score"]["source"] = "cell level: her2kit.scoring (cells, categories, ASCO/CAP 2018 rule)"
+        result["score"] = cell_score_metrics(cell_truth, cell_pred)
     elif pattern is not None:
         result["score"] = dict(pattern)
     else:
         result["score"] = {"accuracy": None, "qwk": None, "confusion": None,
-                           "source": "none: no scoring pipeline and no staining-pattern head"}
+                           "source": "none: the scoring pipeline failed (cell_level_error)" if cell_error
+                           else "none: no scoring pipeline and no staining-pattern head"}
     if cell_error:
         result["score"]["cell_level_error"] = cell_error
     if ent_all:
