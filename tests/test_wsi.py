@@ -569,6 +569,36 @@ def test_rerun_does_nothing_unless_force(slides, tmp_path):
     assert (out / "cells.csv").read_bytes() == old_csv
 
 
+def test_forced_run_killed_while_moving_outputs_leaves_no_mix(slides, tmp_path, monkeypatch):
+    """A --force run killed after its new labels.zarr replaced the old one, before
+    its score.json: the folder is not "complete" with the old score.json beside
+    the new labels (QA), and the next run redoes it consistently."""
+    from her2kit.wsi import pipeline
+
+    out = tmp_path / "m"
+    run_slide(slides["zarr"], out, StainSegmenter(), block=512, halo=HALO, progress=False)
+
+    class OtherWeights(StainSegmenter):
+        fingerprint = "other-weights"
+
+    real = pipeline._replace_dir
+
+    def killed_after(src, dst):
+        real(src, dst)
+        raise RuntimeError("killed while moving outputs")
+
+    monkeypatch.setattr(pipeline, "_replace_dir", killed_after)
+    with pytest.raises(RuntimeError, match="killed while moving"):
+        run_slide(slides["zarr"], out, OtherWeights(), block=512, halo=HALO, progress=False, force=True)
+    monkeypatch.setattr(pipeline, "_replace_dir", real)
+    assert not (out / "score.json").exists()
+    s = run_slide(slides["zarr"], out, OtherWeights(), block=512, halo=HALO, progress=False)
+    assert not s.get("skipped")
+    labels_about = json.loads((out / "labels.zarr" / ".zattrs").read_text())["her2kit"]
+    assert json.loads((out / "score.json").read_text())["model_fingerprint"] == "other-weights"
+    assert labels_about["model_fingerprint"] == "other-weights"
+
+
 def test_segment_only_writes_labels_only(slides, reference, tmp_path, monkeypatch):
     import her2kit.scoring.cells as cells
 

@@ -182,6 +182,8 @@ def write_outputs(out_dir: Path, rgb: np.ndarray, result, summary: dict,
     from her2kit.scoring import exports
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not segment_only:  # an older run's marker first: a kill midway leaves no old/new mix
+        (out_dir / "score.json").unlink(missing_ok=True)
     exports.write_labels_zarr(out_dir / "labels.zarr", result.semantic, result.cell_labels,
                               summary.get("mpp"), about={k: v for k, v in summary.items()
                                                          if k not in ("percent", "counts")})

@@ -560,7 +560,11 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
     root.attrs["her2kit"] = json.loads(json.dumps(
         {k: v for k, v in summary.items() if k not in ("percent", "counts")}, default=str))
 
-    # rename into place: labels first, score.json (the "complete" marker) last
+    # rename into place: labels first, score.json (the "complete" marker) last;
+    # an older run's marker goes first, so a kill midway leaves the folder
+    # incomplete (the next run redoes it) rather than old and new outputs mixed
+    if not segment_only:
+        (out_dir / "score.json").unlink(missing_ok=True)
     _replace_dir(ledger.labels_path, out_dir / "labels.zarr")
     for name in staged:
         os.replace(work / name, out_dir / name)
