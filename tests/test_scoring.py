@@ -372,3 +372,23 @@ def test_cli_a_bad_model_stops_the_run_once(tmp_path):
     proc = _cli("score", *paths, "--out", str(tmp_path / "o"), "--mpp", "0.5", "--model", "bogusname")
     _one_line_error(proc, "unknown model 'bogusname'")
     assert proc.stderr.count("her2kit: error") == 1 and "inputs failed" not in proc.stderr
+
+
+def test_cli_finished_folder_of_another_input_or_roi(bad_inputs, tmp_path):
+    """Across runs: a finished folder made from another input with the same stem
+    is an error, not "complete already"; one made for another ROI says so (QA)."""
+    from PIL import Image
+
+    blank = str(bad_inputs / "blank.png")
+    out = tmp_path / "o"
+    assert _cli("score", blank, "--out", str(out), "--mpp", "0.5").returncode == 0
+    other = tmp_path / "blank.tif"
+    Image.open(blank).save(other)
+    _one_line_error(_cli("score", str(other), "--out", str(out), "--mpp", "0.5"),
+                    "holds the outputs of another input")
+    roi = tmp_path / "roi.geojson"
+    roi.write_text(json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [30, 0], [30, 30], [0, 0]]]}))
+    proc = _cli("score", blank, "--out", str(out), "--mpp", "0.5", "--roi", str(roi))
+    assert proc.returncode == 0 and "for another --roi" in proc.stdout + proc.stderr
+    proc = _cli("score", blank, "--out", str(out), "--mpp", "0.5")
+    assert proc.returncode == 0 and "complete already, skipped" in proc.stdout + proc.stderr

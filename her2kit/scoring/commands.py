@@ -206,10 +206,12 @@ def complete(out_dir: Path, segment_only: bool) -> bool:
     return all((out_dir / n).exists() for n in names)
 
 
-def _made_by_another_model(out_dir: Path, get_segmenter) -> dict:
-    """``{"other_model": name}`` when the finished score.json records another
-    model's fingerprint than the one asked for now (else ``{}``)."""
+def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter) -> dict:
+    """What differs between the finished outputs in ``out_dir`` and this run:
+    ``{"other_model": name}`` or ``{"other_roi": True}`` (else ``{}``). Outputs
+    of another input (same stem, another file name) are an InputError."""
     from her2kit.inference import model_fingerprint
+    from her2kit.scoring.roi import roi_fingerprint
 
     done: Any = None
     for record in (out_dir / "score.json", out_dir / "labels.zarr" / ".zattrs"):  # segment: the labels'
@@ -219,7 +221,15 @@ def _made_by_another_model(out_dir: Path, get_segmenter) -> dict:
             continue
         done = done.get("her2kit", done) if record.name == ".zattrs" and isinstance(done, dict) else done
         break
-    recorded = done.get("model_fingerprint") if isinstance(done, dict) else None
+    if not isinstance(done, dict):
+        return {}
+    before = str(done.get("input") or "")
+    if before and os.path.basename(before.rstrip("/\\")) != os.path.basename(os.fspath(path).rstrip("/\\")):
+        raise InputError(path, f"{out_dir} holds the outputs of another input ({before}); "
+                               "give this one its own --out (or --force to replace them)")
+    if "roi_fingerprint" in done and done["roi_fingerprint"] != roi_fingerprint(roi):
+        return {"other_roi": True}
+    recorded = done.get("model_fingerprint")
     if recorded is None or recorded == model_fingerprint(get_segmenter()):
         return {}
     return {"other_model": f"{done.get('model')} {recorded}"}
@@ -229,11 +239,12 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
                   roi: list | None, segment_only: bool = False) -> dict:
     """Score (or segment) one input into ``out_root/<stem>``; returns its summary."""
     from her2kit.readers import open_slide
+    from her2kit.scoring.roi import roi_fingerprint
 
     out_dir = out_root / stem_of(path)
     if not getattr(args, "force", False) and complete(out_dir, segment_only):
         return {"input": path, "skipped": True, "out": str(out_dir),
-                **_made_by_another_model(out_dir, get_segmenter)}
+                **_made_differently(out_dir, path, roi, get_segmenter)}
     t0 = time.perf_counter()
     with open_slide(path) as slide:
         file_mpp = slide.mpp
@@ -277,7 +288,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
     timings = {"read_s": read_s, **timings}
     summary = summarise(result, mpp, model_name,
                         getattr(args, "scorer", "asco-cap-2018"),
-                        extra={"model_fingerprint": fingerprint, "input": os.fspath(path), "shape": [h, w],
+                        extra={"model_fingerprint": fingerprint, "roi_fingerprint": roi_fingerprint(roi),
+                               "input": os.fspath(path), "shape": [h, w],
                                "roi": bool(roi), "timings": timings})
     if pattern is not None:
         summary["scorer"] = {"name": "her2net-pattern", "value": pattern}
@@ -335,6 +347,9 @@ def _segmenter_loader(args: argparse.Namespace):
 
 
 def _report(summary: dict, segment_only: bool) -> str:
+    if summary.get("other_roi"):
+        return (f"{summary['input']}: complete already, for another --roi (or none), "
+                f"skipped (use --force to redo) -> {summary['out']}")
     if summary.get("other_model"):
         return (f"{summary['input']}: complete already, made with another model "
                 f"({summary['other_model']}), skipped (use --force to redo) -> {summary['out']}")

@@ -102,3 +102,14 @@ def inside(polygons: list[Polygon], x: np.ndarray, y: np.ndarray) -> np.ndarray:
             hit &= ~Path(hole).contains_points(pts)
         result |= hit
     return result
+
+
+def roi_fingerprint(roi: list | None) -> str | None:
+    """A short digest of the ROI's polygons (None without one): finished outputs
+    record it, so a re-run with another region is not taken for done."""
+    if not roi:
+        return None
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(as_rings(roi)).encode()).hexdigest()[:16]

@@ -518,8 +518,11 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
     from her2kit.wsi import report
 
     work = ledger.dir
+    from her2kit.scoring.roi import roi_fingerprint
+
     summary: dict[str, Any] = {"input": path, "model": plan["model"],
-                               "model_fingerprint": plan["model_fingerprint"], "mpp": plan["mpp"],
+                               "model_fingerprint": plan["model_fingerprint"],
+                               "roi_fingerprint": roi_fingerprint(plan["roi"]), "mpp": plan["mpp"],
                                "model_mpp": plan["model_mpp"], "her2kit_version": __version__}
     staged: list[str] = []
     if not segment_only:
