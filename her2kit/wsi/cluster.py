@@ -326,5 +326,7 @@ def _new_executor(workers: int, scheduler: str | None, connect_timeout: float):
     threads = str(torch_threads_per_worker(workers))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HER2KIT_TORCH_THREADS": threads}
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, env=env, silence_logs=40)
+                           # its HTTP server on a free loopback port: None meant 0.0.0.0:8787,
+                           # and a warning on the user's terminal when that port was taken
+                           dashboard_address="127.0.0.1:0", env=env, silence_logs=40)
     return DaskExecutor(Client(cluster), cluster, kind=f"local {workers} processes")
