@@ -101,3 +101,35 @@ def test_slide_mask_reads_a_coarse_level(tmp_path):
     assert (mask & small).sum() / (mask | small).sum() > 0.9
     thumb, tds = slide_thumbnail(slide, target_mpp=0.0, max_side=256)
     assert thumb.shape == (256, 256, 3) and tds == 8.0
+
+
+def test_thumbnail_of_a_wide_single_level_image_reads_bounded_pieces(monkeypatch):
+    """A very wide image without a pyramid: reads stay within STRIP_BYTES (QA: a
+    1,000,000 px wide Zarr took 22 GB in full-width strips), and the picture
+    is the one full-width strips give, but at the pieces' seams."""
+    from her2kit.preprocess import tissue
+
+    rng = np.random.default_rng(0)
+    img = np.repeat(np.repeat(rng.integers(0, 255, (40, 300, 3), dtype=np.uint8), 8, 0), 8, 1)
+
+    class Wide:
+        shape, mpp, level_count = img.shape[:2], 0.5, 1
+        reads: list = []
+
+        def level_downsample(self, level):
+            return 1.0
+
+        def level_shape(self, level):
+            return self.shape
+
+        def read_region(self, y, x, h, w, level=0):
+            self.reads.append(h * w * 3)
+            return img[y:y + h, x:x + w]
+
+    whole, ds = slide_thumbnail(Wide(), target_mpp=4.0, max_side=4096)
+    monkeypatch.setattr(tissue, "STRIP_BYTES", 64 * 1024)
+    Wide.reads = []
+    pieces, ds2 = slide_thumbnail(Wide(), target_mpp=4.0, max_side=4096)
+    assert ds2 == ds and pieces.shape == whole.shape == (40, 300, 3)
+    assert len(Wide.reads) > 10 and max(Wide.reads) <= 64 * 1024
+    assert np.array_equal(pieces, whole)  # 8 x 8 boxes: every seam falls between boxes

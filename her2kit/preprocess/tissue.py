@@ -99,6 +99,11 @@ class TissueDetector:
         return mask
 
 
+#: The most a thumbnail read holds at once (bytes of RGB): a 1,000,000 px wide
+#: single-level image read in full-width strips took 22 GB.
+STRIP_BYTES = 512 * 2**20
+
+
 def slide_thumbnail(slide: Any, target_mpp: float = 8.0, max_side: int = 4096,
                     mpp: float | None = None) -> tuple[np.ndarray, float]:
     """A low-resolution RGB picture of a whole slide, read in strips.
@@ -131,10 +136,18 @@ def slide_thumbnail(slide: Any, target_mpp: float = 8.0, max_side: int = 4096,
         r1 = min(out_h, r0 + strip_rows)
         y0 = int(round(r0 * factor))
         y1 = min(lh, max(y0 + 1, int(round(r1 * factor))))
-        strip = slide.read_region(y0, 0, y1 - y0, lw, level=level)
-        if strip.shape[:2] != (r1 - r0, out_w):
-            strip = np.asarray(Image.fromarray(strip).resize((out_w, r1 - r0), Image.Resampling.BOX))
-        thumb[r0:r1] = strip
+        # a strip is read whole unless it is huge (a very wide level with no
+        # coarser one): then in pieces of whole thumbnail columns
+        per_col = (y1 - y0) * 3 * max(factor, 1.0)  # bytes per thumbnail column
+        piece = out_w if (y1 - y0) * lw * 3 <= STRIP_BYTES else max(1, int(STRIP_BYTES // per_col))
+        for c0 in range(0, out_w, piece):
+            c1 = min(out_w, c0 + piece)
+            x0 = int(round(c0 * factor)) if piece < out_w else 0
+            x1 = min(lw, max(x0 + 1, int(round(c1 * factor)))) if piece < out_w else lw
+            strip = slide.read_region(y0, x0, y1 - y0, x1 - x0, level=level)
+            if strip.shape[:2] != (r1 - r0, c1 - c0):
+                strip = np.asarray(Image.fromarray(strip).resize((c1 - c0, r1 - r0), Image.Resampling.BOX))
+            thumb[r0:r1, c0:c1] = strip
     return thumb, float(want)
 
 
