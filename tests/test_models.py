@@ -123,6 +123,8 @@ def test_checkpoint_round_trip(tmp_path):
     meta = {"architecture": "her2net", "options": model.options, "mpp": 0.25}
     save_checkpoint(model, meta, tmp_path / "run.v2")  # a dot in the stem is kept
     assert (tmp_path / "run.v2.safetensors").is_file() and (tmp_path / "run.v2.json").is_file()
+    # the weights are as readable as their JSON (safetensors alone makes 0600 files)
+    assert (tmp_path / "run.v2.safetensors").stat().st_mode & 0o777 == (tmp_path / "run.v2.json").stat().st_mode & 0o777
     loaded, loaded_meta = load_checkpoint(tmp_path / "run.v2.json")
     assert loaded_meta["mpp"] == 0.25 and loaded_meta["format"] == "her2kit-checkpoint"
     x = torch.randn(1, 3, 64, 64)
