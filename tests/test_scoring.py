@@ -392,3 +392,12 @@ def test_cli_finished_folder_of_another_input_or_roi(bad_inputs, tmp_path):
     assert proc.returncode == 0 and "for another --roi" in proc.stdout + proc.stderr
     proc = _cli("score", blank, "--out", str(out), "--mpp", "0.5")
     assert proc.returncode == 0 and "complete already, skipped" in proc.stdout + proc.stderr
+
+
+def test_cli_roi_outside_the_image_is_an_error(bad_inputs, tmp_path):
+    roi = tmp_path / "far.geojson"
+    roi.write_text(json.dumps({"type": "Polygon",
+                               "coordinates": [[[500, 500], [600, 500], [600, 600], [500, 500]]]}))
+    proc = _cli("score", str(bad_inputs / "blank.png"), "--out", str(tmp_path / "o"), "--mpp", "0.5",
+                "--roi", str(roi))
+    _one_line_error(proc, "blank.png", "--roi lies outside the image (64x64 pixels)")

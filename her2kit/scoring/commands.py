@@ -255,6 +255,11 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
         h, w = slide.shape
         if h == 0 or w == 0:
             raise InputError(path, "empty image (0 pixels)")
+        if roi:
+            from her2kit.scoring.roi import overlaps
+
+            if not overlaps(roi, h, w):
+                raise InputError(path, f"the --roi lies outside the image ({h}x{w} pixels)")
         if slide.level_count > 1 or max(h, w) > WHOLE_LIMIT:
             summary = _run_wsi(path, out_dir, get_segmenter(), mpp, args, roi, segment_only)
             if summary is not None:

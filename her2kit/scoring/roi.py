@@ -113,3 +113,13 @@ def roi_fingerprint(roi: list | None) -> str | None:
     import json
 
     return hashlib.sha256(json.dumps(as_rings(roi)).encode()).hexdigest()[:16]
+
+
+def overlaps(roi: list, height: int, width: int) -> bool:
+    """Whether any polygon's bounding box meets the image (level-0 pixels)."""
+    for poly in as_rings(roi):
+        ring = np.asarray(poly[0], dtype=np.float64).reshape(-1, 2)
+        if len(ring) and ring[:, 0].max() >= 0 and ring[:, 1].max() >= 0 \
+                and ring[:, 0].min() < width and ring[:, 1].min() < height:
+            return True
+    return False
