@@ -44,6 +44,10 @@ def test_folder_layout_and_index(folder):
         assert rgb.shape == (128, 128, 3) and rgb.dtype == np.uint8
         assert mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 1, 2}
         assert float(r["mpp"]) == 0.5 and r["domain"] == "default"
+        from her2kit.readers import open_slide
+
+        with open_slide(folder / r["image"]) as slide:  # the PNG says its resolution (no --mpp needed)
+            assert slide.mpp == pytest.approx(0.5)
 
 
 def test_masks_agree_with_cell_table(folder):

@@ -107,10 +107,13 @@ def _atomic(path: str, write) -> None:
     os.replace(tmp, path)
 
 
-def _save_png(path: str, array: np.ndarray) -> None:
+def _save_png(path: str, array: np.ndarray, mpp: float | None = None) -> None:
+    """PNG; with ``mpp``, its density (dpi = 25400 / mpp) says the resolution, so
+    ``her2kit score`` needs no ``--mpp`` for it."""
     from PIL import Image
 
-    _atomic(path, lambda p: Image.fromarray(array).save(p, format="PNG", compress_level=1))
+    extra = {"dpi": (25400 / mpp, 25400 / mpp)} if mpp else {}
+    _atomic(path, lambda p: Image.fromarray(array).save(p, format="PNG", compress_level=1, **extra))
 
 
 def _save_tif(path: str, array: np.ndarray) -> None:
@@ -172,7 +175,7 @@ def generate(out: str, n: int, size: int, seed: int, domain: str = "default", mp
         paths = {"image": f"images/{name}.png", "mask": f"masks/{name}.png", "cells": f"cells/{name}.csv",
                  "instances_cells": f"instances/{name}_cells.tif",
                  "instances_nuclei": f"instances/{name}_nuclei.tif"}
-        _save_png(os.path.join(out, paths["image"]), rgb)
+        _save_png(os.path.join(out, paths["image"]), rgb, mpp=mpp)
         _save_png(os.path.join(out, paths["mask"]), patch.region.semantic)
         _save_tif(os.path.join(out, paths["instances_cells"]), patch.region.cells)
         _save_tif(os.path.join(out, paths["instances_nuclei"]), patch.region.nuclei)
