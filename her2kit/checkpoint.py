@@ -99,9 +99,9 @@ def save_tensors(tensors: dict[str, Any], path: str | os.PathLike, metadata: dic
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    mask = os.umask(0)  # safetensors makes 0600 files; a checkpoint gets the usual 0666 & ~umask, as its JSON
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
+    from her2kit.wsi.resume import file_mode
+
+    os.chmod(tmp, file_mode())  # safetensors makes 0600 files; the JSON beside it gets the usual mode
     os.replace(tmp, p)
 
 

@@ -95,6 +95,7 @@ class Segmenter:
         self.tile = int(tile)
         self.overlap = int(overlap)
         self.batch = int(batch)
+        self._fingerprint: str | None = None  # see fingerprint (reset it after changing the weights)
 
     def __repr__(self) -> str:
         return f"Segmenter({self.name!r}, mpp={self.mpp}, device={self.device!r})"
@@ -104,7 +105,7 @@ class Segmenter:
         """A digest of the weights and of what shapes the output (tiling,
         normalisation, mpp): two checkpoints with one name but other weights
         differ, so a run never resumes or skips with another model's blocks."""
-        if getattr(self, "_fingerprint", None) is None:
+        if self._fingerprint is None:
             import hashlib
             import json
 

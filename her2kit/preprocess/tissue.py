@@ -138,12 +138,15 @@ def slide_thumbnail(slide: Any, target_mpp: float = 8.0, max_side: int = 4096,
         y1 = min(lh, max(y0 + 1, int(round(r1 * factor))))
         # a strip is read whole unless it is huge (a very wide level with no
         # coarser one): then in pieces of whole thumbnail columns
-        per_col = (y1 - y0) * 3 * max(factor, 1.0)  # bytes per thumbnail column
-        piece = out_w if (y1 - y0) * lw * 3 <= STRIP_BYTES else max(1, int(STRIP_BYTES // per_col))
+        whole = (y1 - y0) * lw * 3 <= STRIP_BYTES
+        piece = out_w if whole else max(1, int(STRIP_BYTES // ((y1 - y0) * 3 * max(factor, 1.0))))
         for c0 in range(0, out_w, piece):
             c1 = min(out_w, c0 + piece)
-            x0 = int(round(c0 * factor)) if piece < out_w else 0
-            x1 = min(lw, max(x0 + 1, int(round(c1 * factor)))) if piece < out_w else lw
+            if whole:
+                x0, x1 = 0, lw
+            else:
+                x0 = int(round(c0 * factor))
+                x1 = min(lw, max(x0 + 1, int(round(c1 * factor))))
             strip = slide.read_region(y0, x0, y1 - y0, x1 - x0, level=level)
             if strip.shape[:2] != (r1 - r0, c1 - c0):
                 strip = np.asarray(Image.fromarray(strip).resize((c1 - c0, r1 - r0), Image.Resampling.BOX))

@@ -213,14 +213,13 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter)
     from her2kit.inference import model_fingerprint
     from her2kit.scoring.roi import roi_fingerprint
 
-    done: Any = None
-    for record in (out_dir / "score.json", out_dir / "labels.zarr" / ".zattrs"):  # segment: the labels'
-        try:
-            done = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue
-        done = done.get("her2kit", done) if record.name == ".zattrs" and isinstance(done, dict) else done
-        break
+    try:
+        done = json.loads((out_dir / "score.json").read_text())
+    except (OSError, ValueError):
+        try:  # `segment` writes labels.zarr alone: the summary is in its attributes
+            done = json.loads((out_dir / "labels.zarr" / ".zattrs").read_text()).get("her2kit")
+        except (OSError, ValueError, AttributeError):
+            return {}
     if not isinstance(done, dict):
         return {}
     before = str(done.get("input") or "")
@@ -395,10 +394,11 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
         raise Her2kitError(f"--out {out_root}: cannot create the folder ({exc.strerror or exc})") from None
     get_segmenter = get_segmenter or _segmenter_loader(args)
     failed = 0
-    first_of: dict[str, int] = {}  # output folder -> the input it belongs to
+    owner: dict[str, int] = {}  # output folder -> the input it belongs to
     for n, path in enumerate(args.inputs):
-        first = args.inputs[first_of.setdefault(stem_of(path), n)]
-        if first_of[stem_of(path)] != n:
+        k = owner.setdefault(stem_of(path), n)
+        if k != n:
+            first = args.inputs[k]
             if os.path.abspath(first) == os.path.abspath(path):
                 print(f"her2kit: note: {path}: given twice, processed once", file=sys.stderr)
             else:

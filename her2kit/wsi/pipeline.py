@@ -515,11 +515,10 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
             ledger: Ledger, segment_only: bool, wsi: dict, run_info: dict,
             timings: dict, thumb: np.ndarray, thumb_ds: float, t: float, t_start: float) -> dict:
     """Write the slide's outputs in the work folder, then rename them into place."""
+    from her2kit.scoring.roi import roi_fingerprint
     from her2kit.wsi import report
 
     work = ledger.dir
-    from her2kit.scoring.roi import roi_fingerprint
-
     summary: dict[str, Any] = {"input": path, "model": plan["model"],
                                "model_fingerprint": plan["model_fingerprint"],
                                "roi_fingerprint": roi_fingerprint(plan["roi"]), "mpp": plan["mpp"],

@@ -24,8 +24,8 @@ import numpy as np
 WORK = ".her2kit-work"
 
 
-def _file_mode() -> int:
-    # mkstemp makes 0600 files; outputs should get the usual 0666 & ~umask
+def file_mode() -> int:
+    """The usual mode of a new file, 0666 & ~umask (mkstemp and safetensors make 0600 files)."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
@@ -38,7 +38,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -53,7 +53,7 @@ def atomic_save_npz(path: str | Path, compress: bool = True, **arrays: np.ndarra
     try:
         with os.fdopen(fd, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **arrays)
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

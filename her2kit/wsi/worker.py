@@ -257,13 +257,13 @@ def _nucleus_centroids(nuclei: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray,
 
 
 def _inside_roi(xs: np.ndarray, ys: np.ndarray, roi: list | None) -> np.ndarray:
-    """Points inside any ROI polygon and outside its holes (``roi``: see
-    :func:`her2kit.scoring.roi.as_rings`)."""
+    """Points inside any ROI polygon and outside its holes (``roi``: the plan's,
+    in :func:`her2kit.scoring.roi.as_rings` form)."""
     if not roi:
         return np.ones(len(xs), bool)
-    from her2kit.scoring.roi import as_rings, inside
+    from her2kit.scoring.roi import inside
 
-    return inside([[np.asarray(r, np.float64) for r in poly] for poly in as_rings(roi)], xs, ys)
+    return inside([[np.asarray(r, np.float64) for r in poly] for poly in roi], xs, ys)
 
 
 def process_block(plan: dict, index: int, segmenter: Any) -> dict:
