@@ -386,6 +386,14 @@ def test_cli_finished_folder_of_another_input_or_roi(bad_inputs, tmp_path):
     Image.open(blank).save(other)
     _one_line_error(_cli("score", str(other), "--out", str(out), "--mpp", "0.5"),
                     "holds the outputs of another input")
+    # the same file name in another folder, another file: told apart by its size
+    (tmp_path / "elsewhere").mkdir()
+    namesake = tmp_path / "elsewhere" / "blank.png"
+    Image.open(blank).convert("RGB").resize((40, 40)).save(namesake)
+    assert namesake.stat().st_size != (bad_inputs / "blank.png").stat().st_size
+    proc = _cli("score", str(namesake), "--out", str(out), "--mpp", "0.5")
+    _one_line_error(proc, "holds the outputs of another input")
+    assert "bytes" in proc.stderr
     roi = tmp_path / "roi.geojson"
     roi.write_text(json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [30, 0], [30, 30], [0, 0]]]}))
     proc = _cli("score", blank, "--out", str(out), "--mpp", "0.5", "--roi", str(roi))

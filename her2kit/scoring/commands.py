@@ -63,6 +63,15 @@ def stem_of(path: str) -> str:
     return name
 
 
+def input_bytes(path: str) -> int | None:
+    """Size of an input file in bytes (None for folders such as Zarr stores, and URLs):
+    recorded with the outputs, it tells two inputs of one file name apart."""
+    try:
+        return os.path.getsize(path) if os.path.isfile(path) else None
+    except OSError:
+        return None
+
+
 def tissue_fraction(rgb: np.ndarray) -> float:
     """Share of pixels darker than glass (summed OD above :data:`TISSUE_OD`), on a subsample."""
     step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))
@@ -209,7 +218,7 @@ def complete(out_dir: Path, segment_only: bool) -> bool:
 def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter) -> dict:
     """What differs between the finished outputs in ``out_dir`` and this run:
     ``{"other_model": name}`` or ``{"other_roi": True}`` (else ``{}``). Outputs
-    of another input (same stem, another file name) are an InputError."""
+    of another input (same stem, another file name or file size) are an InputError."""
     from her2kit.inference import model_fingerprint
     from her2kit.scoring.roi import roi_fingerprint
 
@@ -223,8 +232,12 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter)
     if not isinstance(done, dict):
         return {}
     before = str(done.get("input") or "")
-    if before and os.path.basename(before.rstrip("/\\")) != os.path.basename(os.fspath(path).rstrip("/\\")):
-        raise InputError(path, f"{out_dir} holds the outputs of another input ({before}); "
+    size, size_before = input_bytes(path), done.get("input_bytes")
+    other_name = before and os.path.basename(before.rstrip("/\\")) != os.path.basename(os.fspath(path).rstrip("/\\"))
+    other_size = size is not None and isinstance(size_before, int) and size != size_before
+    if other_name or other_size:
+        what = f"{before}, {size_before} bytes; this one has {size}" if other_size and not other_name else before
+        raise InputError(path, f"{out_dir} holds the outputs of another input ({what}); "
                                "give this one its own --out (or --force to replace them)")
     if "roi_fingerprint" in done and done["roi_fingerprint"] != roi_fingerprint(roi):
         return {"other_roi": True}
@@ -293,7 +306,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
     summary = summarise(result, mpp, model_name,
                         getattr(args, "scorer", "asco-cap-2018"),
                         extra={"model_fingerprint": fingerprint, "roi_fingerprint": roi_fingerprint(roi),
-                               "input": os.fspath(path), "shape": [h, w],
+                               "input": os.fspath(path), "input_bytes": input_bytes(path),
+                               "shape": [h, w],
                                "roi": bool(roi), "timings": timings})
     if pattern is not None:
         summary["scorer"] = {"name": "her2net-pattern", "value": pattern}

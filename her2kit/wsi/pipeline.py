@@ -519,7 +519,9 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
     from her2kit.wsi import report
 
     work = ledger.dir
-    summary: dict[str, Any] = {"input": path, "model": plan["model"],
+    from her2kit.scoring.commands import input_bytes
+
+    summary: dict[str, Any] = {"input": path, "input_bytes": input_bytes(path), "model": plan["model"],
                                "model_fingerprint": plan["model_fingerprint"],
                                "roi_fingerprint": roi_fingerprint(plan["roi"]), "mpp": plan["mpp"],
                                "model_mpp": plan["model_mpp"], "her2kit_version": __version__}
