@@ -151,6 +151,24 @@ def _resolve(verb: str):
     return getattr(module, function)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as a batch system or ``kill`` stops a run."""
+
+
+def _stop_on_sigterm() -> None:
+    """End on SIGTERM as on Ctrl-C: the ``finally`` blocks run (a local cluster is
+    closed, finished blocks stay for the resume) and one line is printed, rather
+    than Python dying with the workers' tracebacks and leaked semaphores."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def _passive_openmp() -> None:
     """In-process score/segment: the network and cell finding share the cores, so
     torch's OpenMP threads should sleep, not spin, while they wait for work.
@@ -177,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.synth_verb is None:
             parser.parse_args(["synth", "--help"])
         verb = f"synth {args.synth_verb}"
+    _stop_on_sigterm()
     try:
         if verb in ("score", "segment"):  # one local cluster / scheduler client for all inputs
             from her2kit.wsi.cluster import reuse_freed_memory, shared_executors
@@ -191,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except Her2kitError as exc:
         print(f"her2kit: error: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("her2kit: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("her2kit: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -552,6 +553,42 @@ def test_kill_9_and_resume(slides, reference, tmp_path):
     assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
     assert stable_json(out) == stable_json(reference)
     assert (out / "cells.geojson").read_bytes() == (reference / "cells.geojson").read_bytes()
+
+
+TERMINATOR = textwrap.dedent("""
+    import os, signal, sys
+    import her2kit.inference
+    from her2kit.cli import main
+    from her2kit.wsi.stain_segmenter import StainSegmenter
+
+    class TermAt(StainSegmenter):
+        calls = 0
+        def predict(self, rgb):
+            TermAt.calls += 1
+            if TermAt.calls == 1 and os.environ.get("TERM_AT_FIRST"):
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().predict(rgb)
+
+    her2kit.inference.load_segmenter = lambda *a, **k: TermAt()
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_sigterm_ends_the_run_in_one_line_and_it_resumes(slides, tmp_path):
+    """SIGTERM (a batch system's stop) ends `score` like Ctrl-C: one line, exit 143,
+    no traceback, no outputs in place; the next run finishes the slide."""
+    out = tmp_path / "t"
+    script = tmp_path / "terminator.py"
+    script.write_text(TERMINATOR)
+    args = [sys.executable, str(script), "score", slides["zarr"], "--out", str(out)]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TERM_AT_FIRST": "1"})
+    assert p.returncode == 143, p.stderr[-2000:]
+    assert "her2kit: terminated" in p.stderr and "Traceback" not in p.stderr
+    assert (out / "s" / ".her2kit-work" / "plan.json").is_file()
+    assert not (out / "s" / "score.json").exists()
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and (out / "s" / "score.json").is_file(), p.stderr[-2000:]
 
 
 def test_rerun_does_nothing_unless_force(slides, tmp_path):
