@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from her2kit.errors import Her2kitError, InputError
+from her2kit.errors import Her2kitError, InputError, SetupError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = "her2net"
@@ -182,9 +182,28 @@ class Segmenter:
         import torch
 
         def fn(x):
-            return torch.softmax(self.model(x)["pixel"], dim=1)
+            return torch.softmax(self._pixel_logits(x), dim=1)
 
         return self._sliding(rgb, fn, 3)
+
+    def _pixel_logits(self, x: Any) -> Any:
+        """The network's pixel logits for batch ``x``, checked: a plugin's model that
+        returns something else stops the run with one line naming the model."""
+        import torch
+
+        out = self.model(x)
+        logits = out.get("pixel") if isinstance(out, dict) else None
+        want = (x.shape[0], 3, x.shape[2], x.shape[3])
+        if isinstance(logits, torch.Tensor) and tuple(logits.shape) == want:
+            return logits
+        if isinstance(logits, torch.Tensor):
+            got = f"pixel logits of shape {tuple(logits.shape)}"
+        elif isinstance(out, dict):
+            got = f"a dict without a 'pixel' tensor (keys {sorted(map(str, out))})"
+        else:
+            got = f"a {type(out).__name__}"
+        raise SetupError(f"model {self.name!r} returned {got} for a batch of shape {tuple(x.shape)}; "
+                         f"expected {{'pixel': logits of shape {want}}}")
 
     def predict_pattern(self, rgb: np.ndarray) -> np.ndarray:
         """Staining-pattern probabilities (4,) float32 for ("0", "1+", "2+", "3+"), Her2Net only.

@@ -240,3 +240,49 @@ def test_segmenter_fingerprint_follows_the_weights_not_the_name():
     b.model.load_state_dict(a.model.state_dict())
     b._fingerprint = None
     assert model_fingerprint(b) != model_fingerprint(a)
+
+
+class _BadNet(torch.nn.Module):
+    """A plugin's network that returns the wrong thing (``kind``)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.conv = torch.nn.Conv2d(3, 5, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.kind == "channels":
+            return {"pixel": y}
+        if self.kind == "half":
+            return {"pixel": y[:, :3, ::2, ::2]}
+        if self.kind == "key":
+            return {"logits": y[:, :3]}
+        return y[:, :3]  # a bare tensor
+
+
+@pytest.mark.parametrize("kind,expect", [("channels", "shape (1, 5, 40, 40)"), ("half", "shape (1, 3, 20, 20)"),
+                                         ("key", "without a 'pixel' tensor"), ("bare", "a Tensor")])
+def test_a_model_with_the_wrong_output_is_a_setup_error_naming_it(kind, expect):
+    """QA: a plugin model's wrong output was an "internal error" (images) or the
+    slide's fault (blocks); now one line naming the model and what it must return."""
+    from her2kit.errors import SetupError
+    from her2kit.inference import Segmenter
+
+    seg = Segmenter(_BadNet(kind), {}, name="qa-net", device="cpu")
+    with pytest.raises(SetupError, match=r"model 'qa-net' returned .*expected \{'pixel'") as err:
+        seg.predict(np.zeros((40, 40, 3), np.uint8))
+    assert expect in str(err.value)
+
+
+def test_a_model_with_the_wrong_output_stops_a_slide_run(tmp_path):
+    from her2kit.errors import SetupError
+    from her2kit.inference import Segmenter
+    from her2kit.synth.slide import make_slide
+    from her2kit.wsi.pipeline import run_slide
+
+    slide = str(tmp_path / "s.zarr")
+    make_slide(slide, (256, 256), "2+", seed=1, chunk=128, progress=False)
+    with pytest.raises(SetupError, match="model 'qa-net' returned pixel logits of shape"):
+        run_slide(slide, tmp_path / "o", Segmenter(_BadNet("channels"), {}, name="qa-net", device="cpu"),
+                  block=128, halo=16, progress=False)

@@ -409,3 +409,32 @@ def test_cli_roi_outside_the_image_is_an_error(bad_inputs, tmp_path):
     proc = _cli("score", str(bad_inputs / "blank.png"), "--out", str(tmp_path / "o"), "--mpp", "0.5",
                 "--roi", str(roi))
     _one_line_error(proc, "blank.png", "--roi lies outside the image (64x64 pixels)")
+
+
+@pytest.mark.parametrize("path,stem", [("a/b/slide.ome.tiff", "slide"), ("slide.OME.ZARR/", "slide"),
+                                       ("x/img.npy", "img"), ("case 1.svs", "case 1"),
+                                       ("noext", "noext"), (".hidden", ".hidden"), ("s3://b/k.zarr", "k")])
+def test_output_folder_names(path, stem):
+    """One rule for images and slides; a plugin reader's own format loses its
+    extension too (QA: img.npy went to OUT/img.npy/)."""
+    from her2kit.scoring.commands import stem_of
+
+    assert stem_of(path) == stem
+
+
+def test_cli_finished_folder_at_another_mpp_or_scorer_says_so(bad_inputs, tmp_path):
+    """QA: a rerun with another --mpp (for a file without one) or --scorer was
+    "complete already, skipped" as if nothing had changed."""
+    blank = str(bad_inputs / "blank.png")
+    out = tmp_path / "o"
+    assert _cli("score", blank, "--out", str(out), "--mpp", "0.5").returncode == 0
+    done = json.loads((out / "blank" / "score.json").read_text())
+    assert done["mpp_from"] == "--mpp" and done["mpp"] == 0.5
+    proc = _cli("score", blank, "--out", str(out), "--mpp", "0.25")
+    assert proc.returncode == 0 and "made at another --mpp (0.5), skipped" in proc.stdout
+    proc = _cli("score", blank, "--out", str(out), "--mpp", "0.5", "--scorer", "h-score")
+    assert proc.returncode == 0 and "made with another --scorer (asco-cap-2018)" in proc.stdout
+    proc = _cli("score", blank, "--out", str(out), "--mpp", "0.5")
+    assert proc.returncode == 0 and "complete already, skipped" in proc.stdout
+    proc = _cli("score", blank, "--out", str(out), "--mpp", "0.25", "--force")
+    assert proc.returncode == 0 and json.loads((out / "blank" / "score.json").read_text())["mpp"] == 0.25

@@ -1224,3 +1224,32 @@ def test_dask_tasks_run_with_the_in_process_memory_handling(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         cluster.in_worker_process(lambda: 1 / 0)
     assert calls == ["reuse", "release", "release"]
+
+
+#: score.json keys that images and slides both carry (docs/scoring.md "Outputs")
+SCORE_KEYS = {"score", "subcategory", "cells_total", "percent", "counts", "h_score", "percent_complete",
+              "cells_detected", "model", "her2kit_version", "mpp", "mpp_from", "model_mpp", "input",
+              "input_bytes", "shape", "roi"}
+
+
+def test_slide_scorer_plugin_and_the_keys_of_images(slides, reference, tmp_path):
+    """QA: --scorer was ignored on slides, and score.json keys differed from an
+    image's. The scorer runs on the slide's whole cell table."""
+    from PIL import Image
+
+    out = tmp_path / "h"
+    s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False,
+                  scorer="h-score")
+    assert s["scorer"]["name"] == "h-score"
+    assert s["scorer"]["value"] == pytest.approx(s["h_score"]) and s["h_score"] > 0
+    slide_keys = set(json.loads((out / "score.json").read_text()))
+    assert SCORE_KEYS <= slide_keys, SCORE_KEYS - slide_keys
+    assert "timings_s" in s["run"] and "wsi" in slide_keys  # a slide's timings: with its blocks
+    assert s["cells_detected"] == len(read_cells(out)["id"]) and s["shape"] == [512, 512]
+    img = tmp_path / "img.png"
+    Image.fromarray(np.asarray(Image.open(slides["tiff"]))[:200, :200, :3]).save(img)
+    p = subprocess.run([sys.executable, "-m", "her2kit", "score", str(img), "--out", str(tmp_path / "i"),
+                        "--mpp", "0.5", "--model", "her2net"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    image_keys = set(json.loads((tmp_path / "i" / "img" / "score.json").read_text()))
+    assert SCORE_KEYS <= image_keys and "timings" in image_keys, SCORE_KEYS - image_keys

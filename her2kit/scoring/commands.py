@@ -52,15 +52,20 @@ def check_mpp(mpp: float | None, path: str) -> float:
     return float(mpp)
 
 
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".jpeg", ".jpg",
+                  ".zarr", ".svs", ".ndpi", ".btf", ".mrxs", ".scn")
+
+
 def stem_of(path: str) -> str:
-    """Output folder name of an input: its file name without image suffixes."""
+    """Output folder name of an input: its file name without image suffixes (or,
+    for a plugin reader's own format, without its last extension)."""
     name = os.path.basename(os.fspath(path).rstrip("/")) or "input"
     lower = name.lower()
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".jpeg",
-                   ".jpg", ".zarr", ".svs", ".ndpi", ".btf"):
+    for suffix in IMAGE_SUFFIXES:
         if lower.endswith(suffix):
             return name[: -len(suffix)] or "input"
-    return name
+    stem, ext = os.path.splitext(name)
+    return stem if stem and ext else name
 
 
 def input_bytes(path: str) -> int | None:
@@ -215,10 +220,12 @@ def complete(out_dir: Path, segment_only: bool) -> bool:
     return all((out_dir / n).exists() for n in names)
 
 
-def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter) -> dict:
+def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter,
+                      args: argparse.Namespace | None = None) -> dict:
     """What differs between the finished outputs in ``out_dir`` and this run:
-    ``{"other_model": name}`` or ``{"other_roi": True}`` (else ``{}``). Outputs
-    of another input (same stem, another file name or file size) are an InputError."""
+    ``{"other": what}`` ("for another --roi (or none)", "made at another --mpp (0.5)",
+    "made with another --scorer (h-score)", "made with another model (NAME DIGEST)"), else ``{}``.
+    Outputs of another input (same stem, another file name or file size) are an InputError."""
     from her2kit.inference import model_fingerprint
     from her2kit.scoring.roi import roi_fingerprint
 
@@ -240,11 +247,19 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter)
         raise InputError(path, f"{out_dir} holds the outputs of another input ({what}); "
                                "give this one its own --out (or --force to replace them)")
     if "roi_fingerprint" in done and done["roi_fingerprint"] != roi_fingerprint(roi):
-        return {"other_roi": True}
+        return {"other": "for another --roi (or none)"}
+    mpp = getattr(args, "mpp", None)
+    if (done.get("mpp_from") == "--mpp" and mpp is not None and isinstance(done.get("mpp"), (int, float))
+            and abs(done["mpp"] - mpp) > 0.02 * mpp):
+        return {"other": f"made at another --mpp ({done['mpp']:g})"}
+    scorer = getattr(args, "scorer", None) or "asco-cap-2018"
+    scorer_before = (done.get("scorer") or {}).get("name", "asco-cap-2018")
+    if "score" in done and scorer_before != scorer:
+        return {"other": f"made with another --scorer ({scorer_before})"}
     recorded = done.get("model_fingerprint")
     if recorded is None or recorded == model_fingerprint(get_segmenter()):
         return {}
-    return {"other_model": f"{done.get('model')} {recorded}"}
+    return {"other": f"made with another model ({done.get('model')} {recorded})"}
 
 
 def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Namespace,
@@ -256,7 +271,7 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
     out_dir = out_root / stem_of(path)
     if not getattr(args, "force", False) and complete(out_dir, segment_only):
         return {"input": path, "skipped": True, "out": str(out_dir),
-                **_made_differently(out_dir, path, roi, get_segmenter)}
+                **_made_differently(out_dir, path, roi, get_segmenter, args)}
     t0 = time.perf_counter()
     with open_slide(path) as slide:
         file_mpp = slide.mpp
@@ -289,13 +304,14 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
         result = CellResult(empty_table(), empty, empty.copy(), np.zeros((h, w), np.uint8), mpp=mpp)
         timings = {"note": "no tissue found"}
         model_name = os.fspath(args.model) if args.model else "her2net"
-        fingerprint = None
+        fingerprint = model_mpp = None
     else:
         from her2kit.inference import model_fingerprint
 
         segmenter = get_segmenter()
         model_name = getattr(segmenter, "name", "unknown")
         fingerprint = model_fingerprint(segmenter)
+        model_mpp = float(segmenter.mpp)
         result, timings = analyse_image(rgb, mpp, segmenter, CellParams(), roi)
         if getattr(args, "scorer", None) == "her2net-pattern":
             small = resample(rgb, mpp / float(segmenter.mpp))
@@ -307,7 +323,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
                         getattr(args, "scorer", "asco-cap-2018"),
                         extra={"model_fingerprint": fingerprint, "roi_fingerprint": roi_fingerprint(roi),
                                "input": os.fspath(path), "input_bytes": input_bytes(path),
-                               "shape": [h, w],
+                               "mpp_from": "file" if file_mpp is not None else "--mpp",
+                               "model_mpp": model_mpp, "shape": [h, w],
                                "roi": bool(roi), "timings": timings})
     if pattern is not None:
         summary["scorer"] = {"name": "her2net-pattern", "value": pattern}
@@ -337,7 +354,8 @@ def _run_wsi(path, out_dir, segmenter, mpp, args, roi, segment_only) -> dict | N
         summary = run_slide(path, out_dir, segmenter, mpp=mpp, workers=getattr(args, "workers", 1),
                             scheduler=getattr(args, "scheduler", None),
                             roi=as_rings(roi) if roi else None, force=getattr(args, "force", False),
-                            segment_only=segment_only, device=getattr(args, "device", None))
+                            segment_only=segment_only, device=getattr(args, "device", None),
+                            scorer=getattr(args, "scorer", None))
     except NotImplementedError:
         return None
     summary = dict(summary or {})
@@ -365,12 +383,9 @@ def _segmenter_loader(args: argparse.Namespace):
 
 
 def _report(summary: dict, segment_only: bool) -> str:
-    if summary.get("other_roi"):
-        return (f"{summary['input']}: complete already, for another --roi (or none), "
+    if summary.get("other"):
+        return (f"{summary['input']}: complete already, {summary['other']}, "
                 f"skipped (use --force to redo) -> {summary['out']}")
-    if summary.get("other_model"):
-        return (f"{summary['input']}: complete already, made with another model "
-                f"({summary['other_model']}), skipped (use --force to redo) -> {summary['out']}")
     if summary.get("skipped"):
         return f"{summary['input']}: complete already, skipped (use --force to redo) -> {summary['out']}"
     if segment_only:

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from her2kit import __version__
-from her2kit.errors import Her2kitError, InputError
+from her2kit.errors import Her2kitError, InputError, SetupError
 from her2kit.wsi import labelstore
 from her2kit.wsi.blocks import label_chunk, make_grid, select_blocks, tissue_fractions
-from her2kit.wsi.resume import WORK, Ledger, atomic_write_bytes
+from her2kit.wsi.resume import WORK, Ledger
 
 SCORE_FILES = ("cells.csv", "cells.geojson", "overlay.png", "report.html", "score.json")
 
@@ -64,9 +64,13 @@ def _complete(out_dir: Path, segment_only: bool) -> bool:
 
 
 def _raise_task_error(path: str, r: dict) -> None:
+    """A block task's error dict as an exception: the input's fault (InputError,
+    naming it), the model's (SetupError: every input would meet it), or the run's."""
     if r.get("input"):
         raise InputError(path, r["error"])
-    raise Her2kitError(f"{path}: {r['error']}")
+    if r.get("setup"):
+        raise SetupError(r["error"])
+    raise Her2kitError(r["error"])
 
 
 def _bar(total: int, initial: int, desc: str, enabled: bool):
@@ -98,6 +102,7 @@ def run_slide(
     cell_finder: str | None = None,
     overlap: bool | None = None,
     cell_workers: int | None = None,
+    scorer: str | None = None,
 ) -> dict:
     """Segment (and score) one slide in blocks, writing into ``out_dir``.
 
@@ -205,7 +210,7 @@ def run_slide(
         ledger = Ledger(out_dir / WORK)
         plan = {
             "path": os.path.abspath(path) if "://" not in path else path,
-            "shape": [h0, w0], "mpp": mpp0, "level": level,
+            "shape": [h0, w0], "mpp": mpp0, "mpp_from": "file" if slide.mpp else "--mpp", "level": level,
             "level_downsample": h0 / slide.level_shape(level)[0],
             "scale": scale, "block0": grid.block0, "halo0": grid.halo0,
             "model": seg_name, "model_fingerprint": model_fingerprint(seg),
@@ -307,7 +312,7 @@ def run_slide(
     run_info = {"blocks_run": len(pending), "blocks_resumed": len(selected) - len(pending),
                 "workers": executor.workers, "executor": executor.kind, "overlap": bool(overlap)}
     summary = _finish(path, out_dir, plan, grid, selected, ledger, segment_only, wsi,
-                      run_info, timings, thumb, thumb_ds, t, t_start)
+                      run_info, timings, thumb, thumb_ds, t, t_start, scorer)
     return summary
 
 
@@ -511,9 +516,30 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
     return counts, n
 
 
+def _slide_scorer(name: str, ledger: Ledger, selected: list[int]) -> dict:
+    """``{"name", "value"}`` of scorer plugin ``name`` over the slide's cell table
+    (the blocks' columns joined: only asked for with --scorer, as it grows with
+    the cells). Her2Net's pattern head needs the whole image: not on slides."""
+    if name == "her2net-pattern":
+        return {"name": name, "value": None,
+                "note": "needs the whole image at once; not run on whole-slide images"}
+    from her2kit.scoring.commands import _scorer
+
+    parts: dict[str, list] = {}
+    for i in selected:
+        cols, _, _ = ledger.load_block(i)
+        for k, v in (cols or {}).items():
+            parts.setdefault(k, []).append(v)
+    table = {k: np.concatenate(v) for k, v in parts.items()}
+    if "category" not in table:
+        table = {"category": np.zeros(0, np.int64), "tumour": np.zeros(0, bool)}
+    return {"name": name, "value": _scorer(name)(table)}
+
+
 def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int],
             ledger: Ledger, segment_only: bool, wsi: dict, run_info: dict,
-            timings: dict, thumb: np.ndarray, thumb_ds: float, t: float, t_start: float) -> dict:
+            timings: dict, thumb: np.ndarray, thumb_ds: float, t: float, t_start: float,
+            scorer: str | None = None) -> dict:
     """Write the slide's outputs in the work folder, then rename them into place."""
     from her2kit.scoring.roi import roi_fingerprint
     from her2kit.wsi import report
@@ -524,7 +550,9 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
     summary: dict[str, Any] = {"input": path, "input_bytes": input_bytes(path), "model": plan["model"],
                                "model_fingerprint": plan["model_fingerprint"],
                                "roi_fingerprint": roi_fingerprint(plan["roi"]), "mpp": plan["mpp"],
-                               "model_mpp": plan["model_mpp"], "her2kit_version": __version__}
+                               "mpp_from": plan.get("mpp_from"), "model_mpp": plan["model_mpp"],
+                               "her2kit_version": __version__, "shape": plan["shape"],
+                               "roi": bool(plan["roi"])}
     staged: list[str] = []
     if not segment_only:
         from concurrent.futures import ThreadPoolExecutor
@@ -541,7 +569,9 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
             counts, n = _gather(ledger, selected, work / "cells.csv", heat)
             overlay = pool.submit(report.write_overlay, work / "overlay.png", thumb, heat)
             summary.update(report.score_counts(counts))
-            summary["cells_all"] = int(n)
+            summary["cells_detected"] = summary["cells_all"] = int(n)
+            if scorer and scorer != "asco-cap-2018":
+                summary["scorer"] = _slide_scorer(scorer, ledger, selected)
             summary["wsi"] = wsi
             timings["outputs"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t_start
@@ -551,7 +581,9 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
             geojson.result()
             overlay.result()
         staged += ["cells.csv", "cells.geojson", "overlay.png", "report.html"]
-        atomic_write_bytes(work / "score.json", (json.dumps(summary, indent=2) + "\n").encode())
+        from her2kit.scoring.exports import write_score_json
+
+        write_score_json(work / "score.json", summary)
         staged.append("score.json")
     else:
         summary["wsi"] = wsi
@@ -604,6 +636,7 @@ def run_slides(
     the returned list; the others carry on. ``options`` are those of
     :func:`run_slide`.
     """
+    from her2kit.scoring.commands import stem_of
     from her2kit.wsi.cluster import make_executor
 
     out_root = Path(out_root)
@@ -620,24 +653,13 @@ def run_slides(
         for p in paths:
             p = os.fspath(p)
             try:
-                results.append(run_slide(p, out_root / slide_stem(p), segmenter,
+                results.append(run_slide(p, out_root / stem_of(p), segmenter,
                                          executor=executor, **options))
             except Her2kitError as exc:
-                msg = str(exc)
+                msg = str(exc) if isinstance(exc, InputError) else f"{p}: {exc}"
                 print(f"her2kit: error: {msg}", file=sys.stderr)
                 results.append({"input": p, "error": msg})
     finally:
         if own:
             executor.close()
     return results
-
-
-def slide_stem(path: str) -> str:
-    """Output folder name of an input: its file name without the image suffixes."""
-    name = Path(str(path).rstrip("/")).name
-    lower = name.lower()
-    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".tiff", ".tif", ".svs",
-                   ".ndpi", ".png", ".jpeg", ".jpg", ".btf", ".mrxs", ".scn"):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)] or name
-    return name

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from her2kit.errors import SetupError
 from her2kit.wsi import labelstore
 from her2kit.wsi.blocks import Block, Grid
 from her2kit.wsi.resume import Ledger
@@ -303,6 +304,8 @@ def predict_block(plan: dict, index: int, segmenter: Any, read: dict | None = No
         t = time.perf_counter()
         probs = _predict(seg, rgb)
         timings["predict"] = time.perf_counter() - t
+    except SetupError as exc:  # the model's fault (e.g. a wrong output): every block would meet it
+        return {"index": index, "error": str(exc), "setup": True, "input": False}
     except Exception as exc:
         if plan.get("debug"):
             raise
