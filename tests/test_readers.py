@@ -354,6 +354,15 @@ def _zarr_array(shape, dtype="uint8"):
     return make
 
 
+def _zarr_scaled_y(path):
+    write_ome_zarr(path, [np.zeros((64, 64, 3), np.uint8) + 9], labels=False)
+    root = zarr.open_group(str(path), mode="r+")
+    ms = root.attrs["multiscales"]
+    ms[0]["datasets"][0]["coordinateTransformations"][0]["scale"] = [1.0, 1.0, 0.5]
+    root.attrs["multiscales"] = ms
+    return path
+
+
 def _zarr_corrupt_chunk(path):
     write_ome_zarr(path, [np.zeros((256, 256, 3), np.uint8) + 9], labels=False)
     (path / "0" / "0.0.0").write_bytes(b"garbage, not a compressed chunk")
@@ -411,7 +420,17 @@ BAD = {
     "greyscale zarr": ("grey.zarr", _zarr_array((32, 40)), "greyscale"),
     "0-pixel zarr": ("zero.zarr", _zarr_array((0, 40, 3)), "empty image"),
     "absurd zarr": ("huge.zarr", _zarr_array((2**21 + 1, 40, 3)), "absurd image size"),
+    "absurd zarr, 2M square (QA)": ("square.zarr", _zarr_array((2_000_000, 2_000_000, 3)), "absurd image size"),
+    "absurd zarr, 600k square": ("area.zarr", _zarr_array((600_000, 600_000, 3)), "absurd image size"),
     "corrupt zarr chunk": ("bad.zarr", _zarr_corrupt_chunk, "cannot read pixels"),
+    # QA: pixels twice as tall as wide were taken as square (cells stretched)
+    "non-square OME-TIFF": ("tall.ome.tif", _tiff(np.zeros((32, 40, 3), np.uint8), photometric="rgb",
+                                                  metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 1.0}),
+                            "not square"),
+    "non-square TIFF": ("tall.tif", _tiff(np.zeros((32, 40, 3), np.uint8), photometric="rgb",
+                                          resolution=(20000, 10000), resolutionunit="CENTIMETER"),
+                        "not square"),
+    "non-square OME-Zarr": ("tall.ome.zarr", _zarr_scaled_y, "not square"),
     "zarr group, no multiscales": ("group.zarr", _zarr_group_without_multiscales, "multiscales"),
 }
 

@@ -133,3 +133,31 @@ def test_thumbnail_of_a_wide_single_level_image_reads_bounded_pieces(monkeypatch
     assert ds2 == ds and pieces.shape == whole.shape == (40, 300, 3)
     assert len(Wide.reads) > 10 and max(Wide.reads) <= 64 * 1024
     assert np.array_equal(pieces, whole)  # 8 x 8 boxes: every seam falls between boxes
+
+
+def test_thumbnail_of_a_large_level_shows_progress(monkeypatch, capsys):
+    """QA: a large slide without a coarse level spent minutes on its thumbnail in
+    silence; a large read now shows a bar (small ones stay quiet)."""
+    from her2kit.preprocess import tissue
+
+    img = np.full((4096, 512, 3), 200, np.uint8)
+
+    class Tall:
+        shape, mpp, level_count = img.shape[:2], 0.5, 1
+
+        def level_downsample(self, level):
+            return 1.0
+
+        def level_shape(self, level):
+            return self.shape
+
+        def read_region(self, y, x, h, w, level=0):
+            return img[y:y + h, x:x + w]
+
+    slide_thumbnail(Tall(), target_mpp=4.0, progress="tall: tissue")
+    assert "tall: tissue" not in capsys.readouterr().err
+    monkeypatch.setattr(tissue, "LARGE_READ_PX", 1000)
+    thumb, _ = slide_thumbnail(Tall(), target_mpp=4.0, progress="tall: tissue")
+    assert "tall: tissue" in capsys.readouterr().err and thumb.shape == (512, 64, 3)
+    slide_thumbnail(Tall(), target_mpp=4.0)
+    assert capsys.readouterr().err == ""

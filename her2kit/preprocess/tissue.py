@@ -12,6 +12,7 @@ never reaches and faint tissue always exceeds (``bounds``).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -102,16 +103,20 @@ class TissueDetector:
 #: The most a thumbnail read holds at once (bytes of RGB): a 1,000,000 px wide
 #: single-level image read in full-width strips took 22 GB.
 STRIP_BYTES = 512 * 2**20
+# a level this large (pixels) takes a while to shrink: show a progress bar
+LARGE_READ_PX = 2**28
 
 
 def slide_thumbnail(slide: Any, target_mpp: float = 8.0, max_side: int = 4096,
-                    mpp: float | None = None) -> tuple[np.ndarray, float]:
+                    mpp: float | None = None, progress: str | None = None) -> tuple[np.ndarray, float]:
     """A low-resolution RGB picture of a whole slide, read in strips.
 
     Reads the coarsest pyramid level at least as fine as ``target_mpp``
     microns/pixel (or as a ``max_side``-pixel thumbnail, whichever is coarser)
     and shrinks it to that resolution. ``mpp`` stands in for a slide that does
-    not know its own (default 0.5).
+    not know its own (default 0.5). ``progress``: the label of a progress bar
+    over the strips, shown when the level read is large (a slide with no
+    coarse level is read whole: minutes).
 
     Returns:
         (rgb uint8 (h, w, 3), downsample: level-0 pixels per thumbnail pixel).
@@ -132,7 +137,11 @@ def slide_thumbnail(slide: Any, target_mpp: float = 8.0, max_side: int = 4096,
     factor = want / ds_level  # level pixels per thumbnail pixel
     strip_rows = max(1, int(2048 // max(factor, 1.0)))  # thumbnail rows per read
     thumb = np.empty((out_h, out_w, 3), np.uint8)
-    for r0 in range(0, out_h, strip_rows):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(0, out_h, strip_rows), desc=progress, unit="strip", leave=False, file=sys.stderr,
+               disable=progress is None or lh * lw < LARGE_READ_PX, dynamic_ncols=True)
+    for r0 in bar:
         r1 = min(out_h, r0 + strip_rows)
         y0 = int(round(r0 * factor))
         y1 = min(lh, max(y0 + 1, int(round(r1 * factor))))

@@ -25,7 +25,9 @@ from her2kit.readers import Slide
 # pixels; beyond this an image is taken for a corrupt header. A whole 75 mm
 # glass slide at 0.1 um/px is 750,000 px long; a side of 10^7 went on to fail
 # reading its thumbnail (68 GB for one strip)
-MAX_SIDE = 2**21
+MAX_SIDE = 2**20
+# and beyond this many pixels in all (137 Gpx: 370,000^2; the largest scans are ~30 Gpx)
+MAX_PIXELS = 2**37
 # Microns per pixel that a microscope image can plausibly have. Files often
 # carry an editor's default (72, 96 or 300 dpi = 353, 265, 85 um/px): such a
 # value is treated as unknown rather than trusted.
@@ -73,11 +75,20 @@ def check_channels(n: int, path: str) -> None:
 
 
 def check_size(height: int, width: int, path: str) -> None:
-    """Refuse empty images and sides beyond :data:`MAX_SIDE` pixels."""
+    """Refuse empty images, sides beyond :data:`MAX_SIDE` and areas beyond :data:`MAX_PIXELS`."""
     if height <= 0 or width <= 0:
         raise InputError(path, f"empty image ({height}x{width} pixels)")
-    if height > MAX_SIDE or width > MAX_SIDE:
+    if height > MAX_SIDE or width > MAX_SIDE or height * width > MAX_PIXELS:
         raise InputError(path, f"absurd image size {height}x{width} pixels (corrupt header?)")
+
+
+def square_mpp(mpp_x: float | None, mpp_y: float | None, path: str) -> float | None:
+    """The x resolution, once the y one (when known) agrees with it within 2 %:
+    cells measured on stretched pixels would have the wrong shapes and areas."""
+    if mpp_x is not None and mpp_y is not None and abs(mpp_x - mpp_y) > 0.02 * max(mpp_x, mpp_y):
+        raise InputError(path, f"pixels are not square ({mpp_x:.4g} um wide, {mpp_y:.4g} um tall); "
+                               "resample the image to square pixels first")
+    return mpp_x
 
 
 def composite_over_white(rgba: np.ndarray, premultiplied: bool = False) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from her2kit.errors import Her2kitError, InputError
-from her2kit.readers.pixels import ArraySlide, one_line, plausible_mpp
+from her2kit.readers.pixels import ArraySlide, one_line, plausible_mpp, square_mpp
 
 _SVS_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)")
 # microns per unit, for OME UnitsLength values and ImageJ's unit names
@@ -111,28 +111,22 @@ class TiffSlide(ArraySlide):
         tif = self._tif
         page = tif.pages.first
         if tif.is_ome:
-            mpp = _ome_mpp(tif.ome_metadata)
+            mpp = square_mpp(_ome_size(tif.ome_metadata, "X"), _ome_size(tif.ome_metadata, "Y"), self.path)
             if mpp is not None:
                 return mpp
         if tif.is_svs:  # Aperio: "...|MPP = 0.2520|..."
             match = _SVS_MPP.search(page.description or "")
             if match:
                 return float(match.group(1))
-        xres = page.tags.get("XResolution")
         unit = page.tags.get("ResolutionUnit")
-        if xres is None:
-            return None
-        num, den = xres.value if isinstance(xres.value, tuple) else (xres.value, 1)
-        if not num or not den:
-            return None
-        pixels_per_unit = num / den
         unit_value = int(unit.value) if unit is not None else 2  # TIFF default: inch
         microns = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}.get(unit_value)
         if unit_value == 1 and tif.is_imagej:
             microns = _MICRONS.get(str((tif.imagej_metadata or {}).get("unit", "")).strip())
         if microns is None:
             return None
-        return plausible_mpp(microns / pixels_per_unit)
+        mpp_x, mpp_y = (_tag_mpp(page.tags.get(name), microns) for name in ("XResolution", "YResolution"))
+        return square_mpp(mpp_x, mpp_y, self.path)
 
     def close(self) -> None:
         tif = getattr(self, "_tif", None)
@@ -159,8 +153,18 @@ def _silence(logger_name: str) -> Iterator[None]:
         logger.removeFilter(drop)
 
 
-def _ome_mpp(xml: str | None, image_index: int = 0) -> float | None:
-    """PhysicalSizeX of an OME image in microns, or None."""
+def _tag_mpp(tag: Any, microns: float) -> float | None:
+    """Microns per pixel from a TIFF X/YResolution tag (pixels per unit), or None."""
+    if tag is None:
+        return None
+    num, den = tag.value if isinstance(tag.value, tuple) else (tag.value, 1)
+    if not num or not den:
+        return None
+    return plausible_mpp(microns / (num / den))
+
+
+def _ome_size(xml: str | None, axis: str = "X", image_index: int = 0) -> float | None:
+    """PhysicalSize{axis} of an OME image in microns, or None."""
     if not xml:
         return None
     try:
@@ -173,10 +177,10 @@ def _ome_mpp(xml: str | None, image_index: int = 0) -> float | None:
     image = images[min(image_index, len(images) - 1)]
     for el in image.iter():
         if el.tag.rsplit("}", 1)[-1] == "Pixels":
-            size = el.get("PhysicalSizeX")
+            size = el.get(f"PhysicalSize{axis}")
             if size is None:
                 return None
-            factor = _MICRONS.get(el.get("PhysicalSizeXUnit", "µm"))
+            factor = _MICRONS.get(el.get(f"PhysicalSize{axis}Unit", "µm"))
             if factor is None:
                 return None
             try:

@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from her2kit.errors import Her2kitError, InputError
-from her2kit.readers.pixels import ArraySlide, one_line
+from her2kit.readers.pixels import ArraySlide, one_line, square_mpp
 
 # microns per unit, for NGFF (UDUNITS-2) length units
 _MICRONS = {
@@ -105,7 +105,8 @@ class ZarrSlide(ArraySlide):
         if axes is None:  # NGFF 0.1-0.3: always 5-D tczyx
             axes = ["t", "c", "z", "y", "x"][-ndim:]
         self._axes = "".join(_axis_letter(a) for a in axes)
-        self._mpp = _ngff_mpp(ms, axes, datasets[0])
+        self._mpp = square_mpp(_ngff_mpp(ms, axes, datasets[0], "x"), _ngff_mpp(ms, axes, datasets[0], "y"),
+                               self.path)
 
 
 def _axis_letter(axis: dict | str) -> str:
@@ -127,15 +128,15 @@ def _scale_of(transforms: list[dict] | None, ndim: int) -> list[float]:
     return scale
 
 
-def _ngff_mpp(ms: dict, axes: list, dataset: dict) -> float | None:
-    """Level-0 x-axis scale in microns, or None when the units are not lengths."""
+def _ngff_mpp(ms: dict, axes: list, dataset: dict, name: str = "x") -> float | None:
+    """Level-0 scale of axis ``name`` in microns, or None when the units are not lengths."""
     if not axes:
         return None
     ndim = len(axes)
     scale = _scale_of(dataset.get("coordinateTransformations"), ndim)
     overall = _scale_of(ms.get("coordinateTransformations"), ndim)
     for i, axis in enumerate(axes):
-        if not isinstance(axis, dict) or axis.get("name", "").lower() != "x":
+        if not isinstance(axis, dict) or axis.get("name", "").lower() != name:
             continue
         unit = axis.get("unit")
         factor = _MICRONS.get(str(unit).lower()) if unit else None

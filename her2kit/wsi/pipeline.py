@@ -242,12 +242,13 @@ def run_slide(
 
             name = tissue if isinstance(tissue, str) else "tissue-otsu"
             detector = registry().get("preprocessor", name).factory()
-            small, small_ds = _thumbnail(slide, ledger, mpp0, "tissue", target_mpp=8.0)
+            small, small_ds = _thumbnail(slide, ledger, mpp0, "tissue", target_mpp=8.0,
+                                         progress=f"{Path(path).name}: tissue" if progress else None)
             mask = tissue_mask_of(small, small_ds * mpp0, detector)
             fractions = tissue_fractions(grid, mask, small_ds)
         # the report's picture: <= 1024 px on the long side
-        thumb, thumb_ds = _thumbnail(slide, ledger, mpp0, "picture", target_mpp=0.0,
-                                     max_side=1024)
+        thumb, thumb_ds = _thumbnail(slide, ledger, mpp0, "picture", target_mpp=0.0, max_side=1024,
+                                     progress=f"{Path(path).name}: picture" if progress else None)
         selected = select_blocks(grid, fractions, roi=roi)
         timings["tissue"] = time.perf_counter() - t
     except Her2kitError:

@@ -11,6 +11,7 @@ import openslide
 
 from her2kit.errors import InputError
 from her2kit.readers import Slide
+from her2kit.readers.pixels import square_mpp
 
 TILE = 1024  # pixels per side of a to_dask chunk
 
@@ -58,11 +59,9 @@ class OpenSlideSlide(Slide):
         w, h = self._osr.dimensions
         if w <= 0 or h <= 0:
             raise InputError(self.path, f"empty image ({h}x{w} pixels)")
-        mpp = self._osr.properties.get(openslide.PROPERTY_NAME_MPP_X)
-        try:
-            self._mpp = float(mpp) if mpp is not None else None
-        except ValueError:
-            self._mpp = None
+        x, y = (_float(self._osr.properties.get(name))
+                for name in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y))
+        self._mpp = square_mpp(x, y, self.path)
 
     @property
     def level_count(self) -> int:
@@ -134,3 +133,10 @@ def _cached(path: str) -> OpenSlideSlide:
 
 def _read_tile(path: str, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
     return _cached(path).read_region(y, x, h, w, level)
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
