@@ -151,6 +151,19 @@ def _resolve(verb: str):
     return getattr(module, function)
 
 
+def _one_line_warnings() -> None:
+    """Warnings (a plugin that failed to load, a library's notice) as one line on
+    stderr, without the source line Python shows under them."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"her2kit: warning: {text}" if category.__name__ == "PluginWarning"
+              else f"her2kit: warning: {category.__name__}: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, as a batch system or ``kill`` stops a run."""
 
@@ -196,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(["synth", "--help"])
         verb = f"synth {args.synth_verb}"
     _stop_on_sigterm()
+    _one_line_warnings()
     try:
         if verb in ("score", "segment"):  # one local cluster / scheduler client for all inputs
             from her2kit.wsi.cluster import reuse_freed_memory, shared_executors

@@ -380,3 +380,21 @@ def test_threads_loading_the_plugins_at_once_all_see_every_reader():
         with ThreadPoolExecutor(8) as pool:
             seen = list(pool.map(lambda _: readers(registry, start), range(8)))  # noqa: B023
         assert seen == [expected] * 8
+
+
+def test_cli_says_a_broken_plugin_in_one_line(tmp_path):
+    """QA: a plugin that raised on import printed Python's two-line warning (with
+    her2kit's source line) before every command."""
+    info = tmp_path / "qa_broken-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qa-broken\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[her2kit]\nbroken = qa_broken_mod\n")
+    (tmp_path / "qa_broken_mod.py").write_text("raise RuntimeError('this plugin is broken')\n")
+    env = {k: v for k, v in os.environ.items() if k != plugins.DISABLE_ENV}
+    env["PYTHONPATH"] = str(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "her2kit", "plugins"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert p.returncode == 0 and "her2net" in p.stdout
+    assert p.stderr.strip().splitlines() == [
+        "her2kit: warning: her2kit plugin 'broken' from qa-broken failed to load: "
+        "RuntimeError: this plugin is broken"], p.stderr
