@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mpp", type=float, default=0.5, help="microns per pixel (default 0.5)")
     q.add_argument("--score", default=None, help="one score for all images (default: balanced mix)")
     q.add_argument("--jpeg", action="store_true", help="add JPEG artefacts")
+    q.add_argument("--force", action="store_true", help="replace an existing data set in OUT")
     q = synth.add_parser("slide", help="an OME-Zarr whole-slide image with labels")
     q.add_argument("out", metavar="OUT.zarr")
     q.add_argument("--size", required=True, help="HxW in pixels, e.g. 8192x8192")
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tissue", type=float, default=1.0, help="fraction of the slide covered by tissue")
     q.add_argument("--chunk", type=int, default=1024, help="block side in pixels")
     q.add_argument("--tiff", default=None, metavar="FILE.ome.tif", help="also write a tiled pyramidal OME-TIFF")
+    q.add_argument("--force", action="store_true", help="replace an existing OUT.zarr (and --tiff file)")
 
     p = sub.add_parser("train", help="train a model on a labelled folder")
     p.add_argument("--data", required=True, help="folder laid out like `her2kit synth images` output")

@@ -434,3 +434,58 @@ def test_truth_counts_only_cells_whose_nucleus_is_in_the_image():
     # and the truth is the rule applied to the counted ones
     counts = np.bincount(t["category"][t["counted"] == 1].astype(int), minlength=4)
     assert np.array_equal(counts, p.counts)
+
+
+def _synth(*argv):
+    return subprocess.run([sys.executable, "-m", "her2kit", "synth", *map(str, argv)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_rerun_into_a_data_set_is_refused_and_force_replaces_it_whole(tmp_path, monkeypatch):
+    """QA: a rerun into a data set overwrote its images one by one; stopped
+    midway, the old index.csv no longer matched them, and a smaller --n left
+    stale files behind."""
+    from her2kit.synth import images
+
+    out = tmp_path / "d"
+    assert _synth("images", out, "--n", "3", "--size", "64", "--seed", "1").returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    p = _synth("images", out, "--n", "2", "--size", "64", "--seed", "2")
+    assert p.returncode == 1 and "already holds a data set" in p.stderr and "Traceback" not in p.stderr
+    # a run stopped midway leaves the earlier data set whole
+    real = images.make_patch
+
+    def stop_at_second(seed, *a, **k):
+        if seed == images.image_seed(2, 1):
+            raise KeyboardInterrupt
+        return real(seed, *a, **k)
+
+    monkeypatch.setattr(images, "make_patch", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        images.generate_into(str(out), 2, 64, 2, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+    p = _synth("images", out, "--n", "2", "--size", "64", "--seed", "2", "--force")
+    assert p.returncode == 0, p.stderr
+    assert not (out / "images" / "0002.png").exists() and len(_read_csv(out / "index.csv")) == 2
+    assert not (tmp_path / "d.part").exists()
+
+
+def test_slide_rerun_refused_tiff_checked_first_and_the_same_bytes(tmp_path):
+    """QA: a rerun replaced the slide silently; --tiff naming a folder failed after
+    all the work; the OME-TIFF's random UUID made one seed give other bytes."""
+    a = _synth("slide", tmp_path / "a.zarr", "--size", "256x256", "--score", "1+", "--seed", "4",
+               "--tiff", tmp_path / "a.ome.tif")
+    assert a.returncode == 0, a.stderr
+    p = _synth("slide", tmp_path / "a.zarr", "--size", "256x256", "--score", "0")
+    assert p.returncode == 1 and "already holds a slide" in p.stderr
+    (tmp_path / "folder").mkdir()
+    p = _synth("slide", tmp_path / "b.zarr", "--size", "256x256", "--score", "0", "--tiff", tmp_path / "folder")
+    assert p.returncode == 1 and "is a directory" in p.stderr and not (tmp_path / "b.zarr.part").exists()
+    b = _synth("slide", tmp_path / "b.zarr", "--size", "256x256", "--score", "1+", "--seed", "4",
+               "--tiff", tmp_path / "b.ome.tif")
+    assert b.returncode == 0, b.stderr
+    assert (tmp_path / "a.ome.tif").read_bytes() == (tmp_path / "b.ome.tif").read_bytes()
+    p = _synth("slide", tmp_path / "a.zarr", "--size", "256x256", "--score", "0", "--tiff",
+               tmp_path / "a.ome.tif", "--force")
+    assert p.returncode == 0 and "score 0" in p.stdout

@@ -29,12 +29,24 @@ def _check_score(text: str | None) -> str | None:
         raise InputError(None, str(exc)) from None
 
 
-def _check_out(out: str) -> None:
+def _check_out(out: str, force: bool, what: str = "a data set") -> None:
+    """OUT may be new, an empty folder, or (with --force) an earlier output to replace."""
     parent = os.path.dirname(os.path.abspath(out)) or "."
     if os.path.exists(out) and not os.path.isdir(out):
         raise InputError(out, "exists and is not a directory")
     if not os.path.isdir(parent):
         raise InputError(out, "parent directory does not exist")
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        raise InputError(out, f"already holds {what}; give another OUT, or --force to replace it")
+
+
+def _check_file_out(path: str, force: bool) -> None:
+    if os.path.isdir(path):
+        raise InputError(path, "is a directory, not a file name")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise InputError(path, "parent directory does not exist")
+    if os.path.exists(path) and not force:
+        raise InputError(path, "exists; give another name, or --force to replace it")
 
 
 def images(args: argparse.Namespace) -> int:
@@ -45,11 +57,11 @@ def images(args: argparse.Namespace) -> int:
         raise InputError(None, f"--size must be between 16 and 8192 pixels (got {args.size})")
     _check_mpp(args.mpp)
     score = _check_score(args.score)
-    _check_out(args.out)
-    from her2kit.synth.images import generate
+    _check_out(args.out, getattr(args, "force", False))
+    from her2kit.synth.images import generate_into
 
-    rows = generate(args.out, args.n, args.size, args.seed, domain=args.domain, mpp=args.mpp,
-                    score=score, jpeg=args.jpeg)
+    rows = generate_into(args.out, args.n, args.size, args.seed, domain=args.domain, mpp=args.mpp,
+                         score=score, jpeg=args.jpeg)
     counts = {s: sum(r["score"] == s for r in rows) for s in ("0", "1+", "2+", "3+")}
     print(f"wrote {len(rows)} images to {args.out} (scores: "
           + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
@@ -80,15 +92,10 @@ def slide(args: argparse.Namespace) -> int:
         raise InputError(None, f"--tissue must be a fraction in (0, 1] (got {args.tissue})")
     if not 64 <= args.chunk <= 8192:
         raise InputError(None, f"--chunk must be between 64 and 8192 pixels (got {args.chunk})")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise InputError(args.out, "exists and is not a Zarr directory")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(parent):
-        raise InputError(args.out, "parent directory does not exist")
+    force = getattr(args, "force", False)
+    _check_out(args.out, force, "a slide")
     if args.tiff is not None:
-        tparent = os.path.dirname(os.path.abspath(args.tiff))
-        if not os.path.isdir(tparent):
-            raise InputError(args.tiff, "parent directory does not exist")
+        _check_file_out(args.tiff, force)
     from her2kit.synth.slide import make_slide
 
     info = make_slide(args.out, (h, w), score, seed=args.seed, domain=args.domain, mpp=args.mpp,

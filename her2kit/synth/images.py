@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +142,21 @@ def percentages(counts: np.ndarray) -> np.ndarray:
     """Per-category percentages of tumour cells (zeros when there are none)."""
     n = counts.sum()
     return counts * (100.0 / n) if n else np.zeros(4)
+
+
+def generate_into(out: str, *args, **kwargs) -> list[dict]:
+    """:func:`generate` into ``out + ".part"``, renamed to ``out`` when complete: a
+    run stopped midway leaves an earlier data set in ``out`` whole (its
+    index.csv still true to its images), and a complete one replaces it."""
+    out = out.rstrip("/") or out
+    tmp = out + ".part"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    rows = generate(tmp, *args, **kwargs)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return rows
 
 
 def generate(out: str, n: int, size: int, seed: int, domain: str = "default", mpp: float = 0.5,

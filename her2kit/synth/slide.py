@@ -151,19 +151,26 @@ def make_slide(out: str, shape_hw: tuple[int, int], score: str, seed: int = 0, d
     }
     root.attrs.update({"her2kit": {"synthetic": info}})
     if tiff:
-        write_ome_tiff(root, tiff, mpp, progress=progress)
+        import json
+        import uuid
+
+        name = uuid.uuid5(uuid.NAMESPACE_URL, "her2kit-synth-slide:" + json.dumps(info, sort_keys=True))
+        write_ome_tiff(root, tiff, mpp, progress=progress, uuid=name.urn)
     if os.path.exists(out):
         shutil.rmtree(out)
     os.replace(tmp, out)
     return info
 
 
-def write_ome_tiff(root: Any, path: str, mpp: float, tile: int = 512, progress: bool = True) -> None:
+def write_ome_tiff(root: Any, path: str, mpp: float, tile: int = 512, progress: bool = True,
+                   uuid: str | None = None) -> None:
     """Copy the RGB pyramid of ``root`` into a tiled pyramidal OME-TIFF (sub-IFDs), tile by tile.
 
     Tiles stream from the Zarr levels (one chunk-row strip of one chunk
     column at a time), so memory stays bounded; mpp goes into the OME
     PhysicalSize and the TIFF resolution tags. Written to a temporary name first.
+    ``uuid`` (urn:uuid:...) names the OME document; tifffile would draw a random
+    one, and then one seed would not give the same bytes twice.
     """
     import tifffile
     from tqdm import tqdm
@@ -198,7 +205,8 @@ def write_ome_tiff(root: Any, path: str, mpp: float, tile: int = 512, progress: 
             if level == 0:
                 tw.write(tiles(arr), subifds=len(arrays) - 1, software=False,
                          metadata={"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm",
-                                   "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"}, **kwargs)
+                                   "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm",
+                                   **({"UUID": uuid} if uuid else {})}, **kwargs)
             else:
                 tw.write(tiles(arr), subfiletype=1, software=False, metadata=None, **kwargs)
     bar.close()
