@@ -228,6 +228,7 @@ def write_json(records: list[dict], path: str) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(records, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is for others too
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -235,8 +236,19 @@ def write_json(records: list[dict], path: str) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def main(args) -> int:
     """CLI entry: ``her2kit bench [--quick] --out FILE.json [--device DEV]``."""
+    from her2kit.errors import Her2kitError
+
+    # checked before minutes of measuring, not after
+    if os.path.isdir(args.out):
+        raise Her2kitError(f"--out {args.out}: is a folder; give a file name (FILE.json)")
     records = run(quick=args.quick, device=args.device)
     write_json(records, args.out)
     print(format_table(records))

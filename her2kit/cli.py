@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(p)
 
     p = sub.add_parser("bench", help="benchmark the native kernels against the reference")
-    p.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and a smaller matmul reference")
     p.add_argument("--out", required=True, metavar="FILE.json")
     p.add_argument("--device", default=None)
 
@@ -126,18 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from her2kit.plugins import registry
 
-    entries = registry().list()
+    entries, conflicts = registry().list_all()  # a clash is shown, not hidden behind its error
     if args.json:
         rows = [{"kind": e.kind, "name": e.name, "origin": e.origin,
                  "description": e.record.description} for e in entries]
         print(json.dumps(rows, indent=2))
-        return 0
-    width = max((len(e.name) for e in entries), default=4)
-    for kind in ("reader", "preprocessor", "model", "scorer"):
-        print(f"{kind}s:")
-        for e in (e for e in entries if e.kind == kind):
-            print(f"  {e.name:<{width}}  [{e.origin}]  {e.record.description}")
-    return 0
+    else:
+        width = max((len(e.name) for e in entries), default=4)
+        for kind in ("reader", "preprocessor", "model", "scorer"):
+            print(f"{kind}s:")
+            for e in (e for e in entries if e.kind == kind):
+                print(f"  {e.name:<{width}}  [{e.origin}]  {e.record.description}")
+    for message in conflicts:
+        print(f"her2kit: error: {message}", file=sys.stderr)
+    return 1 if conflicts else 0
 
 
 def _resolve(verb: str):
@@ -207,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verb = args.verb
     if verb == "synth":
-        if args.synth_verb is None:
-            parser.parse_args(["synth", "--help"])
+        if args.synth_verb is None:  # its help, and the status of a usage error
+            try:
+                parser.parse_args(["synth", "--help"])
+            except SystemExit:
+                return 2
         verb = f"synth {args.synth_verb}"
     _stop_on_sigterm()
     _one_line_warnings()

@@ -53,6 +53,8 @@ class Registry:
         self._origins: dict[str, str] = {}
         self._records: dict[str, dict[str, Registered]] | None = None
         self.failed: list[tuple[str, str]] = []
+        self.conflicts: list[str] = []  # "KIND 'NAME' is claimed by two plugins: ..."
+        self._shadowed: list[Registered] = []  # the second claimants, for `her2kit plugins`
         if load_entry_points is None:
             load_entry_points = os.environ.get(DISABLE_ENV, "").strip() in ("", "0")
         self._load_entry_points = load_entry_points
@@ -94,13 +96,17 @@ class Registry:
 
     def _collect(self) -> dict[str, dict[str, Registered]]:
         with self._lock:
-            return self._collect_locked()
+            records = self._collect_locked()
+        if self.conflicts:
+            raise PluginError(self.conflicts[0])
+        return records
 
     def _collect_locked(self) -> dict[str, dict[str, Registered]]:
         self._discover()
         if self._records is not None:
             return self._records
         records: dict[str, dict[str, Registered]] = {kind: {} for kind in hookspecs.KINDS}
+        self.conflicts, self._shadowed = [], []
         for kind, hook_name in hookspecs.HOOK_OF_KIND.items():
             hook = getattr(self.pm.hook, hook_name)
             # pluggy calls the newest registration first; reverse for stable order
@@ -127,11 +133,13 @@ class Registry:
                     entry = Registered(kind, record, origin, impl.plugin_name)
                     other = records[kind].get(record.name)
                     if other is not None:
-                        raise PluginError(
+                        self.conflicts.append(
                             f"{kind} {record.name!r} is claimed by two plugins: "
                             f"{other.plugin} ({other.origin}) and "
                             f"{impl.plugin_name} ({origin})"
                         )
+                        self._shadowed.append(entry)
+                        continue
                     records[kind][record.name] = entry
         self._records = records
         return records
@@ -141,6 +149,14 @@ class Registry:
         records = self._collect()
         kinds = [kind] if kind else list(records)
         return [entry for k in kinds for entry in records[k].values()]
+
+    def list_all(self) -> tuple[list[Registered], list[str]]:
+        """Every record, both claimants of a conflicting name included, and the
+        conflicts (for `her2kit plugins`, which must show what clashes)."""
+        with self._lock:
+            records = self._collect_locked()
+            entries = [entry for k in records for entry in records[k].values()] + self._shadowed
+            return entries, list(self.conflicts)
 
     def get(self, kind: str, name: str) -> Any:
         """The record of ``kind`` called ``name``; a PluginError lists the known ones."""

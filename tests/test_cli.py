@@ -68,3 +68,33 @@ def test_demo_end_to_end(tmp_path):
     score = json.loads((case / "score.json").read_text())
     assert score["score"] == "2+" and score["model"] == "her2net" and score["cells_total"] > 100
     assert abs(sum(score["percent"].values()) - 100) < 1e-6
+
+
+def test_bad_out_paths_are_refused_before_the_work(tmp_path):
+    """QA: `bench --out FOLDER` failed after minutes of measuring; `demo --out FILE`
+    was an internal error; `synth` without WHAT exited 0."""
+    def cli_run(*argv):
+        return subprocess.run([sys.executable, "-m", "her2kit", *map(str, argv)], capture_output=True,
+                              text=True, timeout=60)
+
+    p = cli_run("bench", "--quick", "--out", tmp_path)
+    assert p.returncode == 1 and p.stderr.startswith("her2kit: error: --out") and "is a folder" in p.stderr
+    f = tmp_path / "file"
+    f.write_text("x")
+    p = cli_run("demo", "--out", f)
+    assert p.returncode == 1 and "is a file, not a folder" in p.stderr and "Traceback" not in p.stderr
+    assert f.read_text() == "x"
+    assert cli_run("synth").returncode == 2
+
+
+def test_bench_json_is_readable_by_others(tmp_path):
+    import os
+
+    from her2kit.bench import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json([{"name": "x"}], str(tmp_path / "b.json"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644

@@ -398,3 +398,23 @@ def test_cli_says_a_broken_plugin_in_one_line(tmp_path):
     assert p.stderr.strip().splitlines() == [
         "her2kit: warning: her2kit plugin 'broken' from qa-broken failed to load: "
         "RuntimeError: this plugin is broken"], p.stderr
+
+
+def test_plugins_command_lists_both_claimants_of_a_name(monkeypatch, capsys):
+    """QA: with two plugins claiming one name, `her2kit plugins` (the command to
+    diagnose that) failed and listed nothing."""
+    from her2kit import cli
+
+    class Clash:
+        @hookimpl
+        def her2kit_models(self):
+            return [hookspecs.ModelSpec("unet", "my own unet", _factory)]
+
+    reg = _registry_with((Clash(), "clash-dist"))
+    monkeypatch.setattr(plugins, "_registry", reg)
+    assert cli.main(["plugins"]) == 1
+    out, err = capsys.readouterr()
+    assert "my own unet" in out and "U-Net baseline" in out and "her2net" in out
+    assert err.count("her2kit: error: model 'unet' is claimed by two plugins") == 1
+    with pytest.raises(PluginError, match="claimed by two plugins"):
+        reg.get("model", "her2net")  # every other command still stops on the clash

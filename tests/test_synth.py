@@ -489,3 +489,15 @@ def test_slide_rerun_refused_tiff_checked_first_and_the_same_bytes(tmp_path):
     p = _synth("slide", tmp_path / "a.zarr", "--size", "256x256", "--score", "0", "--tiff",
                tmp_path / "a.ome.tif", "--force")
     assert p.returncode == 0 and "score 0" in p.stdout
+
+
+def test_near_threshold_only_where_the_truth_is_the_requested_score():
+    """QA: small images whose truth fell to another score ("0 null") still said
+    near_threshold=1 for the mix they could not hold."""
+    moved = 0
+    for s in range(60):
+        p = make_patch(s, 64, "1+")
+        if p.score != p.requested:
+            moved += 1
+            assert not p.near
+    assert moved >= 1

@@ -475,6 +475,8 @@ def demo(args: argparse.Namespace) -> int:
     from her2kit.synth.images import make_patch
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise Her2kitError(f"--out {out}: is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     segmenter = load_segmenter(None)  # fails early, with advice, if no shipped weights
     patch = make_patch(20260, 768, "2+", mpp=0.5)

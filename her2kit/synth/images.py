@@ -76,6 +76,9 @@ def make_patch(seed: int, size: int, score: str, mpp: float = 0.5, domain: str =
     t["counted"] = ((t["tumour"] == 1) & (t["nucleus_inside"] == 1)).astype(np.int8)
     counts = np.bincount(t["category"][t["counted"] == 1].astype(int), minlength=4)
     truth, truth_sub = categories.asco_cap_score(counts)
+    # "near the threshold" describes the mix asked for: an image too small to hold
+    # it (its truth another score) is not a near-threshold case of its truth
+    near = near and truth == score
     return Patch(region, truth, truth_sub, score, near, seed, counts)
 
 
