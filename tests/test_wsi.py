@@ -894,6 +894,26 @@ def test_roi_hole_keeps_its_cells_out(slides, reference, tmp_path):
     assert not ((cells["x"] > 110) & (cells["x"] < 290) & (cells["y"] > 110) & (cells["y"] < 290)).any()
 
 
+def test_roi_keeps_exactly_the_cells_whose_written_centroid_is_inside(slides, reference, tmp_path):
+    """QA: on slides the ROI went by the nucleus centroid, on images by the cell
+    centroid written to cells.csv: cells at the edge were kept outside it and
+    dropped inside it. Now both paths keep exactly those whose cells.csv
+    centroid (+0.5: pixel centres in the ROI's corner coordinates) is inside."""
+    from her2kit.scoring.roi import inside, parse_roi
+
+    outer = [[0, 0], [250.3, 0], [250.3, 512], [0, 512], [0, 0]]
+    hole = [[60.5, 160.5], [180.5, 160.5], [180.5, 300.5], [60.5, 300.5], [60.5, 160.5]]
+    roi = parse_roi({"type": "Polygon", "coordinates": [outer, hole]})
+    out = tmp_path / "edge"
+    run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, roi=roi, progress=False)
+    cells, ref = read_cells(out), read_cells(reference)
+    keep = inside(roi, ref["x"] + 0.5, ref["y"] + 0.5)
+    assert 5 < keep.sum() < len(ref["id"])
+    want = sorted(zip(ref["x"][keep].round(2), ref["y"][keep].round(2), ref["category"][keep], strict=True))
+    got = sorted(zip(cells["x"].round(2), cells["y"].round(2), cells["category"], strict=True))
+    assert got == want
+
+
 def test_grid_geometry():
     g = make_grid((1000, 700), 2.0, 300, 50)
     assert g.block0 == 512 and g.halo0 == 100 and (g.rows, g.cols) == (2, 2)

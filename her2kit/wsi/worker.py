@@ -601,7 +601,9 @@ def _process(plan: dict, stage: dict) -> dict:
     ox = rx + (nx + 0.5) * fx - 0.5
     owned = ((oy >= block.y) & (oy < block.y + block.h)
              & (ox >= block.x) & (ox < block.x + block.w))
-    owned &= _inside_roi(ox, oy, plan.get("roi"))
+    # the ROI keeps the cells whose centroid as written (cells.csv, pixel centres
+    # at +0.5 in the ROI's corner coordinates) lies inside, as on the image path
+    owned &= _inside_roi(x0 + 0.5, y0 + 0.5, plan.get("roi"))
     order = np.flatnonzero(owned)
     order = order[np.argsort(local_ids[order], kind="stable")]
     stride = plan["id_stride"]
