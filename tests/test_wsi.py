@@ -1273,3 +1273,17 @@ def test_slide_scorer_plugin_and_the_keys_of_images(slides, reference, tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     image_keys = set(json.loads((tmp_path / "i" / "img" / "score.json").read_text()))
     assert SCORE_KEYS <= image_keys and "timings" in image_keys, SCORE_KEYS - image_keys
+
+
+def test_a_missing_chunk_is_noted(slides, tmp_path, capsys):
+    """QA: a chunk file lost from an OME-Zarr read as its fill value in silence."""
+    src = tmp_path / "lost.zarr"
+    shutil.copytree(slides["zarr"], src)
+    chunk = next(p for p in sorted((src / "0").rglob("*"))
+                 if p.is_file() and not p.name.startswith(".") and p.name != "zarr.json")
+    chunk.unlink()
+    s = run_slide(str(src), tmp_path / "o", StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    assert "1 of" in s["storage_note"] and "missing" in s["storage_note"]
+    assert "chunks of level 0 are missing" in capsys.readouterr().err
+    full = run_slide(slides["zarr"], tmp_path / "f", StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    assert "storage_note" not in full

@@ -140,3 +140,14 @@ def _open_with(spec: Any, path: str) -> Slide:
     except Exception as exc:
         text = " ".join(str(exc).split())
         raise InputError(path, f"{spec.name} reader cannot read it: {type(exc).__name__}: {text}") from exc
+
+
+def missing_chunks_note(slide: Any) -> str | None:
+    """A note when level 0 of ``slide`` lacks stored chunks (a reader that can tell,
+    such as Zarr's, has ``missing_chunks()``): they read as the fill value, so
+    a lost chunk would pass for an empty region without it."""
+    count = getattr(slide, "missing_chunks", None)
+    missing = count() if callable(count) else None
+    if not missing or not missing[0]:
+        return None
+    return f"{missing[0]} of {missing[1]} chunks of level 0 are missing from the store (read as its fill value)"

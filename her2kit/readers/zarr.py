@@ -67,6 +67,19 @@ class ZarrSlide(ArraySlide):
         except Exception as exc:
             raise InputError(self.path, f"unreadable Zarr metadata: {one_line(exc)}") from None
 
+    def missing_chunks(self) -> tuple[int, int] | None:
+        """(missing, total) chunks of level 0 in a local store, or None when
+        unknown (a URL): missing chunks read as the fill value, which a writer
+        may mean (empty chunks left out) or a copy may have lost."""
+        if "://" in self.path:
+            return None
+        try:
+            arr = self._levels[0]
+            total = int(arr.nchunks)
+            return total - int(arr.nchunks_initialized), total
+        except Exception:  # a store that cannot list its keys
+            return None
+
     def _open_array(self, arr: Any) -> None:
         shape = arr.shape
         if len(shape) == 2:

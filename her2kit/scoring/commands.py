@@ -282,11 +282,16 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
         h, w = slide.shape
         if h == 0 or w == 0:
             raise InputError(path, "empty image (0 pixels)")
+        from her2kit.readers import missing_chunks_note
+
+        storage_note = missing_chunks_note(slide)
         if roi:
             from her2kit.scoring.roi import overlaps
 
             if not overlaps(roi, h, w):
                 raise InputError(path, f"the --roi lies outside the image ({h}x{w} pixels)")
+        if storage_note and not (slide.level_count > 1 or max(h, w) > WHOLE_LIMIT):
+            print(f"her2kit: note: {path}: {storage_note}", file=sys.stderr)  # (slides say it themselves)
         if slide.level_count > 1 or max(h, w) > WHOLE_LIMIT:
             summary = _run_wsi(path, out_dir, get_segmenter(), mpp, args, roi, segment_only)
             if summary is not None:
@@ -328,6 +333,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
                                "roi": bool(roi), "timings": timings})
     if pattern is not None:
         summary["scorer"] = {"name": "her2net-pattern", "value": pattern}
+    if storage_note:
+        summary["storage_note"] = storage_note
     if note:
         summary["note"] = note + "; no tumour cells found"
     t = time.perf_counter()

@@ -203,6 +203,11 @@ def run_slide(
         mpp0 = slide.mpp or mpp
         if mpp0 is None:
             raise InputError(path, "the file does not say its resolution; give --mpp (microns per pixel)")
+        from her2kit.readers import missing_chunks_note
+
+        storage_note = missing_chunks_note(slide)
+        if storage_note:
+            print(f"her2kit: note: {path}: {storage_note}", file=sys.stderr)
         seg, seg_name, seg_mpp = _segmenter_info(segmenter, device)
         level = _choose_level(slide, mpp0, seg_mpp)
         scale = seg_mpp / mpp0
@@ -310,6 +315,8 @@ def run_slide(
         "tissue_fraction": None if fractions is None else round(float(np.mean(fractions)), 4),
         "shape": [h0, w0],
     }
+    if storage_note:
+        wsi["storage_note"] = storage_note
     run_info = {"blocks_run": len(pending), "blocks_resumed": len(selected) - len(pending),
                 "workers": executor.workers, "executor": executor.kind, "overlap": bool(overlap)}
     summary = _finish(path, out_dir, plan, grid, selected, ledger, segment_only, wsi,
@@ -554,6 +561,8 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
                                "mpp_from": plan.get("mpp_from"), "model_mpp": plan["model_mpp"],
                                "her2kit_version": __version__, "shape": plan["shape"],
                                "roi": bool(plan["roi"])}
+    if wsi.get("storage_note"):
+        summary["storage_note"] = wsi["storage_note"]
     staged: list[str] = []
     if not segment_only:
         from concurrent.futures import ThreadPoolExecutor
