@@ -91,6 +91,8 @@ def test_end_to_end_zarr(reference):
     ms = g.attrs["multiscales"][0]
     assert ms["version"] == "0.4" and len(ms["datasets"]) >= 2
     assert g["1"].shape == (256, 256)
+    # the labels stand alone: no image-label "source" pointing at a root without an image
+    assert g.attrs["image-label"] == {"version": "0.4"}
     gj = json.loads((out / "cells.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) >= 0.95 * len(cells["id"])
     f = gj["features"][0]

@@ -55,7 +55,9 @@ def create(path: str | Path, shape: tuple[int, int], chunk: int, mpp: float | No
                 for a in ("y", "x")]
         g.attrs["multiscales"] = [{"version": "0.4", "name": name, "axes": axes,
                                    "datasets": datasets, "type": "nearest"}]
-        meta = {"version": "0.4", "source": {"image": "../../"}}
+        # no "source": this store holds the labels alone (the image is the input
+        # file), and a link to "../../" would send viewers to a root with no image
+        meta: dict = {"version": "0.4"}
         if name in COLOURS:
             meta["colors"] = [{"label-value": v, "rgba": c} for v, c in COLOURS[name]]
         g.attrs["image-label"] = meta
