@@ -50,12 +50,19 @@ class PreprocessorSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A segmentation/classification network: ``factory(**options) -> nn.Module``."""
+    """A segmentation/classification network: ``factory(**options) -> nn.Module``.
+
+    ``weights``: the plugin's own trained checkpoint (the path of its .json, the
+    .safetensors beside it), used by ``--model NAME``; without it her2kit looks
+    for ``her2kit/weights/NAME-default.json``. A plugin module can point at a file
+    in its package without importing torch: ``str(Path(__file__).parent / ...)``.
+    """
 
     name: str
     description: str
     factory: Callable[..., Any]
     options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,8 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
     """The segmenter for ``model``.
 
     ``None``: the shipped default (Her2Net, her2kit/weights/her2net-default.*).
-    A model plugin name: that model's shipped weights (an untrained network is
+    A model plugin name: that model's shipped weights (its ``ModelSpec.weights``,
+    else her2kit/weights/NAME-default.*; an untrained network is
     useless, so a name without shipped weights is an error saying how to
     train it). Otherwise a checkpoint path (NAME.safetensors with NAME.json
     beside it, or the .json). ``device`` defaults to cuda when available.
@@ -276,8 +277,8 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
     if not looks_like_path:
         from her2kit.plugins import registry
 
-        registry().get("model", text)  # unknown names: PluginError listing the known ones
-        meta = shipped_weights(text)
+        record = registry().get("model", text)  # unknown names: PluginError listing the known ones
+        meta = Path(record.weights) if getattr(record, "weights", None) else shipped_weights(text)
         if not meta.is_file():
             raise Her2kitError(
                 f"no shipped weights at {meta.with_suffix('.*')}; make them with: "
