@@ -136,7 +136,9 @@ def make_segmenter(model: str | None, device: str = "cpu"):
 
 
 def finder(cells: str) -> str | None:
-    return "bench_wsi:quick_cells" if cells == "quick" else None
+    """The pipeline's cell finder: real (None), a cheap stand-in ("quick"), or none at
+    all ("classes": the network's classes alone, as `segment --classes-only`)."""
+    return {"quick": "bench_wsi:quick_cells", "classes": "her2kit.scoring.cells:classes_only"}.get(cells)
 
 
 # --- sections ---------------------------------------------------------------------------
@@ -576,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the StainSegmenter double)")
     p.add_argument("--throughput-model", default=None, help="model for the throughput section "
                    "(e.g. her2net-untrained: same cost as the trained net)")
-    p.add_argument("--cells", choices=["real", "quick"], default="real")
+    p.add_argument("--cells", choices=["real", "quick", "classes"], default="real",
+                   help="cell finding: real, a cheap stand-in, or none (classes: `segment --classes-only`)")
     p.add_argument("--memory-cells", choices=["real", "quick"], default="quick")
     p.add_argument("--memory-sizes", default=None, help="SMALL,LARGE (default 10000,40000; quick 1024,4096)")
     p.add_argument("--memory-block", type=int, default=1024)

@@ -4,11 +4,13 @@
 # Steps: build (her2kit with its CUDA kernels; always done first), tests (the
 # CUDA tests and the native watershed's), ops (native-op benchmark on the GPU),
 # score (score a synthetic 4096^2 slide on the GPU), wsi (whole-slide
-# throughput on the GPU against the model alone, 8192^2 slide, 2048 px blocks),
+# throughput on the GPU against the model alone, 8192^2 slide, 2048 px blocks,
+# with cells and with the network's classes alone),
 # diag (what sets the pipeline's pace on a GPU: benchmarks/gpu_diag.py; runs
 # before the tests).
 # Everything lands in $OUT (default ./gpu_out): gpu_check.log, build.log,
 # tests_cuda.xml, bench_cuda.json, score_gpu.json, score_gpu_workers4.json, wsi_gpu.json,
+# wsi_gpu_classes.json,
 # gpu_diag.json.
 # Missing Python packages may be supplied as wheels in .whl/ (installed with
 # --no-deps into /tmp/site). Each step has its own time limit.
@@ -71,5 +73,9 @@ if want wsi; then
   timeout 300 python3 benchmarks/bench_wsi.py --sections throughput --throughput-size 8192 \
     --block 2048 --throughput-model her2net --device cuda --overlap on --throughput-job both --work /tmp/bw \
     --out "$OUT/wsi_gpu.json"
+  step "the same, the network's classes alone (segment --classes-only: no cell finding)"
+  timeout 240 python3 benchmarks/bench_wsi.py --sections throughput --throughput-size 8192 \
+    --block 2048 --throughput-model her2net --device cuda --overlap on --cells classes --repeat 2 \
+    --work /tmp/bw --out "$OUT/wsi_gpu_classes.json"
 fi
 step "done"

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment images or slides; writes labels.zarr only")
     _add_inference_options(p)
+    p.add_argument("--classes-only", action="store_true",
+                   help="the network's membrane/nucleus classes alone: no cell finding (labels/cells "
+                        "stays empty); the pipeline at the network's own speed")
 
     p = sub.add_parser("bench", help="benchmark the native kernels against the reference")
     p.add_argument("--quick", action="store_true", help="fewer repeats and a smaller matmul reference")

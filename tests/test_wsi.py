@@ -1289,3 +1289,45 @@ def test_a_missing_chunk_is_noted(slides, tmp_path, capsys):
     assert "chunks of level 0 are missing" in capsys.readouterr().err
     full = run_slide(slides["zarr"], tmp_path / "f", StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
     assert "storage_note" not in full
+
+
+def test_segment_classes_only_is_the_network_alone(slides, tmp_path):
+    """`segment --classes-only`: the same pixel classes as a full `segment`, no
+    cells (labels/cells empty), no score; a rerun with cells says it differs."""
+    import zarr
+
+    def cli(*argv):
+        return subprocess.run([sys.executable, "-m", "her2kit", "segment", slides["zarr"], *map(str, argv)],
+                              capture_output=True, text=True, timeout=300)
+
+    assert cli("--out", tmp_path / "c", "--classes-only", "--model", "tiny-unet").returncode == 0
+    assert cli("--out", tmp_path / "f", "--model", "tiny-unet").returncode == 0
+    only, full = tmp_path / "c" / "s" / "labels.zarr", tmp_path / "f" / "s" / "labels.zarr"
+    sem = zarr.open_array(str(only / "labels" / "semantic" / "0"), mode="r")[:]
+    assert np.array_equal(sem, zarr.open_array(str(full / "labels" / "semantic" / "0"), mode="r")[:])
+    assert set(np.unique(sem)) == {0, 1, 2}
+    assert not zarr.open_array(str(only / "labels" / "cells" / "0"), mode="r")[:].any()
+    assert zarr.open_array(str(full / "labels" / "cells" / "0"), mode="r")[:].any()
+    assert json.loads((only / ".zattrs").read_text())["her2kit"]["classes_only"] is True
+    p = cli("--out", tmp_path / "c", "--model", "tiny-unet")
+    assert p.returncode == 0 and "made with --classes-only, skipped" in p.stdout
+    with pytest.raises(Her2kitError, match="a score needs cells"):
+        run_slide(slides["zarr"], tmp_path / "x", StainSegmenter(), classes_only=True, progress=False)
+
+
+def test_classes_only_on_an_image(tmp_path):
+    from PIL import Image
+
+    from her2kit.synth.images import make_patch
+
+    img = tmp_path / "p.png"
+    Image.fromarray(make_patch(7, 256, "2+").region.rgb).save(img)
+    p = subprocess.run([sys.executable, "-m", "her2kit", "segment", str(img), "--out", str(tmp_path / "o"),
+                        "--mpp", "0.5", "--model", "tiny-unet", "--classes-only"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import zarr
+
+    root = tmp_path / "o" / "p" / "labels.zarr" / "labels"
+    assert set(np.unique(zarr.open_array(str(root / "semantic" / "0"), mode="r")[:])) == {0, 1, 2}
+    assert not zarr.open_array(str(root / "cells" / "0"), mode="r")[:].any()

@@ -1190,6 +1190,16 @@ def find_cells(rgb: np.ndarray, probs: np.ndarray, mpp: float,
                       semantic=semantic, mpp=float(mpp), sector_od=sector_od)
 
 
+def classes_only(rgb: np.ndarray, probs: np.ndarray, mpp: float,
+                 params: CellParams | None = None) -> CellResult:
+    """The network's pixel classes alone, no cells (``her2kit segment --classes-only``):
+    a :class:`CellResult` with no rows and empty cell and nucleus labels, so the
+    pipeline's cost is the network's plus its reads and writes."""
+    empty = np.zeros(np.shape(probs)[1:], dtype=np.uint32)
+    return CellResult(table=empty_table(), cell_labels=empty, nucleus_labels=empty,
+                      semantic=pixel_classes(np.asarray(probs, dtype=np.float32)), mpp=float(mpp))
+
+
 def probabilities_from_mask(mask: np.ndarray, blur_px: float = 0.5, noise: float = 0.05,
                             seed: int = 0) -> np.ndarray:
     """One-hot probabilities (3, H, W) float32 from a semantic mask, blurred and noised like a network's.

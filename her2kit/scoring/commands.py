@@ -142,15 +142,17 @@ def summarise(result, mpp: float, model: str, scorer_name: str = "asco-cap-2018"
 
 
 def analyse_image(rgb: np.ndarray, mpp: float, segmenter: Any, params=None,
-                  roi: list | None = None) -> tuple[Any, dict]:
+                  roi: list | None = None, classes_only: bool = False) -> tuple[Any, dict]:
     """Cells of an RGB image at full resolution, and timings.
 
     The image is resampled to ``segmenter.mpp``, segmented and analysed
     there; the returned :class:`CellResult` has labels at the input's size and
     y, x in input pixels (areas stay in square microns). ``roi`` polygons
     (see :mod:`her2kit.scoring.roi`) drop cells whose centroid lies outside.
+    ``classes_only``: the pixel classes alone, no cells.
     """
     from her2kit.scoring.cells import CellResult, empty_table, find_cells
+    from her2kit.scoring.cells import classes_only as only_classes
 
     timings = {}
     t = time.perf_counter()
@@ -167,7 +169,7 @@ def analyse_image(rgb: np.ndarray, mpp: float, segmenter: Any, params=None,
     probs = segmenter.predict(small)
     timings["predict_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    cells = find_cells(small, probs, model_mpp, params)
+    cells = (only_classes if classes_only else find_cells)(small, probs, model_mpp, params)
     timings["cells_s"] = time.perf_counter() - t
     fy, fx = h / small.shape[0], w / small.shape[1]
     table = dict(cells.table)
@@ -252,6 +254,8 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter,
     if (done.get("mpp_from") == "--mpp" and mpp is not None and isinstance(done.get("mpp"), (int, float))
             and abs(done["mpp"] - mpp) > 0.02 * mpp):
         return {"other": f"made at another --mpp ({done['mpp']:g})"}
+    if bool(done.get("classes_only")) != bool(getattr(args, "classes_only", False)):
+        return {"other": "made " + ("with --classes-only" if done.get("classes_only") else "with cells")}
     scorer = getattr(args, "scorer", None) or "asco-cap-2018"
     scorer_before = (done.get("scorer") or {}).get("name", "asco-cap-2018")
     if "score" in done and scorer_before != scorer:
@@ -317,7 +321,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
         model_name = getattr(segmenter, "name", "unknown")
         fingerprint = model_fingerprint(segmenter)
         model_mpp = float(segmenter.mpp)
-        result, timings = analyse_image(rgb, mpp, segmenter, CellParams(), roi)
+        result, timings = analyse_image(rgb, mpp, segmenter, CellParams(), roi,
+                                        classes_only=getattr(args, "classes_only", False))
         if getattr(args, "scorer", None) == "her2net-pattern":
             small = resample(rgb, mpp / float(segmenter.mpp))
             timings["pattern"] = _scorer("her2net-pattern")(result.table, image=small, segmenter=segmenter)
@@ -331,6 +336,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
                                "mpp_from": "file" if file_mpp is not None else "--mpp",
                                "model_mpp": model_mpp, "shape": [h, w],
                                "roi": bool(roi), "timings": timings})
+    if getattr(args, "classes_only", False):
+        summary["classes_only"] = True
     if pattern is not None:
         summary["scorer"] = {"name": "her2net-pattern", "value": pattern}
     if storage_note:
@@ -362,7 +369,8 @@ def _run_wsi(path, out_dir, segmenter, mpp, args, roi, segment_only) -> dict | N
                             scheduler=getattr(args, "scheduler", None),
                             roi=as_rings(roi) if roi else None, force=getattr(args, "force", False),
                             segment_only=segment_only, device=getattr(args, "device", None),
-                            scorer=getattr(args, "scorer", None))
+                            scorer=getattr(args, "scorer", None),
+                            classes_only=getattr(args, "classes_only", False))
     except NotImplementedError:
         return None
     summary = dict(summary or {})

@@ -103,6 +103,7 @@ def run_slide(
     overlap: bool | None = None,
     cell_workers: int | None = None,
     scorer: str | None = None,
+    classes_only: bool = False,
 ) -> dict:
     """Segment (and score) one slide in blocks, writing into ``out_dir``.
 
@@ -147,6 +148,10 @@ def run_slide(
             the same labels, without measuring each cell's staining).
         cell_finder: "module:function" used instead of ``find_cells`` (same
             signature; e.g. a cheaper one for benchmarks).
+        scorer: a scorer plugin other than asco-cap-2018, run over the slide's
+            cells (its value in score.json under "scorer").
+        classes_only: with ``segment_only``, the network's pixel classes alone
+            (no cell finding; labels/cells stays empty).
         overlap: find cells of one block in a second thread while the next
             block is predicted (see :func:`her2kit.wsi.worker.iter_blocks`);
             cluster tasks then take a few consecutive blocks each; two
@@ -179,6 +184,10 @@ def run_slide(
         cell_params = cell_params.to_dict()
     if segment_only:  # labels only: each cell's staining would be measured for nothing
         cell_params = {**(cell_params or {}), "staining": False}
+    if classes_only:  # the network's classes alone (segment --classes-only): no cells
+        if not segment_only:
+            raise Her2kitError("classes_only is for segmentation alone (segment_only=True): a score needs cells")
+        cell_finder = "her2kit.scoring.cells:classes_only"
     if roi:
         from her2kit.scoring.roi import as_rings
 
@@ -561,6 +570,8 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
                                "mpp_from": plan.get("mpp_from"), "model_mpp": plan["model_mpp"],
                                "her2kit_version": __version__, "shape": plan["shape"],
                                "roi": bool(plan["roi"])}
+    if plan.get("cell_finder") == "her2kit.scoring.cells:classes_only":
+        summary["classes_only"] = True
     if wsi.get("storage_note"):
         summary["storage_note"] = wsi["storage_note"]
     staged: list[str] = []
