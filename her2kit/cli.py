@@ -97,12 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=float, default=1.0, help="use this fraction of the training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace a run already in --out")
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("evaluate", help="evaluate models on a labelled folder")
     p.add_argument("--data", required=True)
     p.add_argument("--model", required=True, action="append", help="model name or checkpoint path (repeatable)")
     p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="replace an earlier evaluation in --out")
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("score", help="score images or whole-slide images")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,224 @@ def test_an_unscored_image_counts_as_wrong_not_as_an_error():
     assert m["accuracy"] == 0.5 and m["unscored"] == 1
     assert np.asarray(m["confusion"]).sum() == 3 and m["confusion"][3][2] == 1
     assert cell_score_metrics([1], [None])["accuracy"] == 0.0
+
+
+# --- QA fixes: options, existing outputs, divergence, resume, training-set overlap ---
+
+
+def _main(capsys, *argv: str) -> tuple[int, str]:
+    """In-process CLI run: (exit status, stderr without progress bars)."""
+    from her2kit.cli import main
+
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "it/s" not in ln
+             and not ln.startswith("epoch ")]
+    return rc, "\n".join(lines)
+
+
+TRAIN = ("--model", "segnet", "--width", "4", "--patch", "48", "--batch", "2", "--epochs", "1")
+
+
+@pytest.fixture(scope="module")
+def run(tiny, tmp_path_factory) -> Path:
+    """A 1-epoch segnet run trained on ``tiny`` (never modified by the tests)."""
+    from her2kit.cli import main
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", "--data", str(tiny), "--out", str(out), *TRAIN]) == 0
+    return out
+
+
+def _with_force(verb: str, *argv: str) -> int:
+    """``verb`` with ``force`` set: the flag is read from the namespace."""
+    from her2kit.cli import build_parser
+    from her2kit.evaluation.commands import evaluate
+    from her2kit.training.commands import train
+
+    args = build_parser().parse_args([verb, *argv])
+    args.force = True
+    return {"train": train, "evaluate": evaluate}[verb](args)
+
+
+def test_train_refuses_to_overwrite_a_run_unless_forced(tiny, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN)[0] == 0
+    before = (out / "best.safetensors").read_bytes(), (out / "best.json").read_text()
+    rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN, "--seed", "6")
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "already holds a run" in err and "--resume" in err and "--force" in err
+    assert ((out / "best.safetensors").read_bytes(), (out / "best.json").read_text()) == before
+    (out / "history.json").write_text("stale")
+    assert _with_force("train", "--data", str(tiny), "--out", str(out), *TRAIN, "--seed", "6") == 0
+    assert json.loads((out / "best.json").read_text())["data"]["seed"] == 6
+    assert json.loads((out / "history.json").read_text())[0]["epoch"] == 1
+
+
+@pytest.mark.parametrize("extra, why", [
+    (("--lr", "1e30"), "the loss is nan"),  # the loss of a later step
+    # one step per epoch, whose update leaves the loss finite but the network useless
+    (("--lr", "1e30", "--fraction", "0.25", "--patch", "64"), "the network's outputs on the validation images are not finite"),
+])
+def test_diverging_training_stops_without_saving_nan_weights(tiny, tmp_path, capsys, extra, why):
+    out = tmp_path / "nan"
+    rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN, "--epochs", "2", *extra)
+    assert rc == 1 and len(err.splitlines()) == 2, err  # the start line and the error
+    assert f"diverged in epoch 1: {why}" in err and "lower --lr" in err and "Traceback" not in err
+    assert not (out / "best.json").exists() and not (out / "last.json").exists()
+
+
+def test_non_finite_weights_are_never_saved(tiny, tmp_path, capsys, monkeypatch):
+    import her2kit.training.loop as loop
+
+    real = loop.make_optimizer
+
+    def poisoning(model, config):  # an update that leaves a NaN weight behind
+        optimizer = real(model, config)
+        step = optimizer.step
+
+        def poisoned_step(*args, **kwargs):
+            result = step(*args, **kwargs)
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("nan")
+            return result
+
+        optimizer.step = poisoned_step
+        return optimizer
+
+    monkeypatch.setattr(loop, "make_optimizer", poisoning)
+    out = tmp_path / "nan"
+    rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN, "--fraction", "0.25",
+                    "--patch", "64")
+    assert rc == 1 and "diverged in epoch 1: the weights are no longer finite" in err, err
+    assert not (out / "best.json").exists() and not (out / "last.json").exists()
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--epochs", "0", "--epochs must be at least 1"),
+    ("--epochs", "-1", "--epochs must be at least 1"),
+    ("--width", "0", "--width must be at least 1"),
+    ("--width", "-4", "--width must be at least 1"),
+    ("--batch", "0", "--batch must be at least 1"),
+    ("--lr", "nan", "--lr must be a positive finite number"),
+    ("--lr", "-1", "--lr must be a positive finite number"),
+    ("--lr", "1e39", "--lr must be a positive finite number"),
+    ("--patch", "100000", "--patch must be between 16 and"),
+    ("--device", "bogus", "--device 'bogus': not a torch device"),
+    ("--device", "cuda:99", "--device 'cuda:99'"),
+])
+def test_bad_train_options_are_one_line_errors_before_any_work(tiny, tmp_path, capsys, option, value, words):
+    out = tmp_path / "o"
+    rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN, option, value)
+    assert rc == 1 and err.startswith("her2kit: error: ") and words in err, err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tiny, run, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for argv in (("train", "--data", str(tiny), "--out", str(afile), *TRAIN),
+                 ("evaluate", "--data", str(tiny), "--model", str(run), "--out", str(afile)),
+                 ("evaluate", "--data", str(tiny), "--model", str(run), "--out", str(tmp_path / "e"),
+                  "--device", "bogus")):
+        rc, err = _main(capsys, *argv)
+        assert rc == 1 and len(err.splitlines()) == 1 and err.startswith("her2kit: error: --"), err
+    assert "is a file" in _main(capsys, "evaluate", "--data", str(tiny), "--model", str(run),
+                                "--out", str(afile))[1]
+    assert afile.read_text() == "keep"
+
+
+def test_resume_refuses_other_width_or_data(tiny, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "r"
+    assert _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN)[0] == 0
+    last = (out / "last.json").read_text()
+    rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN, "--epochs", "2",
+                    "--width", "8", "--resume")
+    assert rc == 1 and "--width 8" in err and "width 4" in err, err
+    other = shutil.copytree(tiny, tmp_path / "other")
+    rc, err = _main(capsys, "train", "--data", str(other), "--out", str(out), *TRAIN, "--epochs", "2", "--resume")
+    assert rc == 1 and str(tiny.resolve()) in err and "--data" in err, err
+    rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN, "--epochs", "2",
+                    "--seed", "9", "--resume")
+    assert rc == 1 and "--seed" in err, err
+    assert (out / "last.json").read_text() == last
+
+
+def test_training_images_are_flagged_in_evaluation_and_validation(tiny, run, tmp_path, capsys):
+    import shutil
+
+    n_train = len(json.loads((run / "best.json").read_text())["data"]["train_images"])
+    rc, err = _main(capsys, "evaluate", "--data", str(tiny), "--model", str(run), "--out", str(tmp_path / "e"))
+    assert rc == 0
+    warning = [ln for ln in err.splitlines() if ln.startswith("her2kit: warning: ")]
+    assert len(warning) == 1 and f"{n_train} of the 4 images" in warning[0]
+    metrics = json.loads((tmp_path / "e/metrics.json").read_text())
+    assert metrics["overlaps_training"] is True
+    assert metrics["models"]["run"]["training_images_evaluated"] == n_train
+    assert "not a held-out result" in (tmp_path / "e/comparison.md").read_text()
+    # same image names in another folder: not the training images
+    copy = shutil.copytree(tiny, tmp_path / "copy")
+    rc, err = _main(capsys, "evaluate", "--data", str(copy), "--model", str(run), "--out", str(tmp_path / "e2"))
+    assert rc == 0 and "warning" not in err
+    assert json.loads((tmp_path / "e2/metrics.json").read_text())["models"]["run"]["overlaps_training"] is False
+    # validating on the training folder
+    rc, err = _main(capsys, "train", "--data", str(tiny), "--val-data", str(tiny), "--out", str(tmp_path / "v"),
+                    *TRAIN)
+    assert rc == 0 and "her2kit: warning: --val-data" in err and "4 of 4 validation images" in err
+    assert json.loads((tmp_path / "v/best.json").read_text())["data"]["val_overlaps_training"] == 4
+
+
+def test_evaluate_refuses_to_replace_results_unless_forced(tiny, run, tmp_path, capsys):
+    ev = tmp_path / "e"
+    assert _main(capsys, "evaluate", "--data", str(tiny), "--model", str(run), "--out", str(ev))[0] == 0
+    first = (ev / "metrics.json").read_text()
+    stale = ev / "uncertainty_old.png"
+    stale.write_bytes(b"old")
+    rc, err = _main(capsys, "evaluate", "--data", str(tiny), "--model", str(run), "--out", str(ev))
+    assert rc == 1 and "already holds an evaluation" in err and "--force" in err
+    assert (ev / "metrics.json").read_text() == first and stale.exists()
+    assert _with_force("evaluate", "--data", str(tiny), "--model", str(run), "--out", str(ev)) == 0
+    assert not stale.exists() and (ev / "metrics.json").is_file() and (ev / "roc.png").is_file()
+
+
+def test_bad_score_in_index_names_file_row_and_value(tmp_path):
+    folder = make_folder(tmp_path / "d", n=2)
+    text = (folder / "index.csv").read_text().replace("images/0001.png,masks/0001.png,1+",
+                                                       "images/0001.png,masks/0001.png,7+")
+    (folder / "index.csv").write_text(text)
+    with pytest.raises(InputError, match=r"index\.csv.*0001\.png.*'7\+'"):
+        index_rows(folder)
+
+
+def test_bayesian_segnet_evaluation_is_reproducible(tiny):
+    from her2kit.checkpoint import build_model
+    from her2kit.evaluation.commands import evaluate_model
+    from her2kit.inference import Segmenter
+
+    torch.manual_seed(0)
+    net = build_model("bayesian-segnet", {"width": 4}).eval()
+    segmenter = Segmenter(net, {"mpp": 0.5}, "b", "cpu")
+    images = load_folder(tiny)[:2]
+    a, b = (evaluate_model(segmenter, images, progress=False) for _ in range(2))
+    assert a["uncertainty"]["mean_entropy_correct"] == b["uncertainty"]["mean_entropy_correct"]
+    assert a["auc"] == b["auc"] and a["pixel"]["membrane"] == b["pixel"]["membrane"]
+
+
+def test_no_true_scores_is_the_reason_given_for_no_score(tmp_path, run):
+    from her2kit.evaluation.commands import evaluate_model
+    from her2kit.inference import load_segmenter
+
+    bare = make_folder(tmp_path / "bare", n=2, index=False)
+    result = evaluate_model(load_segmenter(str(run)), load_folder(bare), progress=False)
+    assert result["score"]["accuracy"] is None and "no true scores" in result["score"]["source"]
+
+
+def test_train_summary_rounds_and_says_n_a(tiny, tmp_path, capsys):
+    rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(tmp_path / "s"), *TRAIN)
+    done = [ln for ln in err.splitlines() if "her2kit train: done" in ln]
+    assert rc == 0 and len(done) == 1
+    numbers = re.findall(r"(?:Dice|membrane|nucleus) (\S+?)[;,]", done[0])
+    assert len(numbers) == 3 and all(re.fullmatch(r"\d\.\d{4}|n/a", v) for v in numbers), done[0]
+    assert "nan" not in done[0] and "None" not in done[0]

@@ -2,11 +2,12 @@
 
 Writes into ``--out``:
 
-- metrics.json: {"data", "images", "models": {NAME: {"pixel": {class: {dice,
-  cc, sa, precision, recall, f_score, npv, accuracy, fpr}}, "auc": {class},
-  "score": {accuracy, qwk, confusion, source}, "score_pattern_head" (Her2Net),
-  "by_score": {score: {"pixel": ...}}, "pixel_confusion", "uncertainty"
-  (Bayesian SegNet), ...}}};
+- metrics.json: {"data", "images", "overlaps_training", "models": {NAME:
+  {"pixel": {class: {dice, cc, sa, precision, recall, f_score, npv, accuracy,
+  fpr}}, "auc": {class}, "score": {accuracy, qwk, confusion, source},
+  "score_pattern_head" (Her2Net), "by_score": {score: {"pixel": ...}},
+  "pixel_confusion", "uncertainty" (Bayesian SegNet), "overlaps_training",
+  "training_images_evaluated", ...}}};
 - comparison.md / comparison.json: one row per model (the paper's Table VI);
 - by_score.md: pixel metrics per ground-truth score group (Table IV);
 - roc.png (ROC curves with AUC per class), confusion_pixels.png,
@@ -107,10 +108,14 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
     Returns a dict with JSON-ready metrics plus private numpy arrays
     (keys starting with "_") for the plots.
     """
+    import torch
     from skimage.transform import resize
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
+    # Monte-Carlo dropout draws from torch's generator: seed it, so identical
+    # runs give identical metrics (and each model's result ignores the others)
+    torch.manual_seed(seed)
     cm = np.zeros((3, 3), np.int64)
     by_score: dict[int, np.ndarray] = {}
     samples_truth, samples_prob = [], []
@@ -181,9 +186,13 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
     elif pattern is not None:
         result["score"] = dict(pattern)
     else:
-        result["score"] = {"accuracy": None, "qwk": None, "confusion": None,
-                           "source": "none: the scoring pipeline failed (cell_level_error)" if cell_error
-                           else "none: no scoring pipeline and no staining-pattern head"}
+        if not any(im.score is not None for im in images):
+            why = "none: the data has no true scores (no index.csv with a score column)"
+        elif cell_error:
+            why = "none: the scoring pipeline failed (cell_level_error)"
+        else:
+            why = "none: no scoring pipeline and no staining-pattern head"
+        result["score"] = {"accuracy": None, "qwk": None, "confusion": None, "source": why}
     if cell_error:
         result["score"]["cell_level_error"] = cell_error
     if ent_all:
@@ -191,6 +200,7 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
         _, _, auc = roc_curve(wrong, ent)
         result["uncertainty"] = {
             "measure": f"predictive entropy of the mean of {MC_SAMPLES} Monte-Carlo dropout samples (nats)",
+            "seed": seed,
             "error_auc": auc,
             "mean_entropy_correct": float(ent[~wrong].mean()) if (~wrong).any() else None,
             "mean_entropy_wrong": float(ent[wrong].mean()) if wrong.any() else None,
@@ -216,6 +226,7 @@ def comparison_rows(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{cls}_auc"] = m["auc"][cls]
         row["score_accuracy"] = m["score"].get("accuracy")
         row["score_qwk"] = m["score"].get("qwk")
+        row["overlaps_training"] = m.get("overlaps_training", False)
         rows.append(row)
     return rows
 
@@ -238,6 +249,10 @@ def comparison_markdown(models: dict[str, dict[str, Any]]) -> str:
     for name, m in models.items():
         s = m["score"]
         lines.append(f"| {name} | {_fmt(s.get('accuracy'))} | {_fmt(s.get('qwk'))} | {s.get('source', '')} |")
+    for name, m in models.items():
+        if m.get("overlaps_training"):
+            lines.append(f"\n**{name} was trained on {m['training_images_evaluated']} of these images: "
+                         "its rows are not a held-out result.**")
     return "\n".join(lines) + "\n"
 
 
@@ -256,33 +271,70 @@ def by_score_markdown(models: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What ``evaluate`` writes; --force removes the earlier ones (uncertainty_*.png by pattern).
+OUTPUTS = ("metrics.json", "comparison.json", "comparison.md", "by_score.md", "roc.png",
+           "confusion_pixels.png", "confusion_scores.png")
+
+
+def training_overlap(metadata: dict[str, Any], data: str | Path, names: list[str]) -> int:
+    """How many of ``names`` (images of the folder ``data``) the checkpoint was trained on.
+
+    The folders are compared as resolved paths: synthetic image names such as
+    0000 repeat across data sets. Older checkpoints kept the path as given; it is
+    resolved against the current folder.
+    """
+    recorded = metadata.get("data") or {}
+    folder = recorded.get("train_path") or recorded.get("train")
+    if not folder or Path(folder).resolve() != Path(data).resolve():
+        return 0
+    return len(set(names) & set(recorded.get("train_images") or []))
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """Evaluate every ``--model`` on ``--data``; write metrics and pictures into ``--out``."""
     from her2kit.checkpoint import write_json
     from her2kit.evaluation.plots import plot_confusions, plot_roc, plot_uncertainty
     from her2kit.inference import load_segmenter
     from her2kit.training.dataset import load_folder
+    from her2kit.training.options import check_device, check_out_folder
 
-    out = Path(args.out)
+    out = check_out_folder(args.out)
+    force = args.force
+    if (out / "metrics.json").is_file() and not force:
+        raise Her2kitError(f"--out {out}: already holds an evaluation (metrics.json); "
+                           "use --force to replace it or choose another --out")
+    device = check_device(args.device)
     images = load_folder(args.data)
-    out.mkdir(parents=True, exist_ok=True)
+    names = [im.name for im in images]
     models: dict[str, dict[str, Any]] = {}
     taken: set[str] = set()
     for spec in args.model:
-        segmenter = load_segmenter(spec, device=args.device)
+        segmenter = load_segmenter(spec, device=device)
         name = _model_name(spec, segmenter.metadata, taken)
         print(f"her2kit evaluate: {name} on {len(images)} images of {args.data}", file=sys.stderr)
+        overlap = training_overlap(segmenter.metadata, args.data, names)
+        if overlap:
+            print(f"her2kit: warning: {name} was trained on {overlap} of the {len(images)} images of "
+                  f"{args.data}; its metrics there are not a held-out result", file=sys.stderr)
         result = evaluate_model(segmenter, images)
         result["source"] = spec
         result["architecture"] = segmenter.metadata.get("architecture")
         result["options"] = segmenter.metadata.get("options")
         result["train_command"] = segmenter.metadata.get("command")
+        result["overlaps_training"] = overlap > 0
+        result["training_images_evaluated"] = overlap
         models[name] = result
     if not models:
         raise Her2kitError("no model to evaluate (give --model)")
 
+    out.mkdir(parents=True, exist_ok=True)
+    if force:  # only now, once the new results exist: no stale picture stays beside them
+        for old in [*(out / n for n in OUTPUTS), *out.glob("uncertainty_*.png")]:
+            old.unlink(missing_ok=True)
     public = {name: {k: v for k, v in m.items() if not k.startswith("_")} for name, m in models.items()}
-    metrics = {"data": str(args.data), "images": len(images), "models": public}
+    metrics = {"data": str(args.data), "images": len(images),
+               "overlaps_training": any(m["overlaps_training"] for m in public.values()),
+               "models": public}
     write_json(json_safe(metrics), out / "metrics.json")
     write_json(json_safe(comparison_rows(public)), out / "comparison.json")
     for name, text in (("comparison.md", comparison_markdown(public)), ("by_score.md", by_score_markdown(public))):

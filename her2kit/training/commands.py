@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from her2kit.errors import Her2kitError, InputError
 
@@ -33,6 +36,52 @@ def _synth_manifest(folder: Path) -> dict | None:
     return None
 
 
+RUN_FILES = ("best.json", "best.safetensors", "last.json", "last.safetensors", "last.optim.safetensors",
+             "history.json")
+
+
+def _fmt(value: Any) -> str:
+    """4 digits, or "n/a" for a missing/undefined value (one word for both)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.4f}"
+
+
+def _data_path(data: dict[str, Any], key: str) -> str | None:
+    """The resolved folder a checkpoint's ``data`` section names (older checkpoints
+    kept only the path as given; it is resolved against the current folder)."""
+    if data.get(f"{key}_path"):
+        return data[f"{key}_path"]
+    given = data.get(key)
+    if not given or given == "seeded split of --data":
+        return None
+    return str(Path(given).resolve())
+
+
+def _check_resume(meta: dict[str, Any], last: Path, args: argparse.Namespace, data: Path,
+                  train_names: list[str]) -> None:
+    """A resumed run must go on with the checkpoint's network and data: otherwise
+    the weights and the recorded settings would describe different things."""
+    width = meta["options"].get("width")
+    if args.width is not None and width is not None and args.width != width:
+        raise InputError(last, f"--width {args.width} differs from the checkpoint's width {width}; "
+                               "a resumed run keeps its network (leave --width out, or start a new --out)")
+    recorded = meta.get("data", {})
+    ck_train = _data_path(recorded, "train")
+    if ck_train is not None and ck_train != str(data.resolve()):
+        raise InputError(last, f"--data {data} differs from the checkpoint's training data {ck_train}")
+    ck_val = _data_path(recorded, "val")
+    val = str(Path(args.val_data).resolve()) if args.val_data else None
+    if "val" in recorded and ck_val != val:
+        raise InputError(last, f"--val-data {args.val_data or '(none: a split of --data)'} differs from the "
+                               f"checkpoint's {ck_val or 'seeded split of --data'}")
+    ck_names = recorded.get("train_images")
+    if ck_names is not None and list(ck_names) != train_names:
+        raise InputError(last, "the training images differ from the checkpoint's: --seed and --fraction "
+                               f"must stay as they were ({recorded.get('seed')} and "
+                               f"{meta.get('train', {}).get('fraction')})")
+
+
 def train(args: argparse.Namespace) -> int:
     """Train ``args.model`` on ``args.data``; checkpoints go to ``args.out`` (best.*, last.*)."""
     import torch
@@ -45,18 +94,22 @@ def train(args: argparse.Namespace) -> int:
         read_metadata,
         unflatten_optimizer_state,
     )
-    from her2kit.inference import DEFAULT_MPP, DEFAULT_NORMALISATION, default_device
+    from her2kit.inference import DEFAULT_MPP, DEFAULT_NORMALISATION
     from her2kit.training.augment import AugmentConfig
     from her2kit.training.dataset import index_rows, load_folder, split, subset
     from her2kit.training.loop import config_for, describe, train_model
+    from her2kit.training.options import check_device, check_out_folder, check_train_options
 
+    # every option is checked before any work
+    check_train_options(args)
     data = Path(args.data)
-    out = Path(args.out)
-    device = args.device or default_device()
-    if not 0 < args.fraction <= 1:
-        raise Her2kitError(f"--fraction must be in (0, 1], got {args.fraction}")
-    if args.patch < 16:
-        raise Her2kitError(f"--patch must be at least 16 pixels, got {args.patch}")
+    out = check_out_folder(args.out)
+    force = args.force
+    earlier = [name for name in ("best.json", "last.json") if (out / name).is_file()]
+    if earlier and not args.resume and not force:
+        raise Her2kitError(f"--out {out}: already holds a run ({', '.join(earlier)}); "
+                           "use --resume to continue it or --force to replace it")
+    device = check_device(args.device)
     config = config_for(args.preset, epochs=args.epochs, width=args.width, batch=args.batch, lr=args.lr,
                         patch=args.patch, seed=args.seed)
 
@@ -70,6 +123,33 @@ def train(args: argparse.Namespace) -> int:
         val_names = [Path(r["image"]).stem for r in val_rows]
     train_idx = subset(train_idx, args.fraction, args.seed)
     train_rows = [rows[i] for i in train_idx]
+    train_names = [Path(r["image"]).stem for r in train_rows]
+
+    meta = last = None
+    if args.resume:
+        last = out / "last.json"
+        if not last.is_file():
+            raise InputError(last, "nothing to resume (no last checkpoint in --out)")
+        meta = read_metadata(last)
+        if meta["architecture"] != args.model:
+            raise InputError(last, f"checkpoint is {meta['architecture']!r}, not {args.model!r}")
+        _check_resume(meta, last, args, data, train_names)
+        if "width" in meta["options"]:  # the checkpoint's width, not the preset's, is what runs
+            config = replace(config, width=int(meta["options"]["width"]))
+        if int(meta["epoch"]) >= config.epochs:
+            print(f"her2kit train: {last} already has {meta['epoch']} of {config.epochs} epochs; nothing to do",
+                  file=sys.stderr)
+            return 0
+
+    # validating on training images gives no held-out result: say so, and record it
+    overlap = 0
+    if args.val_data and Path(args.val_data).resolve() == data.resolve():
+        overlap = len(set(val_names) & set(train_names))
+        if overlap:
+            print(f"her2kit: warning: --val-data {args.val_data} is the training folder: {overlap} of "
+                  f"{len(val_names)} validation images are training images, so the validation Dice is "
+                  "not a held-out result", file=sys.stderr)
+
     print(f"her2kit train: {args.model} width {config.width} on {len(train_rows)} training and "
           f"{len(val_rows)} validation images ({data}); preset {args.preset}, device {device}",
           file=sys.stderr)
@@ -82,13 +162,7 @@ def train(args: argparse.Namespace) -> int:
 
     options = {"width": config.width}
     resume_state = None
-    if args.resume:
-        last = out / "last.json"
-        if not last.is_file():
-            raise InputError(last, "nothing to resume (no last checkpoint in --out)")
-        meta = read_metadata(last)
-        if meta["architecture"] != args.model:
-            raise InputError(last, f"checkpoint is {meta['architecture']!r}, not {args.model!r}")
+    if meta is not None:
         options = meta["options"]
         weights, _ = checkpoint_paths(last)
         optim_file = out / "last.optim.safetensors"
@@ -102,10 +176,6 @@ def train(args: argparse.Namespace) -> int:
             "best": meta.get("best", -1.0),
             "history": meta.get("history", []),
         }
-        if resume_state["epoch"] + 1 >= config.epochs:
-            print(f"her2kit train: {last} already has {meta['epoch']} of {config.epochs} epochs; nothing to do",
-                  file=sys.stderr)
-            return 0
     else:
         torch.manual_seed(args.seed)
         model = build_model(args.model, options)
@@ -125,8 +195,12 @@ def train(args: argparse.Namespace) -> int:
                   "augment": aug.describe()},
         "data": {
             "train": str(data), "val": str(args.val_data) if args.val_data else "seeded split of --data",
+            # resolved paths: image names such as 0000 repeat across data sets
+            "train_path": str(data.resolve()),
+            "val_path": str(Path(args.val_data).resolve()) if args.val_data else None,
             "seed": args.seed, "n_train": len(train_images), "n_val": len(val_images),
             "train_images": [im.name for im in train_images], "val_images": val_names,
+            "val_overlaps_training": overlap,
             "synth": _synth_manifest(data),
         },
         "command": _command_line(),
@@ -135,10 +209,19 @@ def train(args: argparse.Namespace) -> int:
         "host": platform.machine(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    meta = train_model(model, train_images, val_images, config, out, metadata, device=device,
-                       resume=resume_state, aug=aug)
+    if force and not args.resume:
+        # --force: the earlier run goes only now, once the new one is ready to start,
+        # so that no stale best.* outlives it
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    try:
+        meta = train_model(model, train_images, val_images, config, out, metadata, device=device,
+                           resume=resume_state, aug=aug)
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise Her2kitError(f"out of memory ({type(exc).__name__}) at --patch {config.patch}, --batch "
+                           f"{config.batch}, --width {config.width}; use smaller values") from None
     val = meta.get("metrics", {}).get("dice", {})
-    print(f"her2kit train: done; best mean Dice {meta.get('best', float('nan')):.4f}; last epoch Dice "
-          f"membrane {val.get('membrane')}, nucleus {val.get('nucleus')}; checkpoints in {out}/best.json, "
-          f"{out}/last.json", file=sys.stderr)
+    print(f"her2kit train: done; best mean Dice {_fmt(meta.get('best'))}; last epoch Dice "
+          f"membrane {_fmt(val.get('membrane'))}, nucleus {_fmt(val.get('nucleus'))}; checkpoints in "
+          f"{out}/best.json, {out}/last.json", file=sys.stderr)
     return 0

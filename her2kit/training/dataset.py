@@ -120,6 +120,11 @@ def index_rows(folder: str | Path) -> list[dict[str, str]]:
             if not reader.fieldnames or "image" not in reader.fieldnames or "mask" not in reader.fieldnames:
                 raise InputError(index, "index.csv needs columns image and mask")
             for row in reader:
+                score = (row.get("score") or "").strip()
+                # an unknown score is an empty cell; anything else must be a score, not be dropped
+                if score and score_index(score) is None:
+                    raise InputError(index, f"row {row.get('image')!r}: score {score!r} is not one of "
+                                            "0, 1+, 2+, 3+ (leave it empty if unknown)")
                 rows.append(dict(row))
     else:
         images = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

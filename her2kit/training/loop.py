@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from her2kit.errors import Her2kitError
 from her2kit.evaluation.metrics import CLASS_NAMES, confusion_matrix, json_safe, pixel_metrics
 from her2kit.inference import normalise
 from her2kit.training.augment import DEFAULT_AUGMENT, AugmentConfig, augment
@@ -143,9 +144,11 @@ def validate(model: torch.nn.Module, images: list[LabelledImage], device: str) -
     model.eval()
     cm = np.zeros((3, 3), np.int64)
     pattern_hits = pattern_n = 0
+    finite = True
     for im in images:
         x = normalise(torch.from_numpy(im.rgb).permute(2, 0, 1)[None].to(device))
         out = model(x)
+        finite = finite and bool(torch.isfinite(out["pixel"]).all())
         pred = out["pixel"].argmax(1)[0].cpu().numpy()
         cm += confusion_matrix(im.mask, pred, 3)
         if "pattern" in out and im.score is not None:
@@ -156,11 +159,26 @@ def validate(model: torch.nn.Module, images: list[LabelledImage], device: str) -
         "dice": {name: metrics[name]["dice"] for name in CLASS_NAMES},
         "pixel_accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
         "images": len(images),
+        "finite": finite,  # False: the network has diverged (argmax of NaN is no prediction)
     }
     result["mean_dice"] = float(np.nanmean([result["dice"]["membrane"], result["dice"]["nucleus"]]))
     if pattern_n:
         result["pattern_accuracy"] = pattern_hits / pattern_n
     return result
+
+
+def _fmt(value: Any) -> str:
+    """4 digits, or "n/a" for a missing/undefined value."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.4f}"
+
+
+def _diverged(epoch: int, config: TrainConfig, what: str) -> None:
+    """Stop a diverged run: its weights are meaningless, and the checkpoints of the
+    epochs before (if any) stay as they were."""
+    raise Her2kitError(f"training diverged in epoch {epoch + 1}: {what}; nothing saved for this epoch; "
+                       f"try a lower --lr (this run: {config.lr:g})")
 
 
 def _seed_epoch(seed: int, epoch: int) -> np.random.Generator:
@@ -216,13 +234,20 @@ def train_model(model: torch.nn.Module, train_images: list[LabelledImage], val_i
             x, mask, pattern = make_batch(sampler, chunk, rng, aug, device)
             out = model(x)
             loss = segmentation_loss(out, mask, pattern, weights, config)
+            if not math.isfinite(float(loss.detach())):
+                _diverged(epoch, config, f"the loss is {float(loss.detach())}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2g}")
         bar.close()
+        if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+            # the last step's update can overflow with a finite loss: never save such weights
+            _diverged(epoch, config, "the weights are no longer finite")
         val = validate(model, val_subset, device) if val_subset else {}
+        if not val.pop("finite", True):
+            _diverged(epoch, config, "the network's outputs on the validation images are not finite")
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
                   "seconds": round(time.time() - started, 1), "val": val}
         history.append(json_safe(record))
@@ -237,9 +262,8 @@ def train_model(model: torch.nn.Module, train_images: list[LabelledImage], val_i
         write_json(history, out_dir / "history.json")
         if progress:
             dice = val.get("dice", {})
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, "
-                       f"val Dice membrane {dice.get('membrane', float('nan')):.3f} "
-                       f"nucleus {dice.get('nucleus', float('nan')):.3f}"
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {_fmt(record['loss'])}, "
+                       f"val Dice membrane {_fmt(dice.get('membrane'))} nucleus {_fmt(dice.get('nucleus'))}"
                        f"{' (best)' if improved else ''}, {record['seconds']:.0f} s")
     return meta
 
