@@ -501,3 +501,26 @@ def test_near_threshold_only_where_the_truth_is_the_requested_score():
             moved += 1
             assert not p.near
     assert moved >= 1
+
+
+def test_force_never_empties_a_folder_that_synth_did_not_make(tmp_path):
+    """QA: --force deleted OUT whole, a user's files with it, and `synth images .
+    --force` emptied the working directory; --tiff equal to OUT crashed."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for kind, extra in (("images", ["--n", "1", "--size", "32"]), ("slide", ["--size", "128x128", "--score", "0"])):
+        p = _synth(kind, mine, *extra, "--force")
+        assert p.returncode == 1 and "holds other files" in p.stderr and "Traceback" not in p.stderr
+    assert (mine / "notes.txt").read_text() == "keep me"
+    p = subprocess.run([sys.executable, "-m", "her2kit", "synth", "images", ".", "--n", "1", "--size", "32",
+                        "--force"], capture_output=True, text=True, timeout=120, cwd=mine)
+    assert p.returncode == 1 and "working directory" in p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["mine"]
+    assert (mine / "notes.txt").read_text() == "keep me"
+    # a data set is not a slide: --force does not turn one into the other
+    assert _synth("images", tmp_path / "d", "--n", "1", "--size", "32").returncode == 0
+    p = _synth("slide", tmp_path / "d", "--size", "128x128", "--score", "0", "--force")
+    assert p.returncode == 1 and "not a slide" in p.stderr and (tmp_path / "d" / "index.csv").is_file()
+    p = _synth("slide", tmp_path / "s.zarr", "--size", "128x128", "--score", "0", "--tiff", tmp_path / "s.zarr")
+    assert p.returncode == 1 and "other than OUT" in p.stderr and not (tmp_path / "s.zarr").exists()

@@ -29,14 +29,41 @@ def _check_score(text: str | None) -> str | None:
         raise InputError(None, str(exc)) from None
 
 
+# What an earlier output of each command holds: --force replaces only such a folder.
+_IMAGES_PARTS = {"images", "masks", "instances", "cells", "index.csv"}
+
+
+def _is_earlier_output(out: str, what: str) -> bool:
+    """True when ``out`` holds only what ``synth images`` / ``synth slide`` writes."""
+    names = set(os.listdir(out))
+    if what == "a slide":
+        from her2kit.synth.slide import is_synthetic_slide
+
+        return is_synthetic_slide(out)
+    return "index.csv" in names and names <= _IMAGES_PARTS
+
+
 def _check_out(out: str, force: bool, what: str = "a data set") -> None:
-    """OUT may be new, an empty folder, or (with --force) an earlier output to replace."""
+    """OUT may be new, an empty folder, or (with --force) an earlier output to replace.
+
+    --force never empties a folder holding anything else (a user's files, the
+    working directory): replacing OUT deletes it whole.
+    """
     parent = os.path.dirname(os.path.abspath(out)) or "."
     if os.path.exists(out) and not os.path.isdir(out):
         raise InputError(out, "exists and is not a directory")
     if not os.path.isdir(parent):
         raise InputError(out, "parent directory does not exist")
-    if os.path.isdir(out) and os.listdir(out) and not force:
+    cwd = os.path.realpath(os.getcwd())
+    real = os.path.realpath(out)
+    if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
+        raise InputError(out, "is the working directory (or holds it); give a new folder for OUT")
+    if not (os.path.isdir(out) and os.listdir(out)):
+        return
+    if not _is_earlier_output(out, what):
+        raise InputError(out, f"holds other files, not {what} made by her2kit synth; give a new or "
+                              "empty folder for OUT")
+    if not force:
         raise InputError(out, f"already holds {what}; give another OUT, or --force to replace it")
 
 
@@ -95,6 +122,8 @@ def slide(args: argparse.Namespace) -> int:
     force = getattr(args, "force", False)
     _check_out(args.out, force, "a slide")
     if args.tiff is not None:
+        if os.path.realpath(args.tiff) == os.path.realpath(args.out):
+            raise InputError(args.tiff, "--tiff must name a file other than OUT")
         _check_file_out(args.tiff, force)
     from her2kit.synth.slide import make_slide
 

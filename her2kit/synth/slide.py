@@ -37,6 +37,17 @@ from her2kit.synth.scene import Scene, make_scene
 CELL_COLUMNS = ["id", "y", "x", "category", "tumour", "completeness", "intensity", "type", "area"]
 
 
+def is_synthetic_slide(path: str) -> bool:
+    """True when ``path`` is a Zarr group written by :func:`make_slide`."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(path, mode="r").attrs)
+    except Exception:  # not a Zarr group at all: not ours either
+        return False
+    return isinstance(attrs.get("her2kit"), dict) and "synthetic" in attrs["her2kit"]
+
+
 def slide_scene(shape_hw: tuple[int, int], score: str, seed: int, domain: str = "default",
                 mpp: float = 0.5, tissue: float = 1.0) -> tuple[Scene, str | None]:
     """The scene of a slide; its category mix keeps >= 3 points from the 10% thresholds."""
