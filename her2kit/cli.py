@@ -191,6 +191,17 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, stop)
 
 
+def _close_progress_bars() -> None:
+    """Bars a stopped run left open end their line first, so the one-line
+    message that follows starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down by the stop: its line is the least of it
+            pass
+
+
 def _passive_openmp() -> None:
     """In-process score/segment: the network and cell finding share the cores, so
     torch's OpenMP threads should sleep, not spin, while they wait for work.
@@ -234,17 +245,21 @@ def main(argv: list[str] | None = None) -> int:
                 return int(_resolve(verb)(args) or 0)
         return int(_resolve(verb)(args) or 0)
     except Her2kitError as exc:
+        _close_progress_bars()
         print(f"her2kit: error: {exc}", file=sys.stderr)
         return 1
     except Terminated:
+        _close_progress_bars()
         print("her2kit: terminated", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("her2kit: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if os.environ.get("HER2KIT_DEBUG"):
             raise
+        _close_progress_bars()
         print(f"her2kit: internal error: {type(exc).__name__}: {exc} "
               "(set HER2KIT_DEBUG=1 for the traceback)", file=sys.stderr)
         return 3

@@ -33,6 +33,21 @@ def test_expected_error_is_one_line_and_status_1(monkeypatch, capsys):
     assert err == "her2kit: error: /data/slide.svs: truncated file"
 
 
+def test_a_stopped_run_message_starts_its_own_line(monkeypatch, capsys):
+    """QA: `her2kit: terminated` was printed on the end of the progress bar's line."""
+    from tqdm import tqdm
+
+    def stopped(args):
+        bar = tqdm(total=10, desc="synth slide")
+        bar.update(3)
+        raise cli.Terminated()
+
+    monkeypatch.setattr(cli, "_resolve", lambda verb: stopped)
+    assert cli.main(["demo"]) == 143
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert "synth slide" in "".join(lines) and lines[-1] == "her2kit: terminated"
+
+
 def test_unexpected_error_has_no_traceback(monkeypatch, capsys):
     def boom(args):
         raise ZeroDivisionError("oops")

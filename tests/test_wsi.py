@@ -1331,3 +1331,29 @@ def test_classes_only_on_an_image(tmp_path):
     root = tmp_path / "o" / "p" / "labels.zarr" / "labels"
     assert set(np.unique(zarr.open_array(str(root / "semantic" / "0"), mode="r")[:])) == {0, 1, 2}
     assert not zarr.open_array(str(root / "cells" / "0"), mode="r")[:].any()
+
+
+def test_segment_force_into_a_score_folder_drops_the_old_score(tmp_path):
+    """QA: `segment --force` into a folder `score` had made replaced labels.zarr but
+    left score.json and cells.csv of the old labels; a later `score` called it complete."""
+    from PIL import Image
+
+    from her2kit.synth.images import make_patch
+
+    img = tmp_path / "p.png"
+    Image.fromarray(make_patch(7, 256, "2+").region.rgb).save(img)
+
+    def cli(verb, *argv):
+        return subprocess.run([sys.executable, "-m", "her2kit", verb, str(img), "--out", str(tmp_path / "o"),
+                               "--mpp", "0.5", "--model", "tiny-unet", *argv],
+                              capture_output=True, text=True, timeout=300)
+
+    assert cli("score").returncode == 0
+    folder = tmp_path / "o" / "p"
+    assert (folder / "score.json").is_file() and (folder / "cells.csv").is_file()
+    p = cli("segment", "--force", "--classes-only")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (folder / "labels.zarr").is_dir()
+    assert not any((folder / n).exists() for n in ("score.json", "cells.csv", "overlay.png", "report.html"))
+    p = cli("score")
+    assert p.returncode == 0 and "skipped" not in p.stdout and (folder / "score.json").is_file()

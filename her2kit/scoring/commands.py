@@ -216,6 +216,15 @@ def write_outputs(out_dir: Path, rgb: np.ndarray, result, summary: dict,
     exports.write_score_json(out_dir / "score.json", summary)
 
 
+def _drop_score_outputs(out_dir: Path) -> None:
+    """``segment`` replaces labels.zarr: a score made from the old one goes first
+    (score.json, the completeness marker, before the rest), so a later ``score``
+    redoes it rather than calling a stale folder complete."""
+    for name in OUTPUTS:
+        if name != "labels.zarr":
+            (out_dir / name).unlink(missing_ok=True)
+
+
 def complete(out_dir: Path, segment_only: bool) -> bool:
     """Whether a previous run left every output of this input in place."""
     names = ("labels.zarr",) if segment_only else OUTPUTS
@@ -276,6 +285,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
     if not getattr(args, "force", False) and complete(out_dir, segment_only):
         return {"input": path, "skipped": True, "out": str(out_dir),
                 **_made_differently(out_dir, path, roi, get_segmenter, args)}
+    if segment_only:
+        _drop_score_outputs(out_dir)
     t0 = time.perf_counter()
     with open_slide(path) as slide:
         file_mpp = slide.mpp
