@@ -434,6 +434,9 @@ def test_cli_finished_folder_at_another_mpp_or_scorer_says_so(bad_inputs, tmp_pa
     assert proc.returncode == 0 and "made at another --mpp (0.5), skipped" in proc.stdout
     proc = _cli("score", blank, "--out", str(out), "--mpp", "0.5", "--scorer", "h-score")
     assert proc.returncode == 0 and "made with another --scorer (asco-cap-2018)" in proc.stdout
+    proc = _cli("score", blank, "--out", str(out), "--mpp", "0.25", "--scorer", "h-score")
+    assert proc.returncode == 0 and ("made at another --mpp (0.5); made with another --scorer "
+                                     "(asco-cap-2018), skipped") in proc.stdout  # every difference
     proc = _cli("score", blank, "--out", str(out), "--mpp", "0.5")
     assert proc.returncode == 0 and "complete already, skipped" in proc.stdout
     proc = _cli("score", blank, "--out", str(out), "--mpp", "0.25", "--force")

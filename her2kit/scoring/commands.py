@@ -257,22 +257,23 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter,
         what = f"{before}, {size_before} bytes; this one has {size}" if other_size and not other_name else before
         raise InputError(path, f"{out_dir} holds the outputs of another input ({what}); "
                                "give this one its own --out (or --force to replace them)")
+    other = []  # every difference, not only the first: the user redoes it once
     if "roi_fingerprint" in done and done["roi_fingerprint"] != roi_fingerprint(roi):
-        return {"other": "for another --roi (or none)"}
+        other.append("for another --roi (or none)")
     mpp = getattr(args, "mpp", None)
     if (done.get("mpp_from") == "--mpp" and mpp is not None and isinstance(done.get("mpp"), (int, float))
             and abs(done["mpp"] - mpp) > 0.02 * mpp):
-        return {"other": f"made at another --mpp ({done['mpp']:g})"}
+        other.append(f"made at another --mpp ({done['mpp']:g})")
     if bool(done.get("classes_only")) != bool(getattr(args, "classes_only", False)):
-        return {"other": "made " + ("with --classes-only" if done.get("classes_only") else "with cells")}
+        other.append("made " + ("with --classes-only" if done.get("classes_only") else "with cells"))
     scorer = getattr(args, "scorer", None) or "asco-cap-2018"
     scorer_before = (done.get("scorer") or {}).get("name", "asco-cap-2018")
     if "score" in done and scorer_before != scorer:
-        return {"other": f"made with another --scorer ({scorer_before})"}
+        other.append(f"made with another --scorer ({scorer_before})")
     recorded = done.get("model_fingerprint")
-    if recorded is None or recorded == model_fingerprint(get_segmenter()):
-        return {}
-    return {"other": f"made with another model ({done.get('model')} {recorded})"}
+    if recorded is not None and recorded != model_fingerprint(get_segmenter()):
+        other.append(f"made with another model ({done.get('model')} {recorded})")
+    return {"other": "; ".join(other)} if other else {}
 
 
 def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Namespace,
