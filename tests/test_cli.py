@@ -113,3 +113,21 @@ def test_bench_json_is_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_score_device_and_out_checked_before_the_work(tmp_path):
+    """QA: --device cuda on a machine without one, or bogus, was an internal
+    error after the model loaded; --out "" wrote into the working directory."""
+    import torch
+
+    def score(*argv):
+        return subprocess.run([sys.executable, "-m", "her2kit", "score", str(tmp_path / "none.png"), *argv],
+                              capture_output=True, text=True, timeout=120)
+
+    bad = ["bogus"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        p = score("--out", str(tmp_path / "o"), "--device", device)
+        assert p.returncode == 1 and p.stderr.startswith(f"her2kit: error: --device '{device}'"), p.stderr
+        assert "internal error" not in p.stderr
+    p = score("--out", "")
+    assert p.returncode == 1 and "--out: give a folder name" in p.stderr

@@ -441,3 +441,26 @@ def test_cli_finished_folder_at_another_mpp_or_scorer_says_so(bad_inputs, tmp_pa
     assert proc.returncode == 0 and "complete already, skipped" in proc.stdout
     proc = _cli("score", blank, "--out", str(out), "--mpp", "0.25", "--force")
     assert proc.returncode == 0 and json.loads((out / "blank" / "score.json").read_text())["mpp"] == 0.25
+
+
+def test_clipped_white_glass_does_not_raise_the_staining():
+    """QA: a HER2 0 image padded with pure white (as scanners clip glass and
+    exports pad) scored 1+: the white read 0 DAB OD and pulled the unstained
+    baseline down, so every cell's membrane looked stained."""
+    from her2kit.scoring.cells import find_cells, probabilities_from_mask
+    from her2kit.synth.images import make_patch
+
+    p = make_patch(7, 384, "0")
+    probs = probabilities_from_mask(p.mask if hasattr(p, "mask") else p.region.semantic)
+    rgb = np.full((768, 768, 3), 255, np.uint8)
+    rgb[:384, :384] = p.region.rgb
+    padded = np.zeros((3, 768, 768), np.float32)
+    padded[0] = 1.0
+    padded[:, :384, :384] = probs
+    alone = find_cells(p.region.rgb, probs, 0.5).table
+    framed = find_cells(rgb, padded, 0.5).table
+    tum_a, tum_f = alone["tumour"] == 1, framed["tumour"] == 1
+    assert tum_a.sum() > 20 and tum_a.sum() == tum_f.sum()
+    hist_a = np.bincount(alone["category"][tum_a].astype(int), minlength=4)
+    hist_f = np.bincount(framed["category"][tum_f].astype(int), minlength=4)
+    assert np.array_equal(hist_a, hist_f), (hist_a, hist_f)

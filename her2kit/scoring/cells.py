@@ -837,14 +837,26 @@ def _claim_enclosing_membrane(cells: np.ndarray, membrane: np.ndarray, nuclei: n
     return out
 
 
-def dab_baseline(dab: np.ndarray, probs: np.ndarray) -> float:
-    """The image's unstained DAB level (OD): median over pixels that are neither membrane nor nucleus.
+#: Pixels whose every channel is at least this are clipped glass (scanners and
+#: padded exports write 255): they read 0 DAB OD whatever the stain, so they
+#: say nothing about the tissue's unstained level.
+CLIPPED_GLASS = 254
+
+
+def dab_baseline(dab: np.ndarray, probs: np.ndarray, rgb: np.ndarray | None = None) -> float:
+    """The image's unstained DAB level (OD): median over pixels that are neither
+    membrane nor nucleus, clipped glass left out (with ``rgb``).
 
     Glass brightness, illumination and stain-vector mismatch give every pixel
     a small DAB reading (~0.02-0.05 OD) that varies between images; faint
     membranes are only ~0.05 above it, so it is subtracted before thresholds.
+    Clipped white glass reads exactly 0: counted, a field with much of it had
+    its baseline pulled to 0 and every cell's staining raised (QA: a HER2 0
+    image padded with white scored 1+).
     """
     plain = (probs[0] > 0.5)
+    if rgb is not None:
+        plain &= np.asarray(rgb).min(axis=-1) < CLIPPED_GLASS
     values = dab[plain] if plain.sum() > 100 else dab.ravel()
     return float(_median(values)) if values.size else 0.0
 
@@ -1179,7 +1191,7 @@ def find_cells(rgb: np.ndarray, probs: np.ndarray, mpp: float,
     tumour_by_id[0] = False
     dab = deconv.dab(rgb)
     if params.subtract_baseline:
-        dab = np.maximum(dab - dab_baseline(dab, probs), 0.0)
+        dab = np.maximum(dab - dab_baseline(dab, probs, rgb), 0.0)
     cells = cell_territories(probs[1], nuclei, mpp, params, dab=dab)
     cells = stromal_outline(cells, nuclei, ~tumour_by_id & (nuc["area_um2"] > 0), mpp, params)
     table = measure_cells(rgb, probs[1], cells, nuclei, mpp, params, nuc=nuc,

@@ -286,6 +286,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
     if not getattr(args, "force", False) and complete(out_dir, segment_only):
         return {"input": path, "skipped": True, "out": str(out_dir),
                 **_made_differently(out_dir, path, roi, get_segmenter, args)}
+    if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot write its outputs to {out_dir} (permission denied)")
     if segment_only:
         _drop_score_outputs(out_dir)
     t0 = time.perf_counter()
@@ -441,6 +443,12 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
     workers = getattr(args, "workers", 1)
     if workers is not None and workers < 1:
         raise Her2kitError(f"--workers {workers}: give 1 or more")
+    if getattr(args, "device", None) is not None:  # a device this machine lacks: one line, before any work
+        from her2kit.training.options import check_device
+
+        check_device(args.device)
+    if not str(args.out).strip():
+        raise Her2kitError("--out: give a folder name")
     out_root = Path(args.out)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
@@ -448,6 +456,8 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
         raise Her2kitError(f"--out {out_root}: is a file, not a folder") from None
     except OSError as exc:
         raise Her2kitError(f"--out {out_root}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(out_root, os.W_OK | os.X_OK):
+        raise Her2kitError(f"--out {out_root}: cannot write there (permission denied)")
     get_segmenter = get_segmenter or _segmenter_loader(args)
     failed = 0
     owner: dict[str, int] = {}  # output folder -> the input it belongs to
