@@ -33,7 +33,10 @@ from her2kit.errors import Her2kitError, InputError, SetupError
 WHOLE_LIMIT = 4096
 #: Longest side processed whole when the whole-slide pipeline is missing.
 FALLBACK_LIMIT = 16384
-MPP_RANGE = (0.0, 20.0)
+# Coarser than 4 um/px (a 2.5x scan) a cell is ~3 px: nothing to score, and
+# bringing it to the model's 0.5 um/px would upsample 8x or more (QA: --mpp 20,
+# meant as "20x", upsampled a 512^2 image 40x and ran out of memory).
+MPP_RANGE = (0.0, 4.0)
 #: Tissue: pixels whose summed optical density (log10) exceeds this; below
 #: ``MIN_TISSUE`` of the image, no cells are looked for.
 TISSUE_OD = 0.15
@@ -48,7 +51,7 @@ def check_mpp(mpp: float | None, path: str) -> float:
                                "give it with --mpp (e.g. --mpp 0.5 for 20x)")
     if not np.isfinite(mpp) or mpp <= MPP_RANGE[0] or mpp > MPP_RANGE[1]:
         raise InputError(path, f"implausible resolution {mpp} microns per pixel "
-                               f"(expected > {MPP_RANGE[0]} and <= {MPP_RANGE[1]})")
+                               f"(expected > {MPP_RANGE[0]} and <= {MPP_RANGE[1]}; 20x is about 0.5)")
     return float(mpp)
 
 
@@ -439,7 +442,7 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
         _scorer(args.scorer)  # an unknown name fails before any work
     if args.mpp is not None and (not np.isfinite(args.mpp) or args.mpp <= 0 or args.mpp > MPP_RANGE[1]):
         raise Her2kitError(f"--mpp {args.mpp}: implausible resolution (expected > 0 and <= {MPP_RANGE[1]} "
-                           "microns per pixel)")
+                           "microns per pixel; 20x is about 0.5)")
     workers = getattr(args, "workers", 1)
     if workers is not None and workers < 1:
         raise Her2kitError(f"--workers {workers}: give 1 or more")
