@@ -465,3 +465,22 @@ def test_clipped_white_glass_does_not_raise_the_staining():
     hist_a = np.bincount(alone["category"][tum_a].astype(int), minlength=4)
     hist_f = np.bincount(framed["category"][tum_f].astype(int), minlength=4)
     assert np.array_equal(hist_a, hist_f), (hist_a, hist_f)
+
+
+def test_roi_bom_nan_and_zero_area(tmp_path):
+    """QA: a GeoJSON with a byte-order mark was "not readable"; NaN coordinates
+    read as "outside the image"; a zero-area polygon gave "no score", exit 0."""
+    from her2kit.errors import InputError
+    from her2kit.scoring.roi import load_roi
+
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]}
+    bom = tmp_path / "bom.geojson"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(square).encode())
+    assert len(load_roi(bom)) == 1
+    for name, coords, message in (
+            ("nan", [[[0, 0], [float("nan"), 0], [10, 10], [0, 0]]], "not a finite number"),
+            ("flat", [[[0, 0], [5, 5], [10, 10], [0, 0]]], "encloses no area")):
+        f = tmp_path / f"{name}.geojson"
+        f.write_text(json.dumps({"type": "Polygon", "coordinates": coords}))
+        with pytest.raises(InputError, match=message):
+            load_roi(f)

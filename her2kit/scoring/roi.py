@@ -37,6 +37,11 @@ def _polygons_of_geometry(geom: dict, path: str) -> list[Polygon]:
             arrs = [np.asarray(r, dtype=np.float64)[:, :2] for r in rings]
             if not arrs or len(arrs[0]) < 3:
                 raise ValueError("a polygon needs at least 3 vertices")
+            if not all(np.isfinite(a).all() for a in arrs):
+                raise ValueError("a coordinate is not a finite number")
+            x, y = arrs[0][:, 0], arrs[0][:, 1]
+            if abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) == 0:
+                raise ValueError("a polygon encloses no area")
             out.append(arrs)
         return out
     except (TypeError, ValueError, IndexError) as exc:
@@ -61,7 +66,7 @@ def load_roi(path: str | os.PathLike) -> list[Polygon]:
     """Read a GeoJSON ROI file; InputError when unreadable or without any polygon."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark, as Windows editors write, is fine
             obj = json.load(f)
     except FileNotFoundError:
         raise InputError(path, "ROI file not found") from None
