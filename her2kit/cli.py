@@ -38,7 +38,7 @@ PENDING = {
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or slide files / URLs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or slide files (Zarr stores also as URLs)")
     p.add_argument("--out", required=True, help="output folder; one sub-folder per input")
     p.add_argument("--model", default=None, help="model name or checkpoint path (default: shipped Her2Net)")
     p.add_argument("--mpp", type=float, default=None, help="microns per pixel of inputs that carry none")
