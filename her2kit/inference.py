@@ -45,6 +45,26 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str | None) -> str:
+    """The torch device to use (default: cuda if available); Her2kitError if unusable here."""
+    import torch
+
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise Her2kitError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:N, mps, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise Her2kitError(f"--device {device!r}: CUDA is not available on this machine (use --device cpu)")
+    try:  # also catches cuda:7 on a one-GPU machine, mps without Metal, ...
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Her2kitError(f"--device {device!r}: not usable on this machine ({first})") from None
+    return str(dev)
+
+
 def normalise(batch: Any, normalisation: dict[str, Any] | None = None) -> Any:
     """uint8-valued (B, 3, H, W) tensor -> float network input (see DEFAULT_NORMALISATION)."""
     import torch

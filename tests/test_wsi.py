@@ -1357,3 +1357,19 @@ def test_segment_force_into_a_score_folder_drops_the_old_score(tmp_path):
     assert not any((folder / n).exists() for n in ("score.json", "cells.csv", "overlay.png", "report.html"))
     p = cli("score")
     assert p.returncode == 0 and "skipped" not in p.stdout and (folder / "score.json").is_file()
+    # a segment that fails before new labels exist leaves the score as it was
+    before = (folder / "score.json").read_bytes()
+    good = img.read_bytes()
+    img.write_bytes(good[:100])
+    p = cli("segment", "--force")
+    assert p.returncode == 1 and (folder / "score.json").read_bytes() == before
+
+
+def test_segment_force_into_a_slide_score_folder_drops_the_old_score(slides, reference, tmp_path):
+    out = tmp_path / "o"
+    shutil.copytree(reference, out)
+    assert (out / "score.json").is_file() and (out / "cells.csv").is_file()
+    run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False,
+              segment_only=True, force=True)
+    assert (out / "labels.zarr").is_dir()
+    assert not any((out / n).exists() for n in ("score.json", "cells.csv", "cells.geojson", "report.html"))

@@ -294,9 +294,9 @@ def evaluate(args: argparse.Namespace) -> int:
     """Evaluate every ``--model`` on ``--data``; write metrics and pictures into ``--out``."""
     from her2kit.checkpoint import write_json
     from her2kit.evaluation.plots import plot_confusions, plot_roc, plot_uncertainty
-    from her2kit.inference import load_segmenter
+    from her2kit.inference import check_device, load_segmenter
     from her2kit.training.dataset import load_folder
-    from her2kit.training.options import check_device, check_out_folder
+    from her2kit.training.options import check_out_folder
 
     out = check_out_folder(args.out)
     force = args.force

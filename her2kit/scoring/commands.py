@@ -201,12 +201,15 @@ def write_outputs(out_dir: Path, rgb: np.ndarray, result, summary: dict,
     from her2kit.scoring import exports
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not segment_only:  # an older run's marker first: a kill midway leaves no old/new mix
-        (out_dir / "score.json").unlink(missing_ok=True)
+    # an older run's marker first: a kill midway leaves no old/new mix
+    (out_dir / "score.json").unlink(missing_ok=True)
     exports.write_labels_zarr(out_dir / "labels.zarr", result.semantic, result.cell_labels,
                               summary.get("mpp"), about={k: v for k, v in summary.items()
                                                          if k not in ("percent", "counts")})
-    if segment_only:
+    if segment_only:  # the rest of a score made from the labels just replaced
+        for name in OUTPUTS:
+            if name != "labels.zarr":
+                (out_dir / name).unlink(missing_ok=True)
         return
     exports.write_cells_csv(out_dir / "cells.csv", result.table)
     cell_l, nuc_l, scale = getattr(result, "model_labels", (result.cell_labels,
@@ -217,15 +220,6 @@ def write_outputs(out_dir: Path, rgb: np.ndarray, result, summary: dict,
     exports.write_overlay_png(out_dir / "overlay.png", overlay)
     exports.write_report_html(out_dir / "report.html", rgb, overlay, summary, result.table)
     exports.write_score_json(out_dir / "score.json", summary)
-
-
-def _drop_score_outputs(out_dir: Path) -> None:
-    """``segment`` replaces labels.zarr: a score made from the old one goes first
-    (score.json, the completeness marker, before the rest), so a later ``score``
-    redoes it rather than calling a stale folder complete."""
-    for name in OUTPUTS:
-        if name != "labels.zarr":
-            (out_dir / name).unlink(missing_ok=True)
 
 
 def complete(out_dir: Path, segment_only: bool) -> bool:
@@ -291,8 +285,6 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
                 **_made_differently(out_dir, path, roi, get_segmenter, args)}
     if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):
         raise InputError(path, f"cannot write its outputs to {out_dir} (permission denied)")
-    if segment_only:
-        _drop_score_outputs(out_dir)
     t0 = time.perf_counter()
     with open_slide(path) as slide:
         file_mpp = slide.mpp
@@ -447,7 +439,7 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
     if workers is not None and workers < 1:
         raise Her2kitError(f"--workers {workers}: give 1 or more")
     if getattr(args, "device", None) is not None:  # a device this machine lacks: one line, before any work
-        from her2kit.training.options import check_device
+        from her2kit.inference import check_device
 
         check_device(args.device)
     if not str(args.out).strip():

@@ -35,11 +35,11 @@ _IMAGES_PARTS = {"images", "masks", "instances", "cells", "index.csv"}
 
 def _is_earlier_output(out: str, what: str) -> bool:
     """True when ``out`` holds only what ``synth images`` / ``synth slide`` writes."""
-    names = set(os.listdir(out))
     if what == "a slide":
         from her2kit.synth.slide import is_synthetic_slide
 
         return is_synthetic_slide(out)
+    names = set(os.listdir(out))
     return "index.csv" in names and names <= _IMAGES_PARTS
 
 

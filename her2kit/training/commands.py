@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import shlex
 import sys
@@ -38,13 +37,6 @@ def _synth_manifest(folder: Path) -> dict | None:
 
 RUN_FILES = ("best.json", "best.safetensors", "last.json", "last.safetensors", "last.optim.safetensors",
              "history.json")
-
-
-def _fmt(value: Any) -> str:
-    """4 digits, or "n/a" for a missing/undefined value (one word for both)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.4f}"
 
 
 def _data_path(data: dict[str, Any], key: str) -> str | None:
@@ -94,11 +86,11 @@ def train(args: argparse.Namespace) -> int:
         read_metadata,
         unflatten_optimizer_state,
     )
-    from her2kit.inference import DEFAULT_MPP, DEFAULT_NORMALISATION
+    from her2kit.inference import DEFAULT_MPP, DEFAULT_NORMALISATION, check_device
     from her2kit.training.augment import AugmentConfig
     from her2kit.training.dataset import index_rows, load_folder, split, subset
-    from her2kit.training.loop import config_for, describe, train_model
-    from her2kit.training.options import check_device, check_out_folder, check_train_options
+    from her2kit.training.loop import config_for, describe, fmt_metric, train_model
+    from her2kit.training.options import check_out_folder, check_train_options
 
     # every option is checked before any work
     check_train_options(args)
@@ -221,7 +213,7 @@ def train(args: argparse.Namespace) -> int:
         raise Her2kitError(f"out of memory ({type(exc).__name__}) at --patch {config.patch}, --batch "
                            f"{config.batch}, --width {config.width}; use smaller values") from None
     val = meta.get("metrics", {}).get("dice", {})
-    print(f"her2kit train: done; best mean Dice {_fmt(meta.get('best'))}; last epoch Dice "
-          f"membrane {_fmt(val.get('membrane'))}, nucleus {_fmt(val.get('nucleus'))}; checkpoints in "
+    print(f"her2kit train: done; best mean Dice {fmt_metric(meta.get('best'))}; last epoch Dice "
+          f"membrane {fmt_metric(val.get('membrane'))}, nucleus {fmt_metric(val.get('nucleus'))}; checkpoints in "
           f"{out}/best.json, {out}/last.json", file=sys.stderr)
     return 0

@@ -167,7 +167,7 @@ def validate(model: torch.nn.Module, images: list[LabelledImage], device: str) -
     return result
 
 
-def _fmt(value: Any) -> str:
+def fmt_metric(value: Any) -> str:
     """4 digits, or "n/a" for a missing/undefined value."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -262,8 +262,8 @@ def train_model(model: torch.nn.Module, train_images: list[LabelledImage], val_i
         write_json(history, out_dir / "history.json")
         if progress:
             dice = val.get("dice", {})
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {_fmt(record['loss'])}, "
-                       f"val Dice membrane {_fmt(dice.get('membrane'))} nucleus {_fmt(dice.get('nucleus'))}"
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {fmt_metric(record['loss'])}, "
+                       f"val Dice membrane {fmt_metric(dice.get('membrane'))} nucleus {fmt_metric(dice.get('nucleus'))}"
                        f"{' (best)' if improved else ''}, {record['seconds']:.0f} s")
     return meta
 

@@ -14,28 +14,6 @@ MAX_PATCH = 4096
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-def check_device(device: str | None) -> str:
-    """The torch device to use (default: cuda if available); Her2kitError if unusable here."""
-    import torch
-
-    from her2kit.inference import default_device
-
-    if device is None:
-        return default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise Her2kitError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:N, mps, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise Her2kitError(f"--device {device!r}: CUDA is not available on this machine (use --device cpu)")
-    try:  # also catches cuda:7 on a one-GPU machine, mps without Metal, ...
-        torch.empty(1, device=dev)
-    except (RuntimeError, AssertionError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Her2kitError(f"--device {device!r}: not usable on this machine ({first})") from None
-    return str(dev)
-
-
 def check_out_folder(out: str | Path) -> Path:
     """``--out`` as a Path; Her2kitError if it names an existing file."""
     out = Path(out)
@@ -63,5 +41,5 @@ def check_train_options(args: Any) -> None:
         raise Her2kitError(f"--patch must be between 16 and {MAX_PATCH} pixels, got {args.patch}")
     if args.seed < 0:  # numpy's seeded generators refuse negative seeds
         raise Her2kitError(f"--seed must be 0 or more, got {args.seed}")
-    if args.resume and getattr(args, "force", False):
+    if args.resume and args.force:
         raise Her2kitError("--resume and --force contradict each other: continue the run or replace it")

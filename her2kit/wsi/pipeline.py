@@ -619,9 +619,12 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
 
     # rename into place: labels first, score.json (the "complete" marker) last;
     # an older run's marker goes first, so a kill midway leaves the folder
-    # incomplete (the next run redoes it) rather than old and new outputs mixed
-    if not segment_only:
-        (out_dir / "score.json").unlink(missing_ok=True)
+    # incomplete (the next run redoes it) rather than old and new outputs mixed;
+    # `segment` replaces the labels an older score was made from: that score goes too
+    (out_dir / "score.json").unlink(missing_ok=True)
+    if segment_only:
+        for name in SCORE_FILES:
+            (out_dir / name).unlink(missing_ok=True)
     _replace_dir(ledger.labels_path, out_dir / "labels.zarr")
     for name in staged:
         os.replace(work / name, out_dir / name)
