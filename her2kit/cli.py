@@ -41,7 +41,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or slide files (Zarr stores also as URLs)")
     p.add_argument("--out", required=True, help="output folder; one sub-folder per input")
     p.add_argument("--model", default=None, help="model name or checkpoint path (default: shipped Her2Net)")
-    p.add_argument("--mpp", type=float, default=None, help="microns per pixel of inputs that carry none")
+    p.add_argument("--mpp", type=float, default=None, help="microns per pixel of inputs that carry none (or one no scan has, e.g. a JPEG at 2540 dpi)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask.distributed scheduler")
     p.add_argument("--force", action="store_true", help="redo inputs whose outputs are complete")

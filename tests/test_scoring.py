@@ -321,6 +321,23 @@ def test_cli_mpp_missing_and_zero(bad_inputs, tmp_path):
     _one_line_error(_cli("score", blank, "--out", str(tmp_path), "--mpp", "20"), "20x is about 0.5")  # QA: 40x upsampling
 
 
+def test_cli_file_resolution_wins_unless_it_cannot_be_scored(tmp_path):
+    from PIL import Image
+
+    blank = np.full((64, 64, 3), 245, np.uint8)
+    Image.fromarray(blank).save(tmp_path / "fine.png", dpi=(101600, 101600))  # 0.25 um/px
+    Image.fromarray(blank).save(tmp_path / "coarse.jpg", dpi=(2540, 2540))  # 10 um/px
+    _one_line_error(_cli("score", str(tmp_path / "coarse.jpg"), "--out", str(tmp_path / "a")),
+                    "coarse.jpg", "implausible resolution 10")
+    for name, mpp, said in (("fine.png", 0.25, "--mpp 0.5 ignored"), ("coarse.jpg", 0.5, "using --mpp 0.5")):
+        proc = _cli("score", str(tmp_path / name), "--out", str(tmp_path / "b"), "--mpp", "0.5")
+        assert proc.returncode == 0, proc.stderr
+        assert said in proc.stderr and name in proc.stderr
+        summary = json.loads((tmp_path / "b" / name.split(".")[0] / "score.json").read_text())
+        assert summary["mpp"] == pytest.approx(mpp, rel=1e-3)
+        assert summary["mpp_from"] == ("file" if mpp == 0.25 else "--mpp")
+
+
 def test_cli_empty_and_unreadable(bad_inputs, tmp_path):
     proc = _cli("score", str(bad_inputs / "empty.png"), str(bad_inputs / "garbage.png"),
                 "--out", str(tmp_path), "--mpp", "0.5")

@@ -55,6 +55,22 @@ def check_mpp(mpp: float | None, path: str) -> float:
     return float(mpp)
 
 
+def resolution_from_file(file_mpp: float | None, arg_mpp: float | None, path: str) -> float | None:
+    """The file's microns per pixel, which wins over ``--mpp``, or None when the
+    file has none or one no scan can be scored at while ``--mpp`` is given (a
+    JPEG saved at 2540 dpi says 10 um/px): then ``--mpp`` is used. Either way
+    a disagreement is said on stderr."""
+    if file_mpp is None or arg_mpp is None or abs(file_mpp - arg_mpp) <= 0.02 * file_mpp:
+        return file_mpp
+    if MPP_RANGE[0] < file_mpp <= MPP_RANGE[1]:
+        print(f"her2kit: note: {path}: the file says {file_mpp:.4g} um/px; --mpp {arg_mpp:g} ignored",
+              file=sys.stderr)
+        return file_mpp
+    print(f"her2kit: note: {path}: the file says {file_mpp:.4g} um/px, which cannot be scored; "
+          f"using --mpp {arg_mpp:g}", file=sys.stderr)
+    return None
+
+
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".jpeg", ".jpg",
                   ".zarr", ".svs", ".ndpi", ".btf", ".mrxs", ".scn")
 
@@ -287,11 +303,8 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
         raise InputError(path, f"cannot write its outputs to {out_dir} (permission denied)")
     t0 = time.perf_counter()
     with open_slide(path) as slide:
-        file_mpp = slide.mpp
+        file_mpp = resolution_from_file(slide.mpp, args.mpp, path)
         mpp = check_mpp(file_mpp if file_mpp is not None else args.mpp, path)
-        if file_mpp is not None and args.mpp is not None and abs(file_mpp - args.mpp) > 0.02 * file_mpp:
-            print(f"her2kit: note: {path}: the file says {file_mpp:.4g} um/px; --mpp {args.mpp} ignored",
-                  file=sys.stderr)
         h, w = slide.shape
         if h == 0 or w == 0:
             raise InputError(path, "empty image (0 pixels)")
