@@ -171,6 +171,19 @@ def test_ome_tiff_pyramid_pixels_and_mpp(tmp_path, rgb):
         check_slide(slide, pyramid(rgb), 0.5)
 
 
+def test_ome_tiff_with_a_macro_image_first_reads_the_scan(tmp_path, rgb):
+    # QA: the first image (a small macro photo at 2 um/px) was scored instead of the scan
+    path = tmp_path / "macro.ome.tif"
+    macro = np.ascontiguousarray(rgb[::4, ::4])
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for img, mpp, name in ((macro, 2.0, "macro"), (rgb, 0.5, "main")):
+            tif.write(img, photometric="rgb", tile=(64, 64),
+                      metadata={"axes": "YXS", "Name": name, "PhysicalSizeX": mpp, "PhysicalSizeY": mpp})
+    with open_slide(str(path)) as slide:
+        assert slide.shape == rgb.shape[:2] and slide.mpp == pytest.approx(0.5)
+        np.testing.assert_array_equal(slide.read_region(0, 0, *rgb.shape[:2]), rgb)
+
+
 def test_ome_tiff_units_converted(tmp_path, rgb):
     path = write_ome_tiff(tmp_path / "nm.ome.tif", rgb, mpp=0.25, unit="nm")
     assert open_slide(path).mpp == pytest.approx(0.25)

@@ -338,6 +338,30 @@ def test_cli_file_resolution_wins_unless_it_cannot_be_scored(tmp_path):
         assert summary["mpp_from"] == ("file" if mpp == 0.25 else "--mpp")
 
 
+def test_cli_refuses_outputs_inside_the_input_and_goes_on_past_a_file_in_the_way(bad_inputs, tmp_path):
+    import zarr
+
+    store = tmp_path / "myslide"
+    arr = zarr.open_array(str(store), mode="w", shape=(64, 64, 3), dtype="uint8", chunks=(64, 64, 3))
+    arr[...] = 245
+    arr.attrs["mpp"] = 0.5
+    (store / "cells.csv").write_text("the store's own\n")
+    before = sorted(p.name for p in store.iterdir())
+    for out in (".", "myslide"):  # QA: --out . wrote score.json and cells.csv into the store
+        _one_line_error(_cli("score", "myslide", "--out", out, cwd=tmp_path), "myslide", "inside the input")
+    assert sorted(p.name for p in store.iterdir()) == before
+    assert (store / "cells.csv").read_text() == "the store's own\n"
+    # an output folder name taken by a file: that input fails, the next one is scored
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "blank").write_text("x")
+    other = tmp_path / "other.png"
+    other.write_bytes((bad_inputs / "blank.png").read_bytes())
+    proc = _cli("score", str(bad_inputs / "blank.png"), str(other), "--out", str(out), "--mpp", "0.5")
+    _one_line_error(proc, "blank.png", "is a file")
+    assert (out / "other" / "score.json").is_file() and "1 of 2 inputs failed" in proc.stderr
+
+
 def test_cli_empty_and_unreadable(bad_inputs, tmp_path):
     proc = _cli("score", str(bad_inputs / "empty.png"), str(bad_inputs / "garbage.png"),
                 "--out", str(tmp_path), "--mpp", "0.5")

@@ -1,6 +1,7 @@
 """TIFF reader through tifffile: plain TIFF, tiled pyramidal OME-TIFF, SVS, NDPI.
 
-Levels come from ``series[0].levels`` and are read through tifffile's zarr
+Levels come from the largest image's ``series[i].levels`` (a macro photo or
+label may come first) and are read through tifffile's zarr
 store, tile by tile. The resolution (mpp, microns per pixel) comes from, in
 order: OME-XML ``PhysicalSizeX`` (with its unit), the Aperio description
 (``MPP = 0.2520``), ImageJ's ``unit=micron`` with the resolution tags, or the
@@ -73,7 +74,8 @@ class TiffSlide(ArraySlide):
         tif = self._tif
         if not tif.series:
             raise InputError(self.path, "TIFF holds no image")
-        series = tif.series[0]
+        self._series_index = _main_series(tif.series)
+        series = tif.series[self._series_index]
         page = series.keyframe
         photometric = page.photometric
         if photometric == tifffile.PHOTOMETRIC.PALETTE:
@@ -109,9 +111,11 @@ class TiffSlide(ArraySlide):
 
     def _find_mpp(self, tifffile: Any, series: Any) -> float | None:
         tif = self._tif
-        page = tif.pages.first
+        page = series.keyframe
         if tif.is_ome:
-            mpp = square_mpp(_ome_size(tif.ome_metadata, "X"), _ome_size(tif.ome_metadata, "Y"), self.path)
+            index = self._series_index
+            mpp = square_mpp(_ome_size(tif.ome_metadata, "X", index), _ome_size(tif.ome_metadata, "Y", index),
+                             self.path)
             if mpp is not None:
                 return mpp
         if tif.is_svs:  # Aperio: "...|MPP = 0.2520|..."
@@ -139,6 +143,20 @@ class TiffSlide(ArraySlide):
             self.close()
         except Exception:
             pass
+
+
+def _main_series(series: list) -> int:
+    """Index of the image with the most pixels: a file may hold a macro photo,
+    a label or a thumbnail beside the scan, and not always after it (QA: an
+    OME-TIFF with the macro first was scored from the macro)."""
+    def pixels(s: Any) -> int:
+        axes, shape = s.axes, s.shape
+        if "Y" not in axes or "X" not in axes:
+            return 0
+        return int(shape[axes.index("Y")]) * int(shape[axes.index("X")])
+
+    sizes = [pixels(s) for s in series]
+    return sizes.index(max(sizes))
 
 
 @contextlib.contextmanager

@@ -289,6 +289,19 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter,
     return {"other": "; ".join(other)} if other else {}
 
 
+def check_out_dir(path: str, out_dir: Path) -> None:
+    """Refuse an output folder that is the input or lies inside it (QA: ``her2kit
+    score slide --out .`` wrote score.json and cells.csv into the Zarr store
+    ``slide``, replacing its own cells.csv), or that is a file."""
+    if "://" not in path:
+        source, target = Path(path).resolve(), out_dir.resolve()
+        if target == source or source in target.parents:
+            raise InputError(path, f"its outputs would go to {out_dir}, inside the input itself; "
+                                   "give another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(path, f"its output folder {out_dir} is a file")
+
+
 def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Namespace,
                   roi: list | None, segment_only: bool = False) -> dict:
     """Score (or segment) one input into ``out_root/<stem>``; returns its summary."""
@@ -296,6 +309,7 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
     from her2kit.scoring.roi import roi_fingerprint
 
     out_dir = out_root / stem_of(path)
+    check_out_dir(path, out_dir)
     if not getattr(args, "force", False) and complete(out_dir, segment_only):
         return {"input": path, "skipped": True, "out": str(out_dir),
                 **_made_differently(out_dir, path, roi, get_segmenter, args)}
@@ -490,6 +504,11 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
             continue
         except Her2kitError as exc:
             print(f"her2kit: error: {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        except OSError as exc:  # the file system said no (full disk, a name taken): the others go on
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"her2kit: error: {path}: {exc.strerror or exc}{where}", file=sys.stderr)
             failed += 1
             continue
         print(_report(summary, segment_only))
