@@ -135,6 +135,37 @@ def test_jpeg_mpp_from_dpi(tmp_path, rgb):
     check_slide(open_slide(path), [expected], 0.5)
 
 
+@pytest.mark.parametrize("orientation,upright", [
+    (3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1)),
+])
+def test_exif_orientation_applied(tmp_path, rgb, orientation, upright):
+    # QA: a sideways camera JPEG gave cells.csv in stored, not displayed, orientation
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "turned.png"  # lossless, so pixels compare exactly
+    Image.fromarray(rgb).save(path, exif=exif)
+    with open_slide(str(path)) as slide:
+        np.testing.assert_array_equal(slide.read_region(0, 0, *slide.shape), upright(rgb))
+
+
+def test_png_16_bit_and_non_square_refused(tmp_path, rgb):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = 4, 5  # Pillow reads a 48-bit PNG as 8-bit RGB (high bytes): QA found it scored
+    rows = b"".join(b"\x00" + np.full((w, 3), 40000, ">u2").tobytes() for _ in range(h))
+    (tmp_path / "rgb16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                                         + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="rgb16.png: 16-bit image"):
+        open_slide(str(tmp_path / "rgb16.png"))
+    Image.fromarray(rgb).save(tmp_path / "stretched.png", dpi=(50800, 25400))
+    with pytest.raises(InputError, match="stretched.png: pixels are not square"):
+        open_slide(str(tmp_path / "stretched.png"))
+
+
 def test_png_rgba_composited_over_white(tmp_path, rgb):
     alpha = np.zeros(rgb.shape[:2], np.uint8)
     alpha[:, 100:] = 128

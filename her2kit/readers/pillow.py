@@ -8,7 +8,8 @@ user is asked for ``--mpp`` instead of the image being resampled wrongly.
 Modes: RGB as is; palette images expanded through their palette; RGBA
 composited over white, which leaves fully opaque pixels unchanged;
 greyscale, 2-channel (LA), 16-bit, 32-bit integer, float, bilevel and CMYK
-images are refused.
+images are refused. A JPEG's EXIF orientation is applied (pixels as viewers
+show them); pixels that are not square (x and y densities differ) are refused.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import warnings
 import numpy as np
 
 from her2kit.errors import Her2kitError, InputError
-from her2kit.readers.pixels import ArraySlide, check_size, one_line, plausible_mpp
+from her2kit.readers.pixels import ArraySlide, check_size, one_line, plausible_mpp, square_mpp
 
 # Decoded whole, so cap the pixel count (3 GiB of RGB); larger images belong
 # in a tiled TIFF or OME-Zarr.
 MAX_PIXELS = 2**30
 _pillow_lock = threading.Lock()
+_ORIENTATION = 0x0112  # EXIF tag
 
 _REFUSED = {
     "L": "greyscale image (1 channel); her2kit needs RGB brightfield",
@@ -72,17 +74,22 @@ class PillowSlide(ArraySlide):
         self._validate()
 
     def _load(self, im) -> None:
+        from PIL import Image
+
         width, height = im.size
         check_size(height, width, self.path)
         if height * width > MAX_PIXELS:
             raise InputError(self.path, f"{height}x{width} pixels is too large to decode whole; "
                                         "convert it to a tiled TIFF or OME-Zarr")
         mode = im.mode
-        if mode.startswith("I;16"):
+        # Pillow opens a 48/64-bit PNG as 8-bit RGB(A), keeping the high bytes
+        rawmode = str(im.tile[0].args if im.tile else "")
+        if mode.startswith("I;16") or ";16" in rawmode:
             raise InputError(self.path, "16-bit image; convert to 8-bit RGB")
         if mode in _REFUSED:
             raise InputError(self.path, _REFUSED[mode])
         self._mpp = self._find_mpp(im)
+        orientation = im.getexif().get(_ORIENTATION, 1)
         if mode == "P":
             has_alpha = "transparency" in im.info or im.palette.mode == "RGBA"
             im = im.convert("RGBA" if has_alpha else "RGB")
@@ -93,17 +100,25 @@ class PillowSlide(ArraySlide):
         elif mode not in ("RGB", "RGBA"):
             raise InputError(self.path, f"unsupported image mode {mode!r}; convert to 8-bit RGB")
         im.load()
+        # a camera's JPEG stored sideways: cells.csv and the overlay must match
+        # the image as viewers show it (ImageOps.exif_transpose's table; its
+        # EXIF does not survive the conversions above)
+        T = Image.Transpose
+        turn = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE,
+                6: T.ROTATE_270, 7: T.TRANSVERSE, 8: T.ROTATE_90}.get(orientation)
+        if turn is not None:
+            im = im.transpose(turn)
         self._levels = [np.asarray(im)]
 
-    @staticmethod
-    def _find_mpp(im) -> float | None:
+    def _find_mpp(self, im) -> float | None:
         dpi = im.info.get("dpi")
         if not dpi:
             return None
-        try:
-            dpi_x = float(dpi[0])
-        except (TypeError, ValueError, IndexError):
-            return None
-        if dpi_x <= 0:
-            return None
-        return plausible_mpp(25400.0 / dpi_x)
+        mpp = []
+        for value in (dpi[0], dpi[1] if len(dpi) > 1 else dpi[0]):
+            try:
+                per_inch = float(value)
+            except (TypeError, ValueError):
+                return None
+            mpp.append(plausible_mpp(25400.0 / per_inch) if per_inch > 0 else None)
+        return square_mpp(mpp[0], mpp[1], self.path)
