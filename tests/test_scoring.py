@@ -318,6 +318,7 @@ def test_cli_mpp_missing_and_zero(bad_inputs, tmp_path):
     _one_line_error(_cli("score", blank, "--out", str(tmp_path)), "blank.png", "--mpp")
     _one_line_error(_cli("score", blank, "--out", str(tmp_path), "--mpp", "0"), "implausible")
     _one_line_error(_cli("score", blank, "--out", str(tmp_path), "--mpp", "50"), "implausible")
+    _one_line_error(_cli("score", blank, "--out", str(tmp_path), "--mpp", "0.011"), "expected 0.05 to 4")
     _one_line_error(_cli("score", blank, "--out", str(tmp_path), "--mpp", "20"), "20x is about 0.5")  # QA: 40x upsampling
 
 

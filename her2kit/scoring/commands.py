@@ -36,7 +36,10 @@ FALLBACK_LIMIT = 16384
 # Coarser than 4 um/px (a 2.5x scan) a cell is ~3 px: nothing to score, and
 # bringing it to the model's 0.5 um/px would upsample 8x or more (QA: --mpp 20,
 # meant as "20x", upsampled a 512^2 image 40x and ran out of memory).
-MPP_RANGE = (0.0, 4.0)
+# Finer than 0.05 um/px is beyond any light microscope's resolution: such a
+# value is a mistake, and would shrink the image to a few pixels (QA: --mpp
+# 0.011 gave "no tumour cells found", exit 0).
+MPP_RANGE = (0.05, 4.0)
 #: Tissue: pixels whose summed optical density (log10) exceeds this; below
 #: ``MIN_TISSUE`` of the image, no cells are looked for.
 TISSUE_OD = 0.15
@@ -44,14 +47,18 @@ MIN_TISSUE = 0.002
 OUTPUTS = ("score.json", "cells.csv", "cells.geojson", "labels.zarr", "overlay.png", "report.html")
 
 
+def usable_mpp(mpp: float) -> bool:
+    return bool(np.isfinite(mpp)) and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]
+
+
 def check_mpp(mpp: float | None, path: str) -> float:
     """A usable microns-per-pixel or an InputError naming ``path``."""
     if mpp is None:
         raise InputError(path, "resolution unknown: the file carries no microns per pixel; "
                                "give it with --mpp (e.g. --mpp 0.5 for 20x)")
-    if not np.isfinite(mpp) or mpp <= MPP_RANGE[0] or mpp > MPP_RANGE[1]:
+    if not usable_mpp(mpp):
         raise InputError(path, f"implausible resolution {mpp} microns per pixel "
-                               f"(expected > {MPP_RANGE[0]} and <= {MPP_RANGE[1]}; 20x is about 0.5)")
+                               f"(expected {MPP_RANGE[0]} to {MPP_RANGE[1]}; 20x is about 0.5)")
     return float(mpp)
 
 
@@ -62,7 +69,7 @@ def resolution_from_file(file_mpp: float | None, arg_mpp: float | None, path: st
     a disagreement is said on stderr."""
     if file_mpp is None or arg_mpp is None or abs(file_mpp - arg_mpp) <= 0.02 * file_mpp:
         return file_mpp
-    if MPP_RANGE[0] < file_mpp <= MPP_RANGE[1]:
+    if usable_mpp(file_mpp):
         print(f"her2kit: note: {path}: the file says {file_mpp:.4g} um/px; --mpp {arg_mpp:g} ignored",
               file=sys.stderr)
         return file_mpp
@@ -459,8 +466,8 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
         roi = load_roi(args.roi)
     if getattr(args, "scorer", None):
         _scorer(args.scorer)  # an unknown name fails before any work
-    if args.mpp is not None and (not np.isfinite(args.mpp) or args.mpp <= 0 or args.mpp > MPP_RANGE[1]):
-        raise Her2kitError(f"--mpp {args.mpp}: implausible resolution (expected > 0 and <= {MPP_RANGE[1]} "
+    if args.mpp is not None and not usable_mpp(args.mpp):
+        raise Her2kitError(f"--mpp {args.mpp}: implausible resolution (expected {MPP_RANGE[0]} to {MPP_RANGE[1]} "
                            "microns per pixel; 20x is about 0.5)")
     workers = getattr(args, "workers", 1)
     if workers is not None and workers < 1:
