@@ -56,7 +56,7 @@ class Registry:
         self.conflicts: list[str] = []  # "KIND 'NAME' is claimed by two plugins: ..."
         self._shadowed: list[Registered] = []  # the second claimants, for `her2kit plugins`
         if load_entry_points is None:
-            load_entry_points = os.environ.get(DISABLE_ENV, "").strip() in ("", "0")
+            load_entry_points = os.environ.get(DISABLE_ENV, "").strip().lower() in ("", "0", "false", "no", "off")
         self._load_entry_points = load_entry_points
         self._discovered = False
         # a dask worker's threads may open slides at once: one of them loads
@@ -85,7 +85,7 @@ class Registry:
             try:
                 plugin = ep.load()
                 self.register(plugin, name=f"{dist}:{ep.name}", origin=dist)
-            except Exception as exc:  # a broken plugin must not break the rest
+            except (Exception, SystemExit) as exc:  # a broken plugin must not break the rest
                 self.failed.append((dist, f"{type(exc).__name__}: {exc}"))
                 warnings.warn(
                     f"her2kit plugin {ep.name!r} from {dist} failed to load: "
@@ -123,13 +123,12 @@ class Registry:
                         stacklevel=2,
                     )
                     continue
+                expected = hookspecs.KINDS[kind]
+                if not isinstance(returned, (list, tuple)):
+                    raise PluginError(f"plugin {impl.plugin_name} returned {type(returned).__name__} "
+                                      f"from {hook_name}, expected a list of {expected.__name__}")
                 for record in returned:
-                    expected = hookspecs.KINDS[kind]
-                    if not isinstance(record, expected):
-                        raise PluginError(
-                            f"plugin {impl.plugin_name} returned {type(record).__name__} "
-                            f"from {hook_name}, expected {expected.__name__}"
-                        )
+                    _check_record(record, expected, impl.plugin_name, hook_name)
                     entry = Registered(kind, record, origin, impl.plugin_name)
                     other = records[kind].get(record.name)
                     if other is not None:
@@ -165,6 +164,20 @@ class Registry:
             known = ", ".join(sorted(records)) or "none"
             raise PluginError(f"unknown {kind} {name!r} (known: {known})")
         return records[name].record
+
+
+def _check_record(record: Any, expected: type, plugin: str, hook_name: str) -> None:
+    """A record of the right type, with a name and (readers) a list of endings."""
+    what = f"plugin {plugin} returned"
+    if not isinstance(record, expected):
+        raise PluginError(f"{what} {type(record).__name__} from {hook_name}, expected {expected.__name__}")
+    if not isinstance(record.name, str) or not record.name.strip():
+        raise PluginError(f"{what} a {expected.__name__} from {hook_name} whose name is {record.name!r}")
+    suffixes = getattr(record, "suffixes", ())
+    if isinstance(suffixes, str) or not all(isinstance(x, str) for x in suffixes):
+        # a bare ".qaf" would be taken as the endings "." "q" "a" "f"
+        raise PluginError(f"{what} {expected.__name__} {record.name!r} whose suffixes are {suffixes!r}; "
+                          "give a list of file endings such as ['.qaf']")
 
 
 _registry: Registry | None = None

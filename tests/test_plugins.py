@@ -164,6 +164,39 @@ def test_wrong_record_type_is_an_error():
         _registry_with((Wrong(), "wrong-dist")).list()
 
 
+@pytest.mark.parametrize("returned,said", [
+    (ScorerSpec("one", "not in a list", _factory), "expected a list of ScorerSpec"),
+    ([ScorerSpec(None, "no name", _factory)], "whose name is None"),
+    ([ReaderSpec("qaf", "a string of endings", _factory, suffixes=".qaf")], "whose suffixes are '.qaf'"),
+])
+def test_malformed_records_are_an_error_naming_the_plugin(returned, said):
+    # QA: these were tracebacks ("'ScorerSpec' object is not iterable"), and
+    # suffixes=".qaf" made the reader claim every file ending in "f"
+    hook = "her2kit_readers" if isinstance(returned, list) and isinstance(returned[0], ReaderSpec) else "her2kit_scorers"
+
+    class Odd:
+        pass
+
+    setattr(Odd, hook, hookimpl(lambda self: returned))
+    with pytest.raises(PluginError, match=f"plugin odd-dist:0 returned .*{said}"):
+        _registry_with((Odd(), "odd-dist")).list()
+
+
+def test_upper_case_reader_suffixes_match(tmp_path):
+    from her2kit.readers import _suffix_match
+
+    assert _suffix_match(str(tmp_path / "a.qaf"), [".QAF"]) == 4
+
+
+def test_plugin_calling_sys_exit_at_import_is_a_warning(fake_entry_points):
+    def exits():
+        raise SystemExit(5)
+
+    fake_entry_points[0] = FakeEntryPoint("quitter", "her2kit-quitter", exits)
+    with pytest.warns(PluginWarning, match=r"'quitter'.*SystemExit"):
+        assert "good-scorer" in {e.name for e in Registry().list()}
+
+
 # ---------------------------------------------------------------- conflicts and failures
 
 
@@ -262,9 +295,10 @@ def test_disable_env_hides_third_party_plugins(fake_entry_points, monkeypatch):
         warnings.simplefilter("error", PluginWarning)  # the broken one is not even loaded
         entries = Registry().list()
     assert entries and {e.origin for e in entries} == {"builtin"}
-    monkeypatch.setenv(plugins.DISABLE_ENV, "0")
-    with pytest.warns(PluginWarning):
-        assert "good-scorer" in {e.name for e in Registry().list()}
+    for value in ("0", "false", "No"):  # QA: "false" disabled them
+        monkeypatch.setenv(plugins.DISABLE_ENV, value)
+        with pytest.warns(PluginWarning):
+            assert "good-scorer" in {e.name for e in Registry().list()}
 
 
 # ---------------------------------------------------------------- a really installed plugin

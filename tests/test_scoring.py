@@ -15,7 +15,7 @@ from her2kit.scoring.phantom import make_phantom
 
 
 def _cli(*args, cwd=None):
-    env = dict(os.environ, HER2KIT_NO_PLUGINS="1")
+    env = dict(os.environ, HER2KIT_DISABLE_PLUGINS="1")
     return subprocess.run([sys.executable, "-m", "her2kit", *args], capture_output=True, text=True,
                           timeout=120, cwd=cwd, env=env)
 

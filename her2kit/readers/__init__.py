@@ -88,7 +88,7 @@ class Slide(ABC):
 
 def _suffix_match(path: str, suffixes: tuple[str, ...] | list[str]) -> int:
     lower = path.lower().rstrip("/")
-    return max((len(s) for s in suffixes if lower.endswith(s)), default=0)
+    return max((len(s) for s in suffixes if lower.endswith(s.lower())), default=0)
 
 
 def open_slide(path: str | os.PathLike, reader: str | None = None) -> Slide:
