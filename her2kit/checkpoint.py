@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from her2kit.errors import InputError
+from her2kit.errors import Her2kitError, InputError, PluginError
 
 FORMAT = "her2kit-checkpoint"
 FORMAT_VERSION = 1
@@ -165,7 +165,16 @@ def build_model(architecture: str, options: dict[str, Any] | None = None) -> Any
     from her2kit.plugins import registry
 
     record = registry().get("model", architecture)
-    return record.factory(**{**record.options, **(options or {})})
+    options = {**record.options, **(options or {})}
+    try:
+        return record.factory(**options)
+    except Her2kitError:
+        raise
+    except Exception as exc:  # a plugin's factory (or its missing dependency): one line naming it
+        from her2kit.readers.pixels import one_line
+
+        raise PluginError(f"model {architecture!r} could not be built with options {options}: "
+                          f"{one_line(exc)}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, dict[str, Any]]:

@@ -211,10 +211,23 @@ class Segmenter:
         returns something else stops the run with one line naming the model."""
         import torch
 
-        out = self.model(x)
+        try:
+            out = self.model(x)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise  # the caller may retry with a smaller batch
+        except Exception as exc:  # a plugin's network that fails: one line naming it
+            from her2kit.readers.pixels import one_line
+
+            raise SetupError(f"model {self.name!r} failed on a batch of shape {tuple(x.shape)}: "
+                             f"{one_line(exc)}") from None
         logits = out.get("pixel") if isinstance(out, dict) else None
         want = (x.shape[0], 3, x.shape[2], x.shape[3])
         if isinstance(logits, torch.Tensor) and tuple(logits.shape) == want:
+            if not logits.is_floating_point():
+                raise SetupError(f"model {self.name!r} returned {logits.dtype} pixel logits; expected floating point")
+            if not bool(torch.isfinite(logits).all()):
+                raise SetupError(f"model {self.name!r} returned NaN or infinite pixel logits for a batch of "
+                                 f"shape {tuple(x.shape)}; its weights may be broken")
             return logits
         if isinstance(logits, torch.Tensor):
             got = f"pixel logits of shape {tuple(logits.shape)}"

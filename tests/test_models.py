@@ -258,6 +258,12 @@ class _BadNet(torch.nn.Module):
             return {"pixel": y[:, :3, ::2, ::2]}
         if self.kind == "key":
             return {"logits": y[:, :3]}
+        if self.kind == "nan":
+            return {"pixel": y[:, :3] * float("nan")}
+        if self.kind == "long":
+            return {"pixel": y[:, :3].long()}
+        if self.kind == "raises":
+            raise RuntimeError("forward exploded\nsecond line")
         return y[:, :3]  # a bare tensor
 
 
@@ -273,6 +279,21 @@ def test_a_model_with_the_wrong_output_is_a_setup_error_naming_it(kind, expect):
     with pytest.raises(SetupError, match=r"model 'qa-net' returned .*expected \{'pixel'") as err:
         seg.predict(np.zeros((40, 40, 3), np.uint8))
     assert expect in str(err.value)
+
+
+@pytest.mark.parametrize("kind,expect", [
+    ("nan", "returned NaN or infinite pixel logits"), ("long", "returned torch.int64 pixel logits"),
+    ("raises", r"failed on a batch of shape \(1, 3, 40, 40\): RuntimeError: forward exploded second line$"),
+])
+def test_a_model_that_fails_or_gives_nan_is_a_setup_error_naming_it(kind, expect):
+    """QA: NaN logits scored "no tumour cells" with exit 0; a raising forward was an
+    "internal error" naming nothing."""
+    from her2kit.errors import SetupError
+    from her2kit.inference import Segmenter
+
+    seg = Segmenter(_BadNet(kind), {}, name="qa-net", device="cpu")
+    with pytest.raises(SetupError, match=f"model 'qa-net' {expect}"):
+        seg.predict(np.zeros((40, 40, 3), np.uint8))
 
 
 def test_a_model_with_the_wrong_output_stops_a_slide_run(tmp_path):

@@ -131,6 +131,50 @@ def test_reader_that_lets_an_exception_escape(tmp_path, monkeypatch, raised, exp
         assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("kind,said", [
+    ("short", "returned a uint8 array of shape (32, 64, 3) for a 64x64 region"),
+    ("uint16", "returned a uint16 array of shape (64, 64, 3)"),
+    ("raises", "cannot read pixels: RuntimeError: disk on fire"),
+])
+def test_a_reader_returning_the_wrong_pixels_fails_that_input_only(tmp_path, monkeypatch, capsys, kind, said):
+    """QA: half the rows were scored silently; a uint16 region failed late, as an internal error."""
+    import argparse
+
+    from her2kit.readers.pixels import ArraySlide
+    from her2kit.scoring.commands import run
+
+    class OddSlide(ArraySlide):
+        def __init__(self, path):
+            self.path, self._mpp, self._axes = str(path), 0.5, "YXC"
+            self._levels = [np.full((64, 64, 3), 245, np.uint8)]
+            self._validate()
+
+        def read_region(self, y, x, h, w, level=0):
+            if kind == "raises":
+                raise RuntimeError("disk on fire")
+            rgb = super().read_region(y, x, h, w, level)
+            return rgb[: h // 2] if kind == "short" else rgb.astype(np.uint16)
+
+    class Odd:
+        @hookimpl
+        def her2kit_readers(self):
+            return [ReaderSpec("odd", "wrong pixels", OddSlide, suffixes=(".odd",))]
+
+    monkeypatch.setattr(plugins, "_registry", _registry_with((Odd(), "her2kit-odd")))
+    (tmp_path / "a.odd").write_text("x")
+    good = tmp_path / "b.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 245, np.uint8)).save(good)
+    args = argparse.Namespace(inputs=[str(tmp_path / "a.odd"), str(good)], out=str(tmp_path / "out"), model=None,
+                              mpp=0.5, force=False, roi=None, scorer="asco-cap-2018", device=None,
+                              workers=1, scheduler=None)
+    assert run(args, get_segmenter=lambda: None) == 1
+    err = capsys.readouterr().err
+    assert f"her2kit: error: {tmp_path / 'a.odd'}: " in err and said in err and "1 of 2 inputs failed" in err
+    assert (tmp_path / "out" / "b" / "score.json").is_file() and not (tmp_path / "out" / "a").exists()
+
+
 def test_hook_her2kit_preprocessors():
     assert _check_hook("preprocessor", "test-pre", PreprocessorSpec).record.stage == "normalise"
 
@@ -180,6 +224,29 @@ def test_malformed_records_are_an_error_naming_the_plugin(returned, said):
     setattr(Odd, hook, hookimpl(lambda self: returned))
     with pytest.raises(PluginError, match=f"plugin odd-dist:0 returned .*{said}"):
         _registry_with((Odd(), "odd-dist")).list()
+
+
+def test_a_scorer_that_fails_or_returns_what_json_cannot_hold_is_a_plugin_error(monkeypatch):
+    # QA: a scorer returning a set replaced a good score.json by a traceback
+    from her2kit.scoring.commands import scorer_value
+
+    def boom(table):
+        raise ValueError("no cells\nat all")
+
+    class Odd:
+        @hookimpl
+        def her2kit_scorers(self):
+            return [ScorerSpec("qa-set", "a set", lambda: (lambda table: {1, 2})),
+                    ScorerSpec("qa-raise", "raises", lambda: boom),
+                    ScorerSpec("qa-fine", "numpy values", lambda: (lambda table: {"m": np.float32(1.5)}))]
+
+    monkeypatch.setattr(plugins, "_registry", _registry_with((Odd(), "odd")))
+    table = {"category": np.zeros(0, np.int64), "tumour": np.zeros(0, bool)}
+    with pytest.raises(PluginError, match="scorer 'qa-set' returned a set, which score.json cannot hold"):
+        scorer_value("qa-set", table)
+    with pytest.raises(PluginError, match="scorer 'qa-raise' failed: ValueError: no cells at all$"):
+        scorer_value("qa-raise", table)
+    assert scorer_value("qa-fine", table)["m"] == 1.5
 
 
 def test_upper_case_reader_suffixes_match(tmp_path):

@@ -455,3 +455,42 @@ def test_train_summary_rounds_and_says_n_a(tiny, tmp_path, capsys):
     numbers = re.findall(r"(?:Dice|membrane|nucleus) (\S+?)[;,]", done[0])
     assert len(numbers) == 3 and all(re.fullmatch(r"\d\.\d{4}|n/a", v) for v in numbers), done[0]
     assert "nan" not in done[0] and "None" not in done[0]
+
+
+class _NoWidthNet(torch.nn.Module):
+    """A user's own network with no ``width`` option."""
+
+    def __init__(self, broken: bool = False):
+        super().__init__()
+        if broken:
+            raise ImportError("No module named 'vendorlib'")
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return {"pixel": self.conv(x)}
+
+
+def test_train_a_plugin_model_without_width(tiny, tmp_path, capsys, monkeypatch):
+    """QA: train passed width= to every model factory ("unexpected keyword argument
+    'width'", an internal error); a factory that fails was one too."""
+    from her2kit import plugins
+    from her2kit.hookspecs import ModelSpec, hookimpl
+
+    class Mine:
+        @hookimpl
+        def her2kit_models(self):
+            return [ModelSpec("qa-nowidth", "no width", _NoWidthNet),
+                    ModelSpec("qa-broken", "fails", _NoWidthNet, options={"broken": True})]
+
+    reg = plugins.Registry(load_entry_points=False)
+    reg.register(Mine(), name="qa:0", origin="qa")
+    monkeypatch.setattr(plugins, "_registry", reg)
+    args = ("--patch", "48", "--batch", "2", "--epochs", "1", "--data", str(tiny))
+    rc, err = _main(capsys, "train", "--model", "qa-nowidth", "--out", str(tmp_path / "a"), *args)
+    assert rc == 0 and (tmp_path / "a" / "best.safetensors").is_file(), err
+    assert "qa-nowidth on" in err and "width" not in err.split("qa-nowidth", 1)[1].split("\n")[0]
+    rc, err = _main(capsys, "train", "--model", "qa-nowidth", "--width", "8", "--out", str(tmp_path / "b"), *args)
+    assert rc != 0 and "--width: model 'qa-nowidth' takes no width option" in err and "Traceback" not in err
+    rc, err = _main(capsys, "train", "--model", "qa-broken", "--out", str(tmp_path / "c"), *args)
+    assert rc != 0 and "model 'qa-broken' could not be built" in err and "vendorlib" in err
+    assert len(err.splitlines()) <= 2, err

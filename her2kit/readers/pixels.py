@@ -41,6 +41,18 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def checked_region(rgb: Any, h: int, w: int, slide: Any, path: str) -> np.ndarray:
+    """``rgb`` as read from ``slide`` for an ``h`` x ``w`` region, when it is
+    that: (h, w, 3) uint8. A plugin reader that returns anything else is an
+    InputError naming the file and the reader (QA: half the rows were scored
+    silently, a uint16 region failed late in the report)."""
+    a = np.asarray(rgb)
+    if a.shape == (h, w, 3) and a.dtype == np.uint8:
+        return a
+    raise InputError(path, f"its reader ({type(slide).__name__}) returned a {a.dtype} array of shape "
+                           f"{a.shape} for a {h}x{w} region; expected ({h}, {w}, 3) uint8")
+
+
 def plausible_mpp(mpp: float | None) -> float | None:
     """``mpp`` (microns per pixel) if it is a believable microscope resolution, else None."""
     if mpp is None or not np.isfinite(mpp):

@@ -139,6 +139,28 @@ def _scorer(name: str):
     return registry().get("scorer", name).factory()
 
 
+def scorer_value(name: str, table: dict) -> Any:
+    """Scorer plugin ``name``'s value for a cell table, checked before anything is
+    written: one that fails, or gives what score.json cannot hold, is a
+    PluginError naming it (QA: a set replaced a good score.json by a traceback)."""
+    from her2kit.errors import PluginError
+    from her2kit.readers.pixels import one_line
+    from her2kit.scoring.exports import _jsonable
+
+    try:
+        value = _scorer(name)(table)
+    except Her2kitError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"scorer {name!r} failed: {one_line(exc)}") from None
+    try:
+        json.dumps(_jsonable(value), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PluginError(f"scorer {name!r} returned a {type(value).__name__}, which score.json cannot "
+                          f"hold ({one_line(exc)}); return numbers, strings, lists or dicts") from None
+    return value
+
+
 def summarise(result, mpp: float, model: str, scorer_name: str = "asco-cap-2018",
               extra: dict | None = None) -> dict:
     """score.json content for a :class:`CellResult` (tumour cells only)."""
@@ -162,7 +184,7 @@ def summarise(result, mpp: float, model: str, scorer_name: str = "asco-cap-2018"
     if score.note:
         summary["note"] = score.note
     if scorer_name not in ("asco-cap-2018", "her2net-pattern"):
-        summary["scorer"] = {"name": scorer_name, "value": _scorer(scorer_name)(result.table)}
+        summary["scorer"] = {"name": scorer_name, "value": scorer_value(scorer_name, result.table)}
     summary.update(extra or {})
     return summary
 
@@ -346,7 +368,14 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
             if max(h, w) > FALLBACK_LIMIT:
                 raise InputError(path, f"{h}x{w} pixels is too large to process whole and the "
                                        "whole-slide pipeline is not available in this build")
-        rgb = slide.read_region(0, 0, h, w, 0)
+        from her2kit.readers.pixels import checked_region, one_line
+
+        try:
+            rgb = checked_region(slide.read_region(0, 0, h, w, 0), h, w, slide, path)
+        except Her2kitError:
+            raise
+        except Exception as exc:  # a plugin reader's own failure
+            raise InputError(path, f"cannot read pixels: {one_line(exc)}") from None
     read_s = time.perf_counter() - t0
     from her2kit.scoring.cells import CellParams, CellResult, empty_table
 

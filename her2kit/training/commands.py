@@ -102,6 +102,9 @@ def train(args: argparse.Namespace) -> int:
         raise Her2kitError(f"--out {out}: already holds a run ({', '.join(earlier)}); "
                            "use --resume to continue it or --force to replace it")
     device = check_device(args.device)
+    takes_width = _takes_width(args.model)  # an unknown --model fails here, before any work
+    if args.width is not None and not takes_width:
+        raise Her2kitError(f"--width: model {args.model!r} takes no width option")
     config = config_for(args.preset, epochs=args.epochs, width=args.width, batch=args.batch, lr=args.lr,
                         patch=args.patch, seed=args.seed)
 
@@ -142,7 +145,7 @@ def train(args: argparse.Namespace) -> int:
                   f"{len(val_names)} validation images are training images, so the validation Dice is "
                   "not a held-out result", file=sys.stderr)
 
-    print(f"her2kit train: {args.model} width {config.width} on {len(train_rows)} training and "
+    print(f"her2kit train: {args.model}{f' width {config.width}' if takes_width else ''} on {len(train_rows)} training and "
           f"{len(val_rows)} validation images ({data}); preset {args.preset}, device {device}",
           file=sys.stderr)
     train_images = load_folder(data, train_rows)
@@ -152,7 +155,7 @@ def train(args: argparse.Namespace) -> int:
         raise InputError(data, f"images at several resolutions ({sorted(mpps)} um/px); resample them to one")
     mpp = mpps.pop() if mpps else DEFAULT_MPP
 
-    options = {"width": config.width}
+    options = {"width": config.width} if takes_width else {}
     resume_state = None
     if meta is not None:
         options = meta["options"]
@@ -217,3 +220,27 @@ def train(args: argparse.Namespace) -> int:
           f"membrane {fmt_metric(val.get('membrane'))}, nucleus {fmt_metric(val.get('nucleus'))}; checkpoints in "
           f"{out}/best.json, {out}/last.json", file=sys.stderr)
     return 0
+
+
+def _takes_width(model: str) -> bool:
+    """Whether model plugin ``model``'s factory has a ``width`` option (a user's
+    own network may have none: QA, train passed width= to it regardless)."""
+    import inspect
+
+    from her2kit.plugins import registry
+
+    factory = registry().get("model", model).factory
+    target = getattr(factory, "target", None)  # hookspecs.lazy: look at what it will call
+    if isinstance(target, str) and ":" in target:
+        import importlib
+
+        module, _, attribute = target.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attribute)
+        except Exception:
+            return True  # build_model will say what is wrong
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "width" or p.kind is p.VAR_KEYWORD for p in params)

@@ -540,7 +540,7 @@ def _slide_scorer(name: str, ledger: Ledger, selected: list[int]) -> dict:
     if name == "her2net-pattern":
         return {"name": name, "value": None,
                 "note": "needs the whole image at once; not run on whole-slide images"}
-    from her2kit.scoring.commands import _scorer
+    from her2kit.scoring.commands import scorer_value
 
     parts: dict[str, list] = {}
     for i in selected:
@@ -550,7 +550,7 @@ def _slide_scorer(name: str, ledger: Ledger, selected: list[int]) -> dict:
     table = {k: np.concatenate(v) for k, v in parts.items()}
     if "category" not in table:
         table = {"category": np.zeros(0, np.int64), "tumour": np.zeros(0, bool)}
-    return {"name": name, "value": _scorer(name)(table)}
+    return {"name": name, "value": scorer_value(name, table)}
 
 
 def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int],

@@ -190,7 +190,10 @@ def read_block(slide: Any, plan: dict, block: Block) -> np.ndarray:
     ry, rx, rh, rw = grid.extent(block)
     ly, lx = int(round(ry / ds)), int(round(rx / ds))
     lh, lw = max(1, int(round(rh / ds))), max(1, int(round(rw / ds)))
-    rgb = slide.read_region(ly, lx, lh, lw, level=plan["level"])
+    from her2kit.readers.pixels import checked_region
+
+    rgb = checked_region(slide.read_region(ly, lx, lh, lw, level=plan["level"]), lh, lw, slide,
+                         getattr(slide, "path", "slide"))
     mh, mw = grid.model_shape(block)
     if rgb.shape[:2] != (mh, mw):
         from PIL import Image
