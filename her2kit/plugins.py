@@ -23,6 +23,9 @@ from her2kit.errors import PluginError
 
 ENTRY_POINT_GROUP = "her2kit"
 DISABLE_ENV = "HER2KIT_DISABLE_PLUGINS"
+# set for a run's local worker processes: the main process has already said
+# which plugins failed, so the workers keep quiet (QA: each repeated it, raw)
+SHOWN_ENV = "HER2KIT_PLUGIN_WARNINGS_SHOWN"
 BUILTIN = "builtin"
 
 
@@ -84,15 +87,20 @@ class Registry:
             dist = ep.dist.name if ep.dist is not None else ep.value
             try:
                 plugin = ep.load()
+                if self.pm.is_registered(plugin):  # pluggy's own error prints all plugins
+                    _warn(f"her2kit plugin {ep.name!r} from {dist}: {ep.value} is already registered "
+                          "under another entry point; skipped")
+                    continue
                 self.register(plugin, name=f"{dist}:{ep.name}", origin=dist)
             except (Exception, SystemExit) as exc:  # a broken plugin must not break the rest
                 self.failed.append((dist, f"{type(exc).__name__}: {exc}"))
-                warnings.warn(
-                    f"her2kit plugin {ep.name!r} from {dist} failed to load: "
-                    f"{type(exc).__name__}: {exc}",
-                    PluginWarning,
-                    stacklevel=2,
-                )
+                _warn(f"her2kit plugin {ep.name!r} from {dist} failed to load: {type(exc).__name__}: {exc}")
+        try:  # a hook with a misspelled name would otherwise be ignored without a word
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = getattr(exc.plugin, "__name__", type(exc.plugin).__name__)
+            self.failed.append((name, str(exc)))
+            _warn(f"her2kit plugin {name}: {' '.join(str(exc).split())}")
 
     def _collect(self) -> dict[str, dict[str, Registered]]:
         with self._lock:
@@ -116,12 +124,7 @@ class Registry:
                     returned = impl.function() or []
                 except Exception as exc:
                     self.failed.append((origin, f"{type(exc).__name__}: {exc}"))
-                    warnings.warn(
-                        f"her2kit plugin {impl.plugin_name} failed in {hook_name}: "
-                        f"{type(exc).__name__}: {exc}",
-                        PluginWarning,
-                        stacklevel=2,
-                    )
+                    _warn(f"her2kit plugin {impl.plugin_name} failed in {hook_name}: {type(exc).__name__}: {exc}")
                     continue
                 expected = hookspecs.KINDS[kind]
                 if not isinstance(returned, (list, tuple)):
@@ -164,6 +167,11 @@ class Registry:
             known = ", ".join(sorted(records)) or "none"
             raise PluginError(f"unknown {kind} {name!r} (known: {known})")
         return records[name].record
+
+
+def _warn(message: str) -> None:
+    if os.environ.get(SHOWN_ENV) != "1":
+        warnings.warn(message, PluginWarning, stacklevel=3)
 
 
 def _check_record(record: Any, expected: type, plugin: str, hook_name: str) -> None:

@@ -255,6 +255,33 @@ def test_upper_case_reader_suffixes_match(tmp_path):
     assert _suffix_match(str(tmp_path / "a.qaf"), [".QAF"]) == 4
 
 
+def test_a_misspelled_hook_is_a_warning_and_workers_keep_quiet(fake_entry_points, monkeypatch):
+    class Typo:
+        @hookimpl
+        def her2kit_scorer(self):  # not her2kit_scorers
+            return []
+
+    fake_entry_points[0] = FakeEntryPoint("typo", "her2kit-typo", Typo)
+    with pytest.warns(PluginWarning, match=r"unknown hook 'her2kit_scorer'"):
+        assert "good-scorer" in {e.name for e in Registry().list()}
+    monkeypatch.setenv(plugins.SHOWN_ENV, "1")  # a worker process: the main one has said it
+    fake_entry_points[0] = FakeEntryPoint("broken", "her2kit-broken", _broken_load)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)
+        reg = Registry()
+        assert "good-scorer" in {e.name for e in reg.list()}
+    assert [dist for dist, _ in reg.failed] == ["her2kit-broken"]
+
+
+def test_one_module_under_two_entry_points_is_one_short_warning(fake_entry_points):
+    module = _good_plugin()
+    fake_entry_points[:] = [FakeEntryPoint("first", "her2kit-good", lambda: module),
+                            FakeEntryPoint("second", "her2kit-good", lambda: module)]
+    with pytest.warns(PluginWarning, match=r"'second' .* already registered under another entry point") as seen:
+        assert "good-scorer" in {e.name for e in Registry().list()}
+    assert len(seen) == 1 and len(str(seen[0].message)) < 200
+
+
 def test_plugin_calling_sys_exit_at_import_is_a_warning(fake_entry_points):
     def exits():
         raise SystemExit(5)

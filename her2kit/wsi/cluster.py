@@ -324,7 +324,10 @@ def _new_executor(workers: int, scheduler: str | None, connect_timeout: float):
     from distributed import Client, LocalCluster
 
     threads = str(torch_threads_per_worker(workers))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HER2KIT_TORCH_THREADS": threads}
+    from her2kit.plugins import SHOWN_ENV
+
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HER2KIT_TORCH_THREADS": threads,
+           SHOWN_ENV: "1"}
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            # its HTTP server on a free loopback port: None meant 0.0.0.0:8787,
                            # and a warning on the user's terminal when that port was taken
