@@ -289,6 +289,25 @@ def model_fingerprint(segmenter: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def is_model_name(model: str | os.PathLike) -> bool:
+    """Whether ``--model`` names a model plugin rather than a checkpoint path: a
+    registered name (even with a dot, as "qa.net") unless such a file exists;
+    otherwise anything that does not look like a path. An unknown name fails
+    here with the known ones listed, before any work."""
+    from her2kit.plugins import registry
+
+    text = os.fspath(model)
+    path = Path(text)
+    if path.exists():
+        return False
+    if text in {e.name for e in registry().list("model")}:
+        return True
+    if path.suffix or os.sep in text or "/" in text:
+        return False
+    registry().get("model", text)  # PluginError listing the known names
+    return True
+
+
 def load_segmenter(model: str | os.PathLike | None = None, device: str | None = None) -> Segmenter:
     """The segmenter for ``model``.
 
@@ -306,8 +325,7 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
         model = DEFAULT_MODEL
     text = os.fspath(model)
     path = Path(text)
-    looks_like_path = path.suffix or os.sep in text or "/" in text or path.exists()
-    if not looks_like_path:
+    if is_model_name(text):
         from her2kit.plugins import registry
 
         record = registry().get("model", text)  # unknown names: PluginError listing the known ones

@@ -249,6 +249,25 @@ def test_a_scorer_that_fails_or_returns_what_json_cannot_hold_is_a_plugin_error(
     assert scorer_value("qa-fine", table)["m"] == 1.5
 
 
+def test_model_names_with_a_dot_and_unknown_names(tmp_path, monkeypatch, capsys):
+    # QA: "qa.net" was taken for a checkpoint path; an unknown --model left an empty --out
+    from her2kit.cli import main
+    from her2kit.inference import is_model_name
+
+    class Dotted:
+        @hookimpl
+        def her2kit_models(self):
+            return [ModelSpec("qa.net", "a name with a dot", _factory)]
+
+    monkeypatch.setattr(plugins, "_registry", _registry_with((Dotted(), "qa")))
+    monkeypatch.chdir(tmp_path)
+    assert is_model_name("qa.net") and not is_model_name("runs/best.json")
+    (tmp_path / "qa.net").write_text("a file of that name wins")
+    assert not is_model_name("qa.net")
+    assert main(["score", "x.png", "--out", "out", "--model", "no-such-net"]) != 0
+    assert "unknown model 'no-such-net'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_upper_case_reader_suffixes_match(tmp_path):
     from her2kit.readers import _suffix_match
 

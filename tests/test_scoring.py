@@ -363,6 +363,27 @@ def test_cli_refuses_outputs_inside_the_input_and_goes_on_past_a_file_in_the_way
     assert (out / "other" / "score.json").is_file() and "1 of 2 inputs failed" in proc.stderr
 
 
+def test_an_image_scores_as_a_one_block_slide_of_the_same_pixels(tmp_path):
+    """QA: a flat TIFF and a pyramid of the same pixels gave different cells
+    (the image path tiled the network 512 px at a time, a slide's block in one
+    pass): both now use the block's tiles, with the shipped Her2Net."""
+    import tifffile
+    from PIL import Image
+
+    from her2kit.synth.images import make_patch
+
+    rgb = make_patch(11, 700, "2+").region.rgb
+    Image.fromarray(rgb).save(tmp_path / "flat.png", dpi=(50800, 50800))
+    with tifffile.TiffWriter(tmp_path / "pyramid.ome.tif", ome=True) as tif:
+        opts = dict(tile=(128, 128), photometric="rgb")
+        tif.write(rgb, subifds=1, metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}, **opts)
+        tif.write(np.ascontiguousarray(rgb[::2, ::2]), subfiletype=1, **opts)
+    proc = _cli("score", str(tmp_path / "flat.png"), str(tmp_path / "pyramid.ome.tif"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr
+    flat, pyramid = ((tmp_path / "o" / d / "cells.csv").read_text() for d in ("flat", "pyramid"))
+    assert flat.count("\n") > 100 and flat == pyramid
+
+
 def test_cli_empty_and_unreadable(bad_inputs, tmp_path):
     proc = _cli("score", str(bad_inputs / "empty.png"), str(bad_inputs / "garbage.png"),
                 "--out", str(tmp_path), "--mpp", "0.5")

@@ -214,7 +214,11 @@ def analyse_image(rgb: np.ndarray, mpp: float, segmenter: Any, params=None,
         timings["note"] = "no tissue found"
         return result, timings
     t = time.perf_counter()
-    probs = segmenter.predict(small)
+    # the tiles a slide's block of this size gets, so an image scores the same
+    # as a one-block slide of the same pixels (and in fewer, larger passes)
+    from her2kit.wsi.worker import block_segmenter
+
+    probs = block_segmenter(segmenter, small.shape[:2]).predict(small)
     timings["predict_s"] = time.perf_counter() - t
     t = time.perf_counter()
     cells = (only_classes if classes_only else find_cells)(small, probs, model_mpp, params)
@@ -505,6 +509,10 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
         from her2kit.inference import check_device
 
         check_device(args.device)
+    if getattr(args, "model", None):  # an unknown name fails before --out is made
+        from her2kit.inference import is_model_name
+
+        is_model_name(args.model)
     if not str(args.out).strip():
         raise Her2kitError("--out: give a folder name")
     out_root = Path(args.out)
