@@ -220,23 +220,11 @@ class Segmenter:
 
             raise SetupError(f"model {self.name!r} failed on a batch of shape {tuple(x.shape)}: "
                              f"{one_line(exc)}") from None
-        logits = out.get("pixel") if isinstance(out, dict) else None
-        want = (x.shape[0], 3, x.shape[2], x.shape[3])
-        if isinstance(logits, torch.Tensor) and tuple(logits.shape) == want:
-            if not logits.is_floating_point():
-                raise SetupError(f"model {self.name!r} returned {logits.dtype} pixel logits; expected floating point")
-            if not bool(torch.isfinite(logits).all()):
-                raise SetupError(f"model {self.name!r} returned NaN or infinite pixel logits for a batch of "
-                                 f"shape {tuple(x.shape)}; its weights may be broken")
-            return logits
-        if isinstance(logits, torch.Tensor):
-            got = f"pixel logits of shape {tuple(logits.shape)}"
-        elif isinstance(out, dict):
-            got = f"a dict without a 'pixel' tensor (keys {sorted(map(str, out))})"
-        else:
-            got = f"a {type(out).__name__}"
-        raise SetupError(f"model {self.name!r} returned {got} for a batch of shape {tuple(x.shape)}; "
-                         f"expected {{'pixel': logits of shape {want}}}")
+        logits = checked_output(out, x, self.name)
+        if not bool(torch.isfinite(logits).all()):
+            raise SetupError(f"model {self.name!r} returned NaN or infinite pixel logits for a batch of "
+                             f"shape {tuple(x.shape)}; its weights may be broken")
+        return logits
 
     def predict_pattern(self, rgb: np.ndarray) -> np.ndarray:
         """Staining-pattern probabilities (4,) float32 for ("0", "1+", "2+", "3+"), Her2Net only.
@@ -306,6 +294,28 @@ def is_model_name(model: str | os.PathLike) -> bool:
         return False
     registry().get("model", text)  # PluginError listing the known names
     return True
+
+
+def checked_output(out: Any, x: Any, name: str) -> Any:
+    """The pixel logits of a network's output ``out`` for batch ``x``: a
+    SetupError naming model ``name`` unless ``out`` is ``{"pixel": floating
+    point (B, 3, H, W)}`` (the model plugin contract)."""
+    import torch
+
+    logits = out.get("pixel") if isinstance(out, dict) else None
+    want = (x.shape[0], 3, x.shape[2], x.shape[3])
+    if isinstance(logits, torch.Tensor) and tuple(logits.shape) == want:
+        if not logits.is_floating_point():
+            raise SetupError(f"model {name!r} returned {logits.dtype} pixel logits; expected floating point")
+        return logits
+    if isinstance(logits, torch.Tensor):
+        got = f"pixel logits of shape {tuple(logits.shape)}"
+    elif isinstance(out, dict):
+        got = f"a dict without a 'pixel' tensor (keys {sorted(map(str, out))})"
+    else:
+        got = f"a {type(out).__name__}"
+    raise SetupError(f"model {name!r} returned {got} for a batch of shape {tuple(x.shape)}; "
+                     f"expected {{'pixel': logits of shape {want}}}")
 
 
 def load_segmenter(model: str | os.PathLike | None = None, device: str | None = None) -> Segmenter:

@@ -467,7 +467,8 @@ class _NoWidthNet(torch.nn.Module):
         self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
 
     def forward(self, x):
-        return {"pixel": self.conv(x)}
+        y = self.conv(x)
+        return {"pixel": y[:, :, ::2] if x.shape[-1] == 47 else y}
 
 
 def test_train_a_plugin_model_without_width(tiny, tmp_path, capsys, monkeypatch):
@@ -494,3 +495,7 @@ def test_train_a_plugin_model_without_width(tiny, tmp_path, capsys, monkeypatch)
     rc, err = _main(capsys, "train", "--model", "qa-broken", "--out", str(tmp_path / "c"), *args)
     assert rc != 0 and "model 'qa-broken' could not be built" in err and "vendorlib" in err
     assert len(err.splitlines()) <= 2, err
+    # logits of the wrong shape: one line naming the network (was torch's "weight tensor should be defined")
+    rc, err = _main(capsys, "train", "--model", "qa-nowidth", "--out", str(tmp_path / "d"),
+                    *[("47" if a == "48" else a) for a in args])
+    assert rc != 0 and "model '_NoWidthNet' returned pixel logits of shape (2, 3, 24, 47)" in err, err

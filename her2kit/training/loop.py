@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from her2kit.errors import Her2kitError
 from her2kit.evaluation.metrics import CLASS_NAMES, confusion_matrix, json_safe, pixel_metrics
-from her2kit.inference import normalise
+from her2kit.inference import checked_output, normalise
 from her2kit.training.augment import DEFAULT_AUGMENT, AugmentConfig, augment
 from her2kit.training.dataset import LabelledImage, PatchSampler
 
@@ -148,6 +148,7 @@ def validate(model: torch.nn.Module, images: list[LabelledImage], device: str) -
     for im in images:
         x = normalise(torch.from_numpy(im.rgb).permute(2, 0, 1)[None].to(device))
         out = model(x)
+        checked_output(out, x, type(model).__name__)
         finite = finite and bool(torch.isfinite(out["pixel"]).all())
         pred = out["pixel"].argmax(1)[0].cpu().numpy()
         cm += confusion_matrix(im.mask, pred, 3)
@@ -233,6 +234,7 @@ def train_model(model: torch.nn.Module, train_images: list[LabelledImage], val_i
                 break
             x, mask, pattern = make_batch(sampler, chunk, rng, aug, device)
             out = model(x)
+            checked_output(out, x, type(model).__name__)  # a plugin's wrong output: one line, not torch's
             loss = segmentation_loss(out, mask, pattern, weights, config)
             if not math.isfinite(float(loss.detach())):
                 _diverged(epoch, config, f"the loss is {float(loss.detach())}")
