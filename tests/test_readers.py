@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -326,6 +327,23 @@ def test_plain_zarr_array(tmp_path, rgb, layout):
                             chunks=tuple(min(n, 100) for n in data.shape))
     arr[...] = data
     check_slide(open_slide(tmp_path / "a.zarr"), [rgb], None)
+
+
+@pytest.mark.parametrize("names,order,error", [
+    (("y", "x", "rgb"), (0, 1, 2), None),  # QA: refused as "extra dimensions (R=3)"
+    (("Channel", "y", "x"), (2, 0, 1), None),
+    (("z", "y", "x"), (2, 0, 1), "extra dimensions (Z=3)"),  # a z-stack of grey planes stays refused
+])
+def test_zarr_v3_dimension_names(tmp_path, rgb, names, order, error):
+    data = rgb.transpose(order)
+    arr = zarr.create_array(str(tmp_path / "n.zarr"), shape=data.shape, dtype="uint8", chunks=data.shape,
+                            dimension_names=names)
+    arr[...] = data
+    if error:
+        with pytest.raises(InputError, match=re.escape(error)):
+            open_slide(tmp_path / "n.zarr")
+    else:
+        check_slide(open_slide(tmp_path / "n.zarr"), [rgb], None)
 
 
 def test_to_dask_is_chunked(tmp_path):

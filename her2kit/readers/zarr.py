@@ -20,6 +20,9 @@ from her2kit.errors import Her2kitError, InputError
 from her2kit.readers.pixels import ArraySlide, one_line, square_mpp
 
 # microns per unit, for NGFF (UDUNITS-2) length units
+# dimension names that mean the colour channel ("rgb" was read as an R axis)
+_CHANNEL_NAMES = {n: "C" for n in ("c", "ch", "channel", "channels", "rgb", "rgba", "s", "sample", "samples",
+                                   "color", "colour", "band", "bands")}
 _MICRONS = {
     "angstrom": 1e-4, "picometer": 1e-6, "nanometer": 1e-3, "micrometer": 1.0,
     "micron": 1.0, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
@@ -87,8 +90,8 @@ class ZarrSlide(ArraySlide):
         if len(shape) != 3:
             raise InputError(self.path, f"Zarr array of shape {shape}; expected (H, W, 3) or (3, H, W)")
         names = arr.metadata.dimension_names if hasattr(arr.metadata, "dimension_names") else None
-        if names and all(names):
-            axes = "".join(str(n)[0].upper() for n in names)
+        if names and all(names):  # Zarr v3 dimension_names, e.g. ("y", "x", "rgb")
+            axes = "".join(_CHANNEL_NAMES.get(str(n).strip().lower(), str(n).strip()[:1].upper()) for n in names)
         elif shape[0] <= 4 < shape[2]:
             axes = "CYX"
         else:
