@@ -175,6 +175,27 @@ def test_a_reader_returning_the_wrong_pixels_fails_that_input_only(tmp_path, mon
     assert (tmp_path / "out" / "b" / "score.json").is_file() and not (tmp_path / "out" / "a").exists()
 
 
+def test_a_reader_whose_library_is_missing_gives_way_to_the_next(tmp_path, monkeypatch):
+    """QA: a higher-priority reader that could not load (OpenSlide without its
+    library) failed every file another reader could open."""
+    from her2kit.readers import open_slide
+
+    def missing(path):
+        raise ModuleNotFoundError("No module named 'vendorlib'")
+
+    class Two:
+        @hookimpl
+        def her2kit_readers(self):
+            return [ReaderSpec("vendor", "needs vendorlib", missing, suffixes=(".lky",), priority=10),
+                    ReaderSpec("plain", "works", lambda path: ("opened", path), suffixes=(".lky",))]
+
+    path = tmp_path / "x.lky"
+    path.write_text("x")
+    monkeypatch.setattr(plugins, "_registry", _registry_with((Two(), "her2kit-two")))
+    with pytest.warns(PluginWarning, match=r"reader 'vendor' cannot load.*vendorlib.*read with the 'plain' reader"):
+        assert open_slide(path) == ("opened", str(path))
+
+
 def test_hook_her2kit_preprocessors():
     assert _check_hook("preprocessor", "test-pre", PreprocessorSpec).record.stage == "normalise"
 

@@ -124,7 +124,24 @@ def open_slide(path: str | os.PathLike, reader: str | None = None) -> Slide:
             raise InputError(path, "is a directory, not an image or a Zarr store")
         raise InputError(path, "no reader for this kind of file")
     candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    return _open_with(candidates[0][2], path)
+    from her2kit.errors import PluginError
+
+    unloadable = None
+    for _, _, spec in candidates:
+        try:
+            slide = _open_with(spec, path)
+        except PluginError as exc:  # its library is missing: the next reader that claims the file
+            unloadable = unloadable or exc
+            continue
+        if unloadable is not None:
+            import warnings
+
+            from her2kit.plugins import PluginWarning
+
+            warnings.warn(f"{unloadable}; {path} read with the {spec.name!r} reader instead", PluginWarning,
+                          stacklevel=2)
+        return slide
+    raise unloadable
 
 
 def _open_with(spec: Any, path: str) -> Slide:
