@@ -120,3 +120,15 @@ def test_pattern_scorer_needs_the_image():
     out = scorer(None, image=np.zeros((8, 8, 3), np.uint8), segmenter=FakeSegmenter())
     assert out["score"] == "2+"
     assert out["probabilities"]["2+"] == pytest.approx(0.6)
+
+
+def test_score_0_with_more_than_faint_staining_is_flagged_for_review():
+    """QA: 10% intense complete and nothing faint is "0 (ultralow)" by the rule
+    cascade; ASCO/CAP calls such patterns unusual: the note says so."""
+    from her2kit.scoring.rules import asco_cap_score
+
+    flagged = asco_cap_score(np.array([0] * 90 + [3] * 10))
+    assert (flagged.score, flagged.subcategory) == ("0", "ultralow")
+    assert flagged.note.startswith("10.0% of tumour cells are stained more than faintly")
+    assert asco_cap_score(np.array([0] * 95 + [1] * 5)).note is None  # faint only: plain ultralow
+    assert asco_cap_score(np.array([0] * 80 + [2] * 20)).note is None  # 2+: not a score-0 pattern

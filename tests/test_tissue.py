@@ -161,3 +161,15 @@ def test_thumbnail_of_a_large_level_shows_progress(monkeypatch, capsys):
     assert "tall: tissue" in capsys.readouterr().err and thumb.shape == (512, 64, 3)
     slide_thumbnail(Tall(), target_mpp=4.0)
     assert capsys.readouterr().err == ""
+
+
+def test_blank_and_border_glass_are_not_holes():
+    """QA: a blank slide's thumbnail (its glass one 'small hole') came out all
+    tissue, so every block of a blank slide was segmented."""
+    blank = np.full((20, 20, 3), 246, np.uint8)
+    assert not TissueDetector()(blank, mpp=MPP).any()
+    img = np.full((60, 60, 3), 246, np.uint8)
+    img[:, 8:] = 120  # tissue from column 8 on: the glass strip touches the border
+    img[30:33, 30:33] = 246  # a small hole inside the tissue
+    mask = TissueDetector()(img, mpp=MPP)
+    assert not mask[:, :6].any() and mask[30:33, 30:33].all() and mask[:, 10:].all()

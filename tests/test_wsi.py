@@ -78,7 +78,7 @@ def test_end_to_end_zarr(reference):
     assert s["run"]["blocks_run"] == 9 and "blocks" in s["run"]["timings_s"]
     assert abs(sum(s["percent"].values()) - 100) < 1e-6
     cells = read_cells(out)
-    assert s["cells_all"] == len(cells["id"]) > 100
+    assert s["cells_detected"] == len(cells["id"]) > 100
     # labels: full resolution, multiscale, ids = cells.csv ids
     lab = label_level0(out, "cells")
     sem = label_level0(out, "semantic")
@@ -208,6 +208,72 @@ def test_crash_and_resume_in_process(slides, reference, tmp_path, monkeypatch):
     assert stable_json(out) | {"input": 0} == stable_json(reference) | {"input": 0}
     np.testing.assert_array_equal(label_level0(out, "cells"), label_level0(reference, "cells"))
     np.testing.assert_array_equal(label_level0(out, "semantic"), label_level0(reference, "semantic"))
+
+
+def test_a_forced_run_killed_half_way_resumes(slides, reference, tmp_path):
+    """QA: a --force run killed half-way started over at every rerun (and a plain
+    rerun skipped the slide as complete, from the older outputs)."""
+    out = tmp_path / "f"
+    run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    with pytest.raises(Her2kitError, match="simulated crash"):
+        run_slide(slides["zarr"], out, CrashAfter(5), block=BLOCK, halo=HALO, progress=False, force=True)
+    done = len(list((out / ".her2kit-work" / "blocks").glob("*.npz")))
+    assert done >= 3
+    from her2kit.scoring.commands import _made_differently
+
+    said = _made_differently(out, slides["zarr"], None, StainSegmenter)["other"]
+    assert "an unfinished run's blocks are in .her2kit-work (--force resumes them)" in said
+    s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False, force=True)
+    assert s["run"]["blocks_resumed"] == done and s["run"]["blocks_run"] == 9 - done
+    assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
+    assert not (out / ".her2kit-work").exists()
+
+
+def test_an_output_that_cannot_be_written_is_named_and_the_blocks_kept(slides, reference, tmp_path):
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "cells.csv").mkdir()  # a name taken by a folder
+    (out / "labels.zarr").write_text("a file where the labels go")
+    with pytest.raises(Her2kitError, match=r"cannot write cells.csv: .*run again to finish"):
+        run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    assert len(list((out / ".her2kit-work" / "blocks").glob("*.npz"))) == 9
+    (out / "cells.csv").rmdir()
+    s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    assert s["run"]["blocks_resumed"] == 9
+    assert (out / "cells.csv").read_bytes() == (reference / "cells.csv").read_bytes()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no .labels.zarr.old
+
+
+def test_a_slide_without_tissue_says_so(tmp_path):
+    import zarr
+
+    arr = zarr.open_array(str(tmp_path / "blank.zarr"), mode="w", shape=(300, 300, 3), dtype="uint8",
+                          chunks=(128, 128, 3))
+    arr[...] = 246
+    arr.attrs["mpp"] = 0.5
+    s = run_slide(str(tmp_path / "blank.zarr"), tmp_path / "o", StainSegmenter(), block=BLOCK, halo=HALO,
+                  progress=False)
+    assert s["score"] is None and s["wsi"]["blocks_tissue"] == 0
+    assert s["note"] == "no tissue found; no tumour cells found"  # what an image says (docs/scoring.md)
+
+
+def test_a_lost_scheduler_is_one_error_saying_to_resume():
+    """QA: a scheduler killed mid-run printed the client's tracebacks and an
+    'internal error: FutureCancelledError'."""
+    import threading
+    import time
+
+    from distributed import LocalCluster
+
+    from her2kit.wsi.cluster import SchedulerLost, make_executor
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, scheduler_port=0,
+                           protocol="tcp", dashboard_address=None)
+    ex = make_executor(scheduler=cluster.scheduler_address)
+    threading.Timer(0.5, cluster.close).start()
+    with pytest.raises(SchedulerLost, match="lost the dask scheduler .*run again to resume"):
+        list(ex.run(time.sleep, [(3,), (3,)]))
+    ex.close()
 
 
 def test_resume_with_other_weights_starts_over(slides, tmp_path):

@@ -89,11 +89,18 @@ class TissueDetector:
         mask = s > self.threshold(rgb)
         radius = int(round(self.smooth_um / mpp))
         if radius >= 1:
-            mask = ndi.binary_closing(mask, structure=morphology.disk(radius), border_value=0)
+            # padded with the edge, so that tissue running off the thumbnail's
+            # border is not eroded there (the closing's outside counts as glass)
+            padded = np.pad(mask, radius, mode="edge")
+            mask = ndi.binary_closing(padded, structure=morphology.disk(radius))[radius:-radius, radius:-radius]
         px_area = mpp * mpp
         max_hole = int(self.hole_area_um2 / px_area)
         if max_hole >= 1:
-            mask = morphology.remove_small_holes(mask, max_size=max_hole)
+            # holes are glass enclosed by tissue: remove_small_holes would also
+            # fill glass that touches the border (QA: a blank slide's thumbnail,
+            # all "small hole", became all tissue)
+            holes = ndi.binary_fill_holes(mask) & ~mask
+            mask = mask | morphology.remove_small_objects(holes, max_size=max_hole) ^ holes
         min_size = int(self.min_area_um2 / px_area)
         if min_size >= 1:
             mask = morphology.remove_small_objects(mask, max_size=min_size)

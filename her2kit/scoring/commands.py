@@ -161,6 +161,9 @@ def scorer_value(name: str, table: dict) -> Any:
     return value
 
 
+SCORING = "ASCO/CAP 2018 (reaffirmed 2023), tumour cells only"
+
+
 def summarise(result, mpp: float, model: str, scorer_name: str = "asco-cap-2018",
               extra: dict | None = None) -> dict:
     """score.json content for a :class:`CellResult` (tumour cells only)."""
@@ -179,10 +182,9 @@ def summarise(result, mpp: float, model: str, scorer_name: str = "asco-cap-2018"
         "model": model,
         "her2kit_version": __version__,
         "mpp": mpp,
-        "scoring": "ASCO/CAP 2018 (reaffirmed 2023), tumour cells only",
+        "scoring": SCORING,
+        "note": score.note,
     }
-    if score.note:
-        summary["note"] = score.note
     if scorer_name not in ("asco-cap-2018", "her2net-pattern"):
         summary["scorer"] = {"name": scorer_name, "value": scorer_value(scorer_name, result.table)}
     summary.update(extra or {})
@@ -319,6 +321,8 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter,
     recorded = done.get("model_fingerprint")
     if recorded is not None and recorded != model_fingerprint(get_segmenter()):
         other.append(f"made with another model ({done.get('model')} {recorded})")
+    if (out_dir / ".her2kit-work").is_dir():  # a --force run interrupted, or one killed while tidying up
+        other.append("an unfinished run's blocks are in .her2kit-work (--force resumes them)")
     return {"other": "; ".join(other)} if other else {}
 
 

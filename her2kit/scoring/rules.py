@@ -108,8 +108,21 @@ def asco_cap_score(categories: np.ndarray) -> ScoreResult:
         h_score=h_score(counts),
         percent_complete=percent_complete(counts),
         counts={str(k): int(counts[k]) for k in range(4)},
-        note="no tumour cells found" if n == 0 else None,
+        note="no tumour cells found" if n == 0 else unusual_pattern(counts),
     )
+
+
+def unusual_pattern(counts) -> str | None:
+    """A note when a score-0 case has cells stained more than faintly (categories
+    2-3, at most 10% of tumour cells): not "null", so her2kit calls it
+    "ultralow", but ASCO/CAP 2018 asks a pathologist to look at such unusual
+    patterns (e.g. intense complete staining in <= 10% of cells)."""
+    n0, n1, n2, n3 = (int(v) for v in counts)
+    n = n0 + n1 + n2 + n3
+    if n == 0 or score_from_counts(counts)[0] != "0" or n2 + n3 == 0:
+        return None
+    return (f"{100.0 * (n2 + n3) / n:.1f}% of tumour cells are stained more than faintly (at most 10%): "
+            "an unusual pattern for a pathologist to review (ASCO/CAP 2018)")
 
 
 def _categories_of(cells) -> np.ndarray:

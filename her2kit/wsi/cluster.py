@@ -27,6 +27,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from her2kit.errors import SetupError
+
 
 class TaskFailed(Exception):
     """A task raised; ``message`` is the worker's one-line description."""
@@ -230,12 +232,26 @@ class DaskExecutor:
             futures[f] = item
         try:
             for f in as_completed(list(futures)):
-                yield futures[f], f.result()
+                try:
+                    result = f.result()
+                except Exception as exc:
+                    if not self._lost(exc):
+                        raise
+                    raise SchedulerLost(f"lost the dask scheduler ({self.kind}): {type(exc).__name__}; "
+                                        "run again to resume from the finished blocks") from None
+                yield futures[f], result
                 f.release()
         finally:
             pending = [f for f in futures if not f.done()]
             if pending:
                 self.client.cancel(pending)
+
+    def _lost(self, exc: BaseException) -> bool:
+        """Whether a task's exception says the cluster went away, not that the task failed."""
+        from concurrent.futures import CancelledError
+
+        return (isinstance(exc, CancelledError) or type(exc).__name__ == "CommClosedError"
+                or getattr(self.client, "status", "running") != "running")
 
     def close(self) -> None:
         """Close the client and cluster this executor made (never a caller's client)."""
@@ -243,6 +259,35 @@ class DaskExecutor:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+class SchedulerLost(SetupError):
+    """The dask scheduler went away while blocks were running: every slide left
+    needs it, so the run stops (run_slide names the slide)."""
+
+
+def _probe(scheduler: str, timeout: float) -> None:
+    """Fail at once on a TCP address that refuses or does not answer (the
+    client retries for its whole timeout, 20 s, on a refused port)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from her2kit.errors import SetupError
+
+    parts = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if parts.scheme != "tcp":
+        return  # tls://, inproc://, ...: left to the client
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return
+    if not host or not port:
+        return
+    try:
+        socket.create_connection((host, port), timeout=min(timeout, 5.0)).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise SetupError(f"cannot reach dask scheduler {scheduler}: {why}") from None
 
 
 def torch_threads_per_worker(workers: int) -> int:
@@ -310,8 +355,14 @@ def _new_executor(workers: int, scheduler: str | None, connect_timeout: float):
     from her2kit.errors import SetupError
 
     if scheduler:
+        import logging
+
         from distributed import Client
 
+        _probe(scheduler, connect_timeout)
+        # a scheduler lost mid-run: SchedulerLost says it in one line, not the
+        # client's own log of tracebacks
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
         try:
             c = Client(scheduler, timeout=f"{connect_timeout}s")
         except Exception as exc:  # OSError / TimeoutError with a long text: its first line

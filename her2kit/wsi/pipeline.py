@@ -10,6 +10,7 @@ Stable entry points (used by ``her2kit score`` / ``her2kit segment``):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -175,7 +176,7 @@ def run_slide(
     """
     from her2kit.inference import model_fingerprint
     from her2kit.readers import open_slide
-    from her2kit.wsi.cluster import make_executor
+    from her2kit.wsi.cluster import SchedulerLost, make_executor
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -310,6 +311,8 @@ def run_slide(
         t = time.perf_counter()
         _pyramid(plan, ledger, executor, path)
         timings["pyramid"] = time.perf_counter() - t
+    except SchedulerLost as exc:
+        raise SchedulerLost(f"{path}: {exc}") from None
     finally:
         if own_executor:
             executor.close()
@@ -328,8 +331,14 @@ def run_slide(
         wsi["storage_note"] = storage_note
     run_info = {"blocks_run": len(pending), "blocks_resumed": len(selected) - len(pending),
                 "workers": executor.workers, "executor": executor.kind, "overlap": bool(overlap)}
-    summary = _finish(path, out_dir, plan, grid, selected, ledger, segment_only, wsi,
-                      run_info, timings, thumb, thumb_ds, t, t_start, scorer)
+    try:
+        summary = _finish(path, out_dir, plan, grid, selected, ledger, segment_only, wsi,
+                          run_info, timings, thumb, thumb_ds, t, t_start, scorer)
+    except OSError as exc:  # the output side (a full disk, a name taken): say which file
+        where = getattr(exc, "filename2", None) or exc.filename
+        name = f" {Path(where).name}" if where else ""
+        raise Her2kitError(f"{out_dir}: cannot write{name}: {exc.strerror or _one_line(exc)}; "
+                           "run again to finish (the blocks are kept)") from None
     return summary
 
 
@@ -590,7 +599,12 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
             counts, n = _gather(ledger, selected, work / "cells.csv", heat)
             overlay = pool.submit(report.write_overlay, work / "overlay.png", thumb, heat)
             summary.update(report.score_counts(counts))
-            summary["cells_detected"] = summary["cells_all"] = int(n)
+            summary["cells_detected"] = int(n)
+            from her2kit.scoring.commands import SCORING
+
+            summary["scoring"] = SCORING
+            if not selected and summary.get("score") is None:  # as an image's (docs/scoring.md)
+                summary["note"] = "no tissue found; no tumour cells found"
             if scorer and scorer != "asco-cap-2018":
                 summary["scorer"] = _slide_scorer(scorer, ledger, selected)
             summary["wsi"] = wsi
@@ -621,6 +635,9 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
     # an older run's marker goes first, so a kill midway leaves the folder
     # incomplete (the next run redoes it) rather than old and new outputs mixed;
     # `segment` replaces the labels an older score was made from: that score goes too
+    for name in staged:  # before anything moves: the labels stay in the work folder for a rerun
+        if (out_dir / name).is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder has that name", str(out_dir / name))
     (out_dir / "score.json").unlink(missing_ok=True)
     if segment_only:
         for name in SCORE_FILES:
@@ -637,13 +654,21 @@ def _replace_dir(src: Path, dst: Path) -> None:
     """Move folder ``src`` onto ``dst``, replacing an older ``dst`` only once ``src`` is complete."""
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
+        _remove(old)
         os.replace(dst, old)
         os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     else:
         os.replace(src, dst)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder or a file (QA: a file where labels.zarr goes left a stray
+    .labels.zarr.old that rmtree could not delete)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def run_slides(

@@ -148,7 +148,7 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
 {wsi.get('shape', ['?', '?'])[0]} x {wsi.get('shape', ['?', '?'])[1]} px</p>
 <p>ASCO/CAP 2018 (reaffirmed 2023) over invasive tumour cells:
 {summary.get('cells_total', 0)} tumour cells of
-{summary.get('cells_all', 0)}; H-score {float(summary.get('h_score') or 0):.0f};
+{summary.get('cells_detected', 0)}; H-score {float(summary.get('h_score') or 0):.0f};
 complete staining (any intensity) {float(summary.get('percent_complete') or 0):.1f} %.</p>
 <table><tr><th>membrane category</th><th>cells</th></tr>{rows}</table>
 <h2>Category heat map</h2>

@@ -76,13 +76,17 @@ class Ledger:
     def start(self, plan: dict, force: bool = False) -> bool:
         """Open the ledger for ``plan``; returns True when resuming earlier work.
 
-        Earlier work is discarded when ``force`` or when its plan differs.
+        Earlier work is discarded when its plan differs (another model, option,
+        version). With ``force`` too: a finished run removes its ledger, so one
+        that is here is an interrupted run's, and a ``--force`` run killed
+        half-way resumes like any other (QA: it started over every time); its
+        blocks, made under the same plan, would come out the same.
         """
         plan_path = self.dir / "plan.json"
         text = json.dumps(plan, sort_keys=True, indent=1)
         if self.dir.exists():
             old = plan_path.read_text() if plan_path.exists() else None
-            if force or old != text or not self.labels_path.exists():
+            if old != text or not self.labels_path.exists():
                 shutil.rmtree(self.dir)
             else:
                 return True
