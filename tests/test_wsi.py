@@ -99,6 +99,14 @@ def test_end_to_end_zarr(reference):
     assert f["properties"]["objectType"] == "cell" and f["geometry"]["type"] == "Polygon"
     html = (out / "report.html").read_text()
     assert "HER2 score" in html and "heat map" in html and "data:image/png;base64" in html
+    # as an image's report (QA: a slide's had no histograms)
+    assert 'alt="completeness histogram"' in html and 'alt="intensity histogram"' in html
+    from her2kit.scoring.exports import StainingHistograms
+
+    hist = StainingHistograms()
+    hist.add(cells)
+    assert hist.completeness.sum() == hist.intensity.sum() == s["cells_total"]
+    assert hist.completeness.sum(axis=1).tolist() == [s["counts"][str(k)] for k in range(4)]
 
 
 def test_cells_on_block_borders_counted_once(reference):

@@ -449,7 +449,7 @@ def write_overlay_png(path: str | os.PathLike, overlay: np.ndarray, max_side: in
 
 
 def _histogram_png(values: np.ndarray, categories: np.ndarray, title: str, xlabel: str,
-                   bins: np.ndarray) -> bytes:
+                   bins: np.ndarray, weights: np.ndarray | None = None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -459,6 +459,7 @@ def _histogram_png(values: np.ndarray, categories: np.ndarray, title: str, xlabe
     ax = fig.add_subplot()
     stacks = [values[categories == k] for k in range(4)]
     ax.hist(stacks, bins=bins, stacked=True, label=[CATEGORY_NAMES[k] for k in range(4)],
+            weights=None if weights is None else [weights[categories == k] for k in range(4)],
             color=[np.array(CATEGORY_COLOURS[k]) / 255 for k in range(4)])
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -468,6 +469,41 @@ def _histogram_png(values: np.ndarray, categories: np.ndarray, title: str, xlabe
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+class StainingHistograms:
+    """The report's two histograms (membrane completeness and intensity of tumour
+    cells, by category) summed block by block, for slides: fixed bins, so
+    memory does not grow with the number of cells."""
+
+    COMPLETENESS_BINS = np.linspace(0, 1, 17)
+    INTENSITY_BINS = np.linspace(0, 0.6, 25)  # DAB OD; stronger cells go to the last bin
+
+    def __init__(self) -> None:
+        self.completeness = np.zeros((4, len(self.COMPLETENESS_BINS) - 1), np.int64)
+        self.intensity = np.zeros((4, len(self.INTENSITY_BINS) - 1), np.int64)
+
+    def add(self, cols: Mapping[str, np.ndarray]) -> None:
+        if "completeness" not in cols or "intensity" not in cols:
+            return
+        keep = np.asarray(cols.get("tumour", np.ones(len(cols["category"]), bool))).astype(bool)
+        cats = np.clip(np.asarray(cols["category"], np.int64)[keep], 0, 3)
+        comp = np.clip(np.asarray(cols["completeness"], np.float64)[keep], 0, 1)
+        top = self.INTENSITY_BINS[-1]
+        inten = np.clip(np.nan_to_num(np.asarray(cols["intensity"], np.float64)[keep]), 0, top)
+        for k in range(4):
+            self.completeness[k] += np.histogram(comp[cats == k], self.COMPLETENESS_BINS)[0]
+            self.intensity[k] += np.histogram(inten[cats == k], self.INTENSITY_BINS)[0]
+
+    def pngs(self) -> tuple[bytes, bytes]:
+        out = []
+        for counts, bins, title, xlabel in (
+                (self.completeness, self.COMPLETENESS_BINS, "Membrane completeness", "share of sectors stained"),
+                (self.intensity, self.INTENSITY_BINS, "Membrane intensity", "DAB OD of stained part (last bin: 0.6 and above)")):
+            centres = np.tile((bins[:-1] + bins[1:]) / 2, 4)
+            cats = np.repeat(np.arange(4), len(bins) - 1)
+            out.append(_histogram_png(centres, cats, title, xlabel, bins, weights=counts.ravel().astype(float)))
+        return out[0], out[1]
 
 
 def _img(data: bytes, alt: str, width: str = "100%") -> str:
@@ -485,9 +521,9 @@ def write_report_html(path: str | os.PathLike, rgb: np.ndarray, overlay: np.ndar
     inten = np.asarray(table["intensity"], dtype=np.float64)[tumour]
     hist_c = _histogram_png(comp, cats, "Membrane completeness", "share of sectors stained",
                             np.linspace(0, 1, 17))
-    top = max(1.0, float(np.percentile(inten, 99)) if inten.size else 1.0)
-    hist_i = _histogram_png(inten, cats, "Membrane intensity", "DAB OD of stained part",
-                            np.linspace(0, top, 21))
+    bins = StainingHistograms.INTENSITY_BINS  # as on slides: the intense level (0.36) mid-range
+    hist_i = _histogram_png(np.clip(np.nan_to_num(inten), 0, bins[-1]), cats, "Membrane intensity",
+                            "DAB OD of stained part (last bin: 0.6 and above)", bins)
     score = summary.get("score")
     sub = summary.get("subcategory")
     score_text = "undefined" if score is None else (f"{score} ({sub})" if sub else score)

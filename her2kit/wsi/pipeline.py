@@ -504,7 +504,7 @@ def _pyramid(plan: dict, ledger: Ledger, executor: Any, path: str) -> None:
 
 
 def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
-            heat: Any = None) -> tuple[np.ndarray, int]:
+            heat: Any = None, hist: Any = None) -> tuple[np.ndarray, int]:
     """Stream the blocks' cells into cells.csv (block order, then rank); return
     the tumour cells' counts per category (0..3) and the number of all cells.
     Nothing grows with the number of cells."""
@@ -532,8 +532,9 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
             if "tumour" in cols:
                 cat = cat[cols["tumour"].astype(bool)]
             counts += np.bincount(cat, minlength=4)[:4]
-            if heat is not None:
-                heat.add(cols)
+            for sink in (heat, hist):
+                if sink is not None:
+                    sink.add(cols)
         if names is None and f is not None:
             f.write(csv_header(list(COLUMNS)).encode())
     finally:
@@ -596,7 +597,10 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
                                   work / "cells.geojson")
             slide_img = pool.submit(report.slide_image, thumb)
             heat = report.HeatMap(thumb.shape[:2], thumb_ds, plan["mpp"])
-            counts, n = _gather(ledger, selected, work / "cells.csv", heat)
+            from her2kit.scoring.exports import StainingHistograms
+
+            hist = StainingHistograms()
+            counts, n = _gather(ledger, selected, work / "cells.csv", heat, hist)
             overlay = pool.submit(report.write_overlay, work / "overlay.png", thumb, heat)
             summary.update(report.score_counts(counts))
             summary["cells_detected"] = int(n)
@@ -612,7 +616,7 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
             timings["total"] = time.perf_counter() - t_start
             summary["run"] = {**run_info, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
             report.write_report(work / "report.html", summary, thumb, heat, path,
-                                slide_img=slide_img.result())
+                                slide_img=slide_img.result(), histograms=hist.pngs())
             geojson.result()
             overlay.result()
         staged += ["cells.csv", "cells.geojson", "overlay.png", "report.html"]

@@ -121,9 +121,12 @@ def slide_image(thumb: np.ndarray) -> str:
 
 
 def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatMap,
-                 source: str, slide_img: str | None = None) -> None:
-    """report.html: score, percentages, H-score, thumbnail and heat map (one self-contained
-    file). ``slide_img``: :func:`slide_image` of ``thumb``, if already made."""
+                 source: str, slide_img: str | None = None,
+                 histograms: tuple[bytes, bytes] | None = None) -> None:
+    """report.html: score, percentages, H-score, thumbnail, heat map and (given)
+    the completeness and intensity histograms as PNG bytes, as an image's
+    report has them (one self-contained file). ``slide_img``:
+    :func:`slide_image` of ``thumb``, if already made."""
     from her2kit.wsi.resume import atomic_write_bytes
 
     pct = summary.get("percent") or {}
@@ -137,6 +140,15 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
     timings = summary.get("run", {}).get("timings_s", {})
     sub = summary.get("subcategory")
     score = html.escape(str(summary.get("score", "?"))) + (f" ({html.escape(str(sub))})" if sub else "")
+    hist_html = ""
+    if histograms is not None:
+        hist_html = ("<h2>Membrane staining of tumour cells</h2>\n<p>What the categories were "
+                     "drawn from (docs/scoring.md).</p>\n"
+                     + "".join(f'<div><img alt="{alt}" style="max-width:450px" '
+                               f'src="data:image/png;base64,{base64.b64encode(png).decode()}"></div>'
+                               for png, alt in
+                               zip(histograms, ("completeness histogram", "intensity histogram"), strict=True))
+                     + "\n")
     text = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>HER2 {score} - {html.escape(Path(source).name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}td{{padding:2px 12px}}
@@ -154,7 +166,7 @@ complete staining (any intensity) {float(summary.get('percent_complete') or 0):.
 <h2>Category heat map</h2>
 <p>Mean membrane category of tumour cells per {BIN_UM:.0f} &micro;m square.</p>
 {_img(blend(thumb, heat.on_thumbnail(), 0.8), "heat map")}
-<h2>Slide</h2>
+{hist_html}<h2>Slide</h2>
 {slide_img or slide_image(thumb)}
 <h2>Run</h2>
 <p>{wsi.get('blocks_tissue', '?')} of {wsi.get('blocks_total', '?')} blocks with tissue
