@@ -101,6 +101,7 @@ def test_end_to_end_zarr(reference):
     assert "HER2 score" in html and "heat map" in html and "data:image/png;base64" in html
     # as an image's report (QA: a slide's had no histograms)
     assert 'alt="completeness histogram"' in html and 'alt="intensity histogram"' in html
+    assert "9 run now, 0 finished by an earlier, interrupted run" in html
     from her2kit.scoring.exports import StainingHistograms
 
     hist = StainingHistograms()

@@ -137,7 +137,8 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
                                    "2+ (weak-moderate, complete)", "3+ (intense, complete)"])
     )
     wsi = summary.get("wsi", {})
-    timings = summary.get("run", {}).get("timings_s", {})
+    run = summary.get("run", {})
+    timings = run.get("timings_s", {})
     sub = summary.get("subcategory")
     score = html.escape(str(summary.get("score", "?"))) + (f" ({html.escape(str(sub))})" if sub else "")
     hist_html = ""
@@ -171,7 +172,8 @@ complete staining (any intensity) {float(summary.get('percent_complete') or 0):.
 <h2>Run</h2>
 <p>{wsi.get('blocks_tissue', '?')} of {wsi.get('blocks_total', '?')} blocks with tissue
 (grid {wsi.get('grid', {}).get('rows')} x {wsi.get('grid', {}).get('cols')});
-times (s): {html.escape(', '.join(f'{k} {v}' for k, v in timings.items()))}</p>
+{run.get('blocks_run', '?')} run now, {run.get('blocks_resumed', 0)} finished by an earlier, interrupted run;
+times of this run (s): {html.escape(', '.join(f'{k} {v}' for k, v in timings.items()))}</p>
 </body></html>
 """
     atomic_write_bytes(path, text.encode())
