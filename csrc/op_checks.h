@@ -42,7 +42,8 @@ inline int64_t spp_check(const char* op, const at::Tensor& x, at::IntArrayRef le
   TORCH_CHECK(!levels.empty(), op, ": levels must not be empty");
   int64_t S = 0;
   for (int64_t n : levels) {
-    TORCH_CHECK(n >= 1, op, ": every level must be >= 1, got ", levels);
+    // n^2 bins per level: a larger n is a mistake, and n^2 could overflow
+    TORCH_CHECK(n >= 1 && n <= 4096, op, ": every level must be 1..4096, got ", levels);
     S += n * n;
   }
   return S;

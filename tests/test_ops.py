@@ -224,6 +224,22 @@ def test_tlstm_errors():
         tlstm(x, w[0].double(), *w[1:])
     with pytest.raises(ValueError, match="is on meta"):
         tlstm(x, w[0].to("meta"), *w[1:])
+    empty = make_weights(3, 2, torch.float32)
+    with pytest.raises(ValueError, match="hidden size K"):
+        tlstm(x, empty[0][:, :0], empty[1][:, :0], empty[2][:, :0, :0], empty[3][:, :, :0])
+
+
+@needs_native
+def test_second_derivatives_are_refused_not_wrong():
+    """QA: with create_graph=True the native ops' second derivatives came back None."""
+    x = torch.randn(1, 3, 4, 4, requires_grad=True)
+    w = make_weights(3, 2, torch.float32)
+    with pytest.raises(RuntimeError, match="native tlstm is differentiable once"):
+        torch.autograd.grad((tlstm(x, *w) ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="native spp is differentiable once"):
+        torch.autograd.grad((spp(x) ** 2).sum(), x, create_graph=True)
+    g = torch.autograd.grad((tlstm(x, *w) ** 2).sum(), x)[0]  # once: fine
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
 @needs_native
@@ -336,6 +352,9 @@ def test_spp_errors_and_module():
         spp(torch.randn(1, 1, 4, 4), (2, 0))
     with pytest.raises(ValueError, match="levels"):
         SPP(())
+    for levels in ((2**32,), (2**32, 1), (2.7,), (5000,)):  # QA: 2**32 overflowed n^2 and crashed
+        with pytest.raises(ValueError, match=r"integers 1\.\.4096"):
+            spp(torch.randn(1, 1, 2, 2), levels)
     m = SPP((1, 2, 4))
     assert m.bins == 21
     assert m(torch.randn(2, 3, 9, 5)).shape == (2, 3, 21)
@@ -343,8 +362,9 @@ def test_spp_errors_and_module():
 
 @needs_native
 def test_spp_raw_op_errors():
-    with pytest.raises(RuntimeError, match="every level must be >= 1"):
-        torch.ops.her2kit.spp_forward(torch.randn(1, 1, 4, 4), [1, -2])
+    for levels in ([1, -2], [2**32], [2**32, 1]):
+        with pytest.raises(RuntimeError, match=r"every level must be 1\.\.4096"):
+            torch.ops.her2kit.spp_forward(torch.randn(1, 1, 4, 4), levels)
     with pytest.raises(RuntimeError, match="float32 or float64"):
         torch.ops.her2kit.spp_forward(torch.zeros(1, 1, 4, 4, dtype=torch.int32), [1])
     out, idx = torch.ops.her2kit.spp_forward(torch.randn(1, 1, 4, 4), [2])

@@ -238,3 +238,29 @@ def test_negative_markers_block_like_pixels_outside_the_mask(compactness):
         blocked = native.watershed(image, np.maximum(markers, 0), mask & (markers >= 0), compactness)
         np.testing.assert_array_equal(ours, blocked)
         assert not ours[markers < 0].any()
+
+
+def test_cell_finding_wrapper_follows_skimage_for_labels_the_kernel_reads_otherwise():
+    """QA: ids >= 2^31 were wrapped to int32 and negative markers dropped by the
+    native kernels; the wrappers hand such labels to skimage."""
+    from skimage.measure import label
+
+    from her2kit.scoring.cells import _pieces_with, _watershed
+
+    rng = np.random.default_rng(5)
+    image = rng.random((30, 30)).astype(np.float32)
+    markers = np.zeros((30, 30), np.int64)
+    markers[5, 5], markers[20, 20] = 1, 2
+    mask = np.ones((30, 30), bool)
+    for m in (-markers, markers * 2**32):
+        np.testing.assert_array_equal(_watershed(image, m, mask), sk_watershed(image, m, mask=mask))
+    np.testing.assert_array_equal(_watershed(image, markers, mask, compactness=np.inf),
+                                  sk_watershed(image, markers, mask=mask, compactness=np.inf))
+    labels = np.zeros((10, 10), np.int64)
+    labels[2:5, 2:5] = 2**32
+    seeds = np.zeros((10, 10), bool)
+    seeds[3, 3] = True
+    assert _pieces_with(labels, seeds).sum() == 9 == (label(labels) > 0).sum()
+    with pytest.raises(ValueError, match="compactness must be finite"):
+        native.watershed(image, markers.astype(np.int32), mask, float("inf"))
+

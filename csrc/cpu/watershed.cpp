@@ -383,7 +383,8 @@ py::array_t<int32_t> watershed(
     if (a->ndim() != 2 || a->shape(0) != H || a->shape(1) != W)
       throw std::invalid_argument("watershed: markers and mask must have the image's shape");
   }
-  if (!(compactness >= 0)) throw std::invalid_argument("watershed: compactness must be >= 0");
+  if (!(compactness >= 0) || std::isinf(compactness))
+    throw std::invalid_argument("watershed: compactness must be finite and >= 0");
   py::array_t<int32_t> out({H, W});
   const float* img = image.data();
   const int32_t* mk = markers.data();
@@ -582,7 +583,8 @@ void register_watershed(py::module_& m) {
   m.def("watershed", &watershed, py::arg("image"), py::arg("markers"), py::arg("mask"),
         py::arg("compactness") = 0.0,
         "Seeded 4-connected watershed of a 2-D float32 image: int32 labels "
-        "(skimage.segmentation.watershed semantics, GIL released).");
+        "(skimage.segmentation.watershed semantics for markers >= 0; a negative "
+        "marker is a wall; finite compactness; GIL released).");
 }
 
 }  // namespace her2kit

@@ -48,6 +48,9 @@ def _use_native(x: torch.Tensor) -> bool:
     return False
 
 
+MAX_SPP_LEVEL = 4096
+
+
 def _check_x(op: str, x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
@@ -65,6 +68,8 @@ def _check_tlstm(x, w_x, b_x, w_h, peep) -> int:
         raise ValueError(f"tlstm: w_h must be 4-D (4, 4K, K, 3), got shape {tuple(w_h.shape)}")
     K = w_h.shape[2]
     C = x.shape[1]
+    if K < 1:
+        raise ValueError(f"tlstm: the hidden size K (w_h's third dimension) must be >= 1, got {K}")
     want = {
         "w_x": (w_x, (4, 4 * K, C), "(4, 4K, C)"),
         "b_x": (b_x, (4, 4 * K), "(4, 4K)"),
@@ -124,9 +129,15 @@ def spp(x: torch.Tensor, levels: Sequence[int] = (1, 2, 3, 6)) -> torch.Tensor:
     input or level.
     """
     _check_x("spp", x)
-    levels = [int(n) for n in levels]
-    if not levels or min(levels) < 1:
-        raise ValueError(f"spp: levels must be a non-empty list of integers >= 1, got {levels}")
+    given = list(levels)
+    try:
+        levels = [int(n) for n in given]
+    except (TypeError, ValueError):
+        levels = []
+    # an integer level n gives n^2 bins: more than MAX_SPP_LEVEL^2 is a mistake
+    # (QA: 2**32 overflowed n^2 in the native op and wrote past its output)
+    if (not levels or levels != given or min(levels) < 1 or max(levels) > MAX_SPP_LEVEL):
+        raise ValueError(f"spp: levels must be a non-empty list of integers 1..{MAX_SPP_LEVEL}, got {given}")
     if _use_native(x):
         return torch.ops.her2kit.spp_forward(x, levels)[0]
     return spp_reference(x, levels)

@@ -82,7 +82,16 @@ if _C is not None:
         ctx.mark_non_differentiable(gates, cells, hist)
         ctx.set_materialize_grads(False)
 
+    def _once(name: str) -> None:
+        # autograd runs a backward with grad mode on only for create_graph=True:
+        # the native backward ops have no derivative of their own, and the
+        # second derivative would come back as None (QA), so say it instead
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"her2kit's native {name} is differentiable once: a second derivative "
+                               "(create_graph=True) is not supported; use her2kit.ops.reference for that")
+
     def _tlstm_backward(ctx, grad_hidden, _g_gates, _g_cells, _g_hist):
+        _once("tlstm")
         x, w_x, w_h, peep, gates, cells, hist = ctx.saved_tensors
         if grad_hidden is None:
             return None, None, None, None, None
@@ -101,6 +110,7 @@ if _C is not None:
         ctx.hw = (x.shape[2], x.shape[3])
 
     def _spp_backward(ctx, grad, _g_idx):
+        _once("spp")
         (indices,) = ctx.saved_tensors
         gin = torch.ops.her2kit.spp_backward(grad.contiguous(), indices, *ctx.hw)
         return gin, None

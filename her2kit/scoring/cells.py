@@ -373,7 +373,7 @@ def pixel_classes(probs: np.ndarray) -> np.ndarray:
 def _pieces_with(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """Pixels of the 4-connected pieces of each nonzero label that hold a seed pixel (bool)."""
     connected_to_seeds = _native("connected_to_seeds")
-    if connected_to_seeds is None:
+    if connected_to_seeds is None or not _native_labels(labels):
         from skimage.measure import label
 
         pieces = label(labels, background=0, connectivity=1)
@@ -388,6 +388,21 @@ def _pieces_with(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 _NATIVE_FLOOD_MAX_PIXELS = 2**29
 
 
+def _native_labels(labels: np.ndarray) -> bool:
+    """Whether the native kernels read ``labels`` as skimage does: ids 0 .. 2^31 - 1
+    (they take int32, and a negative marker is a barrier to them; QA: larger ids
+    were wrapped, negative ones dropped; cell finding's own labels always fit)."""
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.dtype == bool:
+        return True
+    if labels.dtype.kind not in "iu":
+        return False
+    if labels.dtype.kind == "u" and labels.dtype.itemsize < 4:
+        return True
+    return int(labels.min()) >= 0 and (labels.dtype.itemsize < 4 or labels.dtype == np.int32
+                                       or int(labels.max()) < 2**31)
+
+
 def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
                compactness: float = 0.0) -> np.ndarray:
     """``skimage.segmentation.watershed(image, markers, mask=mask, compactness=...)``
@@ -396,11 +411,15 @@ def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray,
     without the GIL."""
     image = np.asarray(image, dtype=np.float32)
     watershed = _native("watershed")
-    if watershed is None or image.size > _NATIVE_FLOOD_MAX_PIXELS or not np.isfinite(image).all():
-        # (inf/NaN costs, or more pixels than the flood indexes: skimage's own answer)
+    if (watershed is None or image.size > _NATIVE_FLOOD_MAX_PIXELS or not np.isfinite(image).all()
+            or not np.isfinite(compactness) or not _native_labels(markers)):
+        # (inf/NaN costs, more pixels than the flood indexes, markers it reads
+        # otherwise: skimage's own answer)
         from skimage.segmentation import watershed as sk_watershed
 
-        return sk_watershed(image, markers, mask=mask, compactness=compactness).astype(np.int32)
+        out = sk_watershed(image, markers, mask=mask, compactness=compactness)
+        fits = out.size == 0 or (-(2**31) <= int(out.min()) and int(out.max()) < 2**31)
+        return out.astype(np.int32) if fits else out  # ids beyond int32 kept as they are
     return watershed(image, np.asarray(markers, dtype=np.int32), np.asarray(mask, dtype=bool),
                      float(compactness))
 
