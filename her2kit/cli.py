@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="channel width of the network")
     p.add_argument("--batch", type=int, default=None, help="patches per step (default: the preset's)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
-    p.add_argument("--patch", type=int, default=251, help="square training patch side in pixels (default 251)")
+    p.add_argument("--patch", type=int, default=None, help="square training patch side in pixels (default 251)")
     p.add_argument("--val-data", default=None, help="validation folder (default: a split of --data)")
     p.add_argument("--fraction", type=float, default=1.0, help="use this fraction of the training images")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, patches and weights (default 0)")

@@ -376,7 +376,43 @@ def test_resume_refuses_other_width_or_data(tiny, tmp_path, capsys):
     rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN, "--epochs", "2",
                     "--seed", "9", "--resume")
     assert rc == 1 and "--seed" in err, err
+    for option, value in (("--lr", "0.1"), ("--patch", "32"), ("--preset", "paper")):  # QA: accepted
+        rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(out), *TRAIN, "--epochs", "2",
+                        "--resume", option, value)
+        assert rc == 1 and f"{option} {value} differs from the run's" in err and "Traceback" not in err, err
     assert (out / "last.json").read_text() == last
+    # without them, the run's own settings go on
+    rc, err = _main(capsys, "train", "--data", str(tiny), "--out", str(out), "--model", "segnet",
+                    "--epochs", "2", "--resume")
+    assert rc == 0, err
+    done = json.loads((out / "last.json").read_text())["train"]
+    assert (done["patch"], done["batch"], done["epochs"]) == (48, 2, 2)
+
+
+def test_folders_that_would_mix_training_and_validation_are_refused(tmp_path, capsys):
+    """QA: one image was validated on itself; a row listed twice landed on both
+    sides; a bad mpp was a traceback (or -1 kept); names with [ ] never paired."""
+    one = make_folder(tmp_path / "one", n=1)
+    rc, err = _main(capsys, "train", "--data", str(one), "--out", str(tmp_path / "o1"), *TRAIN)
+    assert rc != 0 and "holds one labelled image" in err and "--val-data" in err, err
+    twice = make_folder(tmp_path / "twice", n=3)
+    lines = (twice / "index.csv").read_text().splitlines()
+    (twice / "index.csv").write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(InputError, match="0000.png is listed twice"):
+        index_rows(twice)
+    for value in ("abc", "-1", "0"):
+        bad = make_folder(tmp_path / f"mpp{value}", n=2)
+        text = (bad / "index.csv").read_text().replace(",0.5", f",{value}", 1)
+        (bad / "index.csv").write_text(text)
+        with pytest.raises(InputError, match=f"mpp '{value}' is not a positive number"):
+            index_rows(bad)
+    odd = make_folder(tmp_path / "odd", n=3, index=False)
+    for d in ("images", "masks"):
+        (odd / d / "0000.png").rename(odd / d / "s[0].png")
+    (odd / "masks" / "0001.png").unlink()
+    with pytest.warns(UserWarning, match=r"1 image\(s\) without a mask .* 0001.png"):
+        rows = index_rows(odd)
+    assert sorted(Path(r["image"]).name for r in rows) == ["0002.png", "s[0].png"]
 
 
 def test_training_images_are_flagged_in_evaluation_and_validation(tiny, run, tmp_path, capsys):

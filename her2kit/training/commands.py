@@ -67,6 +67,14 @@ def _check_resume(meta: dict[str, Any], last: Path, args: argparse.Namespace, da
     if "val" in recorded and ck_val != val:
         raise InputError(last, f"--val-data {args.val_data or '(none: a split of --data)'} differs from the "
                                f"checkpoint's {ck_val or 'seeded split of --data'}")
+    train_meta = meta.get("train", {})
+    for option, key, given in (("--preset", "preset", args.preset), ("--lr", "lr", args.lr),
+                               ("--batch", "batch", args.batch), ("--patch", "patch", args.patch)):
+        before = train_meta.get(key)
+        if given is not None and before is not None and given != before and not (
+                key == "preset" and given == "default"):  # --preset has a default: only a change counts
+            raise InputError(last, f"{option} {given} differs from the run's {before}; a resumed run keeps "
+                                   f"its settings (leave {option} out, or start a new --out)")
     ck_names = recorded.get("train_images")
     if ck_names is not None and list(ck_names) != train_names:
         raise InputError(last, "the training images differ from the checkpoint's: --seed and --fraction "
@@ -89,7 +97,7 @@ def train(args: argparse.Namespace) -> int:
     from her2kit.inference import DEFAULT_MPP, DEFAULT_NORMALISATION, check_device
     from her2kit.training.augment import AugmentConfig
     from her2kit.training.dataset import index_rows, load_folder, split, subset
-    from her2kit.training.loop import config_for, describe, fmt_metric, train_model
+    from her2kit.training.loop import TrainConfig, config_for, describe, fmt_metric, train_model
     from her2kit.training.options import check_out_folder, check_train_options
 
     # every option is checked before any work
@@ -109,6 +117,9 @@ def train(args: argparse.Namespace) -> int:
                         patch=args.patch, seed=args.seed)
 
     rows = index_rows(data)
+    if len(rows) == 1 and not args.val_data:
+        raise InputError(data, "holds one labelled image: none is left to validate on (the same image "
+                               "would be both); give --val-data with held-out images")
     if args.val_data:
         train_idx, val_rows = list(range(len(rows))), index_rows(args.val_data)
         val_names = [Path(r["image"]).stem for r in val_rows]
@@ -129,6 +140,12 @@ def train(args: argparse.Namespace) -> int:
         if meta["architecture"] != args.model:
             raise InputError(last, f"checkpoint is {meta['architecture']!r}, not {args.model!r}")
         _check_resume(meta, last, args, data, train_names)
+        # the run's own settings go on (only --epochs may grow); QA: --lr/--batch/--patch
+        # given on --resume were recorded for the whole run while the old schedule ran
+        recorded = {k: v for k, v in meta.get("train", {}).items() if k in TrainConfig.__dataclass_fields__}
+        if args.epochs is not None:
+            recorded["epochs"] = args.epochs
+        config = replace(config, **recorded)
         if "width" in meta["options"]:  # the checkpoint's width, not the preset's, is what runs
             config = replace(config, width=int(meta["options"]["width"]))
         if int(meta["epoch"]) >= config.epochs:
@@ -153,6 +170,10 @@ def train(args: argparse.Namespace) -> int:
     mpps = {im.mpp for im in train_images if im.mpp}
     if len(mpps) > 1:
         raise InputError(data, f"images at several resolutions ({sorted(mpps)} um/px); resample them to one")
+    val_mpps = {im.mpp for im in val_images if im.mpp} - mpps
+    if mpps and val_mpps:  # QA: validation images at 2 um/px were used among 0.5 um/px training ones
+        raise InputError(args.val_data or data, f"validation images at {sorted(val_mpps)} um/px, training "
+                                                f"images at {sorted(mpps)}; resample them to one")
     mpp = mpps.pop() if mpps else DEFAULT_MPP
 
     options = {"width": config.width} if takes_width else {}

@@ -125,18 +125,46 @@ def index_rows(folder: str | Path) -> list[dict[str, str]]:
                 if score and score_index(score) is None:
                     raise InputError(index, f"row {row.get('image')!r}: score {score!r} is not one of "
                                             "0, 1+, 2+, 3+ (leave it empty if unknown)")
+                mpp = (row.get("mpp") or "").strip()
+                if mpp:
+                    try:
+                        value = float(mpp)
+                    except ValueError:
+                        value = float("nan")
+                    if not (np.isfinite(value) and value > 0):  # QA: -1 was kept, "abc" a traceback
+                        raise InputError(index, f"row {row.get('image')!r}: mpp {mpp!r} is not a positive "
+                                                "number of microns per pixel (leave it empty if unknown)")
                 rows.append(dict(row))
     else:
-        images = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if (folder / "images").is_dir() else []
+        masks_dir = folder / "masks"
+        masks = sorted(m for m in masks_dir.iterdir() if m.suffix.lower() in IMAGE_SUFFIXES) \
+            if masks_dir.is_dir() else []
+        by_stem: dict[str, Path] = {}
+        for m in masks:  # names matched literally (QA: glob read "s[0]" as a pattern)
+            by_stem.setdefault(m.stem, m)
+        unmatched = []
         for p in images:
-            masks = [m for m in (folder / "masks").glob(p.stem + ".*") if m.suffix.lower() in IMAGE_SUFFIXES]
-            if masks:
-                rows.append({"image": str(p.relative_to(folder)), "mask": str(masks[0].relative_to(folder))})
+            if p.stem in by_stem:
+                rows.append({"image": str(p.relative_to(folder)), "mask": str(by_stem[p.stem].relative_to(folder))})
+            else:
+                unmatched.append(p.name)
+        if unmatched and rows:
+            import warnings
+
+            warnings.warn(f"{folder}: {len(unmatched)} image(s) without a mask in masks/ left out: "
+                          f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}", stacklevel=2)
     if not rows:
         raise InputError(folder, "no labelled images (expected images/*.png with masks/*.png, or index.csv)")
-    for row in rows:
+    seen: dict[str, int] = {}
+    for n, row in enumerate(rows, start=2):  # csv line numbers (line 1 is the header)
         for key in ("image", "mask"):
             row[key] = str((folder / row[key]).resolve()) if not Path(row[key]).is_absolute() else row[key]
+        if row["image"] in seen:  # QA: a repeated row put one image in training and validation
+            raise InputError(index, f"image {Path(row['image']).name} is listed twice (lines {seen[row['image']]} "
+                                    f"and {n}); list each image once")
+        seen[row["image"]] = n
         if not row.get("cells"):
             cells = folder / "cells" / (Path(row["image"]).stem + ".csv")
             if cells.is_file():

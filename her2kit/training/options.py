@@ -37,7 +37,7 @@ def check_train_options(args: Any) -> None:
         raise Her2kitError(f"--lr must be a positive finite number, got {args.lr}")
     if not 0 < args.fraction <= 1:  # also refuses nan
         raise Her2kitError(f"--fraction must be in (0, 1], got {args.fraction}")
-    if not 16 <= args.patch <= MAX_PATCH:
+    if args.patch is not None and not 16 <= args.patch <= MAX_PATCH:
         raise Her2kitError(f"--patch must be between 16 and {MAX_PATCH} pixels, got {args.patch}")
     if args.seed < 0:  # numpy's seeded generators refuse negative seeds
         raise Her2kitError(f"--seed must be 0 or more, got {args.seed}")
