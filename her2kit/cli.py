@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 
 from her2kit import __version__
 from her2kit.errors import Her2kitError
@@ -235,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             except SystemExit:
                 return 2
         verb = f"synth {args.synth_verb}"
-    _stop_on_sigterm()
-    _one_line_warnings()
-    try:
+    def run() -> int:
         if verb in ("score", "segment"):  # one local cluster / scheduler client for all inputs
             from her2kit.wsi.cluster import reuse_freed_memory, shared_executors
 
@@ -248,6 +247,18 @@ def main(argv: list[str] | None = None) -> int:
             with shared_executors():
                 return int(_resolve(verb)(args) or 0)
         return int(_resolve(verb)(args) or 0)
+
+    return guarded(run)
+
+
+def guarded(run: Callable[[], int | None]) -> int:
+    """Run a command as the CLI does: a her2kit error is one line and status 1,
+    SIGTERM 143, Ctrl-C 130, anything else one "internal error" line and 3
+    (the ``python -m her2kit.…`` tools use it too)."""
+    _stop_on_sigterm()
+    _one_line_warnings()
+    try:
+        return int(run() or 0)
     except Her2kitError as exc:
         _close_progress_bars()
         print(f"her2kit: error: {exc}", file=sys.stderr)

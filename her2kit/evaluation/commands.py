@@ -277,17 +277,23 @@ OUTPUTS = ("metrics.json", "comparison.json", "comparison.md", "by_score.md", "r
 
 
 def training_overlap(metadata: dict[str, Any], data: str | Path, names: list[str]) -> int:
-    """How many of ``names`` (images of the folder ``data``) the checkpoint was trained on.
+    """How many of ``names`` (images of the folder ``data``) the checkpoint was
+    trained on or had its best epoch chosen on (its validation images).
 
     The folders are compared as resolved paths: synthetic image names such as
     0000 repeat across data sets. Older checkpoints kept the path as given; it is
     resolved against the current folder.
     """
     recorded = metadata.get("data") or {}
+    here = Path(data).resolve()
+    seen: set[str] = set()
     folder = recorded.get("train_path") or recorded.get("train")
-    if not folder or Path(folder).resolve() != Path(data).resolve():
-        return 0
-    return len(set(names) & set(recorded.get("train_images") or []))
+    if folder and Path(folder).resolve() == here:  # trained on, or (a split) chose the epoch on
+        seen |= set(recorded.get("train_images") or []) | set(recorded.get("val_images") or [])
+    val = recorded.get("val_path")
+    if val and Path(val).resolve() == here:  # --val-data: the best epoch was chosen on these (QA)
+        seen |= set(recorded.get("val_images") or [])
+    return len(set(names) & seen)
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -144,24 +145,31 @@ def main(argv: list[str] | None = None) -> int:
                     help="fit on this segmentation model's probabilities (default: the true masks)")
     ap.add_argument("--out", default=None, help="write the fitted CellParams JSON here")
     args = ap.parse_args(argv)
+    from her2kit.scoring.validate import check_folder, check_options, read_params
+
+    for d in [*args.data, *([args.check] if args.check else [])]:
+        check_folder(d)
+    check_options(args)
+    starts = [read_params(path, "--start") for path in args.start]
+    fitting = {os.path.realpath(d) for d in args.data}
+    check_is_fitting = bool(args.check) and os.path.realpath(args.check) in fitting
+    if check_is_fitting:  # QA: the "held-out" check ran on the fitting images without a word
+        print(f"her2kit: warning: --check {args.check} is one of the --data folders the thresholds are "
+              "fitted on: its figures are not a held-out result", file=sys.stderr)
     segmenter = None
     if args.model:
         from her2kit.inference import load_segmenter
 
         segmenter = load_segmenter(args.model)
-    params = CellParams()
-    if args.params:
-        with open(args.params) as f:
-            params = CellParams.from_dict(json.load(f))
+    params = CellParams.from_dict(read_params(args.params)) if args.params else CellParams()
     parts = [collect(d, params, args.limit, segmenter) for d in args.data]
     sec = np.concatenate([p[0] for p in parts])
     cat = np.concatenate([p[1] for p in parts])
     images = [im for p in parts for im in p[2]]
     fitted, score = fit_thresholds(sec, cat, params, images)
-    for path in args.start:
+    for path, fields in zip(args.start, starts, strict=True):
         # the ascent is greedy: other starting points can reach better optima
-        with open(path) as f:
-            start = params.with_(**{k: v for k, v in json.load(f).items() if k in GRIDS})
+        start = params.with_(**{k: v for k, v in fields.items() if k in GRIDS})
         other, other_score = fit_thresholds(sec, cat, start, images)
         print(f"start {path}: objective {other_score:.4f}", file=sys.stderr)
         if other_score > score:
@@ -178,9 +186,12 @@ def main(argv: list[str] | None = None) -> int:
 
         summary, _ = evaluate_folder(args.check, fitted, segmenter=segmenter)
         summary.pop("wrong_images", None)
+        summary["check_is_fitting_data"] = check_is_fitting
         print(json.dumps(summary, indent=2, default=float))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from her2kit.cli import guarded
+
+    sys.exit(guarded(main))

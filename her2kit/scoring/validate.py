@@ -173,6 +173,69 @@ def evaluate_folder(data: str, params: CellParams | None = None, segmenter=None,
     return summarise(records), records
 
 
+def check_folder(data: str) -> str:
+    """A folder made like `her2kit synth images` output (with its index.csv), else an InputError."""
+    from her2kit.errors import InputError
+
+    if not os.path.isdir(data):
+        raise InputError(data, "not a folder")
+    if not os.path.isfile(os.path.join(data, "index.csv")):
+        raise InputError(data, "holds no index.csv (expected a folder from `her2kit synth images`)")
+    return data
+
+
+def read_params(path: str, what: str = "--params") -> dict:
+    """A CellParams JSON file's fields, else an InputError naming it."""
+    from her2kit.errors import InputError
+
+    try:
+        with open(path) as f:
+            fields = json.load(f)
+    except OSError as exc:
+        raise InputError(path, f"{what}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise InputError(path, f"{what}: not a CellParams JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(fields, dict):
+        raise InputError(path, f"{what}: not a CellParams JSON object")
+    unknown = sorted(set(fields) - set(CellParams.__dataclass_fields__))
+    if unknown:  # a misspelt threshold would be ignored without a word
+        raise InputError(path, f"{what}: unknown CellParams fields {unknown}")
+    negative = sorted(k for k, v in fields.items() if k.endswith("_od") and isinstance(v, (int, float)) and v < 0)
+    if negative:
+        raise InputError(path, f"{what}: optical densities cannot be negative: {negative}")
+    return fields
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """--limit and --out checked before any work (QA: an --out in a missing folder
+    failed once everything was computed, and the results were lost)."""
+    from her2kit.errors import Her2kitError
+
+    if args.limit is not None and args.limit < 1:
+        raise Her2kitError(f"--limit {args.limit}: give 1 or more images")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise Her2kitError(f"--out {args.out}: its folder does not exist")
+
+
+def warn_if_trained_on(segmenter, data: str) -> bool:
+    """Warn when the model saw images of ``data`` in training (not a held-out result)."""
+    if segmenter is None:
+        return False
+    from her2kit.evaluation.commands import training_overlap
+
+    names = [os.path.splitext(os.path.basename(r["image"]))[0] for r in _index(data)]
+    seen = training_overlap(getattr(segmenter, "metadata", {}) or {}, data, names)
+    if seen:
+        print(f"her2kit: warning: {seen} of the {len(names)} images of {data} were used to train "
+              f"(or choose) the model: these figures are not a held-out result", file=sys.stderr)
+    return bool(seen)
+
+
+def _index(data: str) -> list[dict]:
+    with open(os.path.join(data, "index.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m her2kit.scoring.validate", description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="folder from `her2kit synth images`")
@@ -184,17 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the summary JSON here")
     args = ap.parse_args(argv)
-    params = CellParams()
-    if args.params:
-        with open(args.params) as f:
-            params = CellParams.from_dict(json.load(f))
+    check_folder(args.data)
+    check_options(args)
+    params = CellParams.from_dict(read_params(args.params)) if args.params else CellParams()
     segmenter = None
     if args.model:
         from her2kit.inference import load_segmenter
 
         segmenter = load_segmenter(args.model, device=args.device)
+    trained_on = warn_if_trained_on(segmenter, args.data)
     summary, _ = evaluate_folder(args.data, params, segmenter, args.limit)
     summary["source"] = "truth-masks" if segmenter is None else getattr(segmenter, "name", args.model)
+    if segmenter is not None:
+        summary["model"] = os.fspath(args.model)  # which checkpoint, not only its architecture
+        summary["overlaps_training"] = trained_on
     text = json.dumps(summary, indent=2, default=float)
     if args.out:
         with open(args.out, "w") as f:
@@ -204,4 +270,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from her2kit.cli import guarded
+
+    sys.exit(guarded(main))
