@@ -251,7 +251,7 @@ def comparison_markdown(models: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {name} | {_fmt(s.get('accuracy'))} | {_fmt(s.get('qwk'))} | {s.get('source', '')} |")
     for name, m in models.items():
         if m.get("overlaps_training"):
-            lines.append(f"\n**{name} was trained on {m['training_images_evaluated']} of these images: "
+            lines.append(f"\n**{name} was trained (or chose its best epoch) on {m['training_images_evaluated']} of these images: "
                          "its rows are not a held-out result.**")
     return "\n".join(lines) + "\n"
 
@@ -320,7 +320,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"her2kit evaluate: {name} on {len(images)} images of {args.data}", file=sys.stderr)
         overlap = training_overlap(segmenter.metadata, args.data, names)
         if overlap:
-            print(f"her2kit: warning: {name} was trained on {overlap} of the {len(images)} images of "
+            print(f"her2kit: warning: {name} was trained (or chose its best epoch) on {overlap} of the {len(images)} images of "
                   f"{args.data}; its metrics there are not a held-out result", file=sys.stderr)
         result = evaluate_model(segmenter, images)
         result["source"] = spec
