@@ -384,6 +384,29 @@ def test_an_image_scores_as_a_one_block_slide_of_the_same_pixels(tmp_path):
     assert flat.count("\n") > 100 and flat == pyramid
 
 
+def test_an_output_folder_held_by_another_run_is_skipped_with_a_note(bad_inputs, tmp_path):
+    """QA: two jobs of one batch scoring the same slide wrote one work folder;
+    one of them failed half-way. Now the second says the first has it."""
+    import fcntl
+
+    out = tmp_path / "o"
+    (out / "blank").mkdir(parents=True)
+    fd = os.open(out / "blank" / ".her2kit-lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run, holding it
+    try:
+        proc = _cli("score", str(bad_inputs / "blank.png"), "--out", str(out), "--mpp", "0.5")
+    finally:
+        os.close(fd)
+    assert proc.returncode == 0 and "another her2kit run is writing its outputs" in proc.stderr
+    assert not (out / "blank" / "score.json").exists()
+    proc = _cli("score", str(bad_inputs / "blank.png"), "--out", str(out), "--mpp", "0.5")
+    assert proc.returncode == 0 and (out / "blank" / "score.json").is_file()
+    assert not (out / "blank" / ".her2kit-lock").exists()
+    # an input that fails leaves no empty folder made for its lock
+    _one_line_error(_cli("score", str(bad_inputs / "garbage.png"), "--out", str(out), "--mpp", "0.5"), "garbage.png")
+    assert not (out / "garbage").exists()
+
+
 def test_cli_empty_and_unreadable(bad_inputs, tmp_path):
     proc = _cli("score", str(bad_inputs / "empty.png"), str(bad_inputs / "garbage.png"),
                 "--out", str(tmp_path), "--mpp", "0.5")

@@ -17,10 +17,12 @@ tumour cells), not an error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -339,14 +341,68 @@ def check_out_dir(path: str, out_dir: Path) -> None:
         raise InputError(path, f"its output folder {out_dir} is a file")
 
 
+LOCK = ".her2kit-lock"
+
+
+class OutputBusy(Her2kitError):
+    """Another run holds this input's output folder: not this run's failure."""
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path, path: str) -> Iterator[None]:
+    """Hold ``out_dir`` for this run: another her2kit run (another job of a batch
+    on the same list, on this machine or one sharing the folder) that reaches
+    the same input is told so and goes on with its next input (QA: two runs of
+    one slide wrote one work folder and one of them failed half-way). The lock
+    (flock) goes with the process, even on kill -9. A folder made only for
+    the lock is removed again when nothing was written."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    made = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / LOCK
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputBusy(f"{path}: another her2kit run is writing its outputs to {out_dir} now; "
+                             "skipped here") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the lock file its last holder removed: take the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still held: a run waiting on the old file sees it gone
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if empty
+
+
 def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Namespace,
                   roi: list | None, segment_only: bool = False) -> dict:
     """Score (or segment) one input into ``out_root/<stem>``; returns its summary."""
+    out_dir = out_root / stem_of(path)
+    check_out_dir(path, out_dir)
+    with output_lock(out_dir, path):
+        return _process_input(path, out_dir, get_segmenter, args, roi, segment_only)
+
+
+def _process_input(path: str, out_dir: Path, get_segmenter, args: argparse.Namespace,
+                   roi: list | None, segment_only: bool) -> dict:
     from her2kit.readers import open_slide
     from her2kit.scoring.roi import roi_fingerprint
 
-    out_dir = out_root / stem_of(path)
-    check_out_dir(path, out_dir)
     if not getattr(args, "force", False) and complete(out_dir, segment_only):
         return {"input": path, "skipped": True, "out": str(out_dir),
                 **_made_differently(out_dir, path, roi, get_segmenter, args)}
@@ -546,6 +602,9 @@ def run(args: argparse.Namespace, segment_only: bool = False, get_segmenter=None
             summary = process_input(path, out_root, get_segmenter, args, roi, segment_only)
         except SetupError:
             raise  # the same for every input: stop at once
+        except OutputBusy as exc:  # jobs of one batch sharing a list: the other run does it
+            print(f"her2kit: note: {exc}", file=sys.stderr)
+            continue
         except InputError as exc:
             print(f"her2kit: error: {exc}", file=sys.stderr)
             failed += 1
