@@ -216,6 +216,18 @@ def test_ome_tiff_with_a_macro_image_first_reads_the_scan(tmp_path, rgb):
         np.testing.assert_array_equal(slide.read_region(0, 0, *rgb.shape[:2]), rgb)
 
 
+def test_rgb_written_as_greyscale_pages_says_so(tmp_path, rgb):
+    # QA: "image has extra dimensions (Q=300)"
+    tifffile.imwrite(tmp_path / "grey.tif", rgb, photometric="minisblack")
+    with pytest.raises(InputError, match="greyscale TIFF with 300 pages of 380x3 pixels; her2kit needs RGB"):
+        open_slide(str(tmp_path / "grey.tif"))
+    planes = tmp_path / "cyx.ome.tif"  # channel planes named as such are RGB
+    tifffile.imwrite(planes, rgb.transpose(2, 0, 1), photometric="minisblack",
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    with open_slide(str(planes)) as slide:
+        np.testing.assert_array_equal(slide.read_region(0, 0, 300, 380), rgb)
+
+
 def test_ome_tiff_units_converted(tmp_path, rgb):
     path = write_ome_tiff(tmp_path / "nm.ome.tif", rgb, mpp=0.25, unit="nm")
     assert open_slide(path).mpp == pytest.approx(0.25)

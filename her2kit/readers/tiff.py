@@ -82,6 +82,14 @@ class TiffSlide(ArraySlide):
             raise InputError(self.path, "palette (indexed-colour) TIFF; convert to RGB")
         if photometric == tifffile.PHOTOMETRIC.SEPARATED:
             raise InputError(self.path, "CMYK TIFF; convert to RGB")
+        if (photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
+                and page.samplesperpixel == 1 and len(series.shape) > 2
+                and not set(series.axes) & set("CS")):  # (OME channel planes are RGB: kept)
+            # (an RGB array written as greyscale reads as a stack of grey pages:
+            # QA got "extra dimensions (Q=512)")
+            raise InputError(self.path, f"greyscale TIFF with {len(series.pages)} pages of "
+                                        f"{page.shape[0]}x{page.shape[1]} pixels; her2kit needs RGB "
+                                        "(if these are colour channels, write it with photometric RGB)")
         # ExtraSamples 1 = associated (premultiplied) alpha
         self._premultiplied = bool(page.extrasamples) and int(page.extrasamples[0]) == 1
         self._axes = series.axes
