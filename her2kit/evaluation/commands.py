@@ -347,7 +347,9 @@ def evaluate(args: argparse.Namespace) -> int:
         tmp = out / (name + ".tmp")
         tmp.write_text(text)
         tmp.replace(out / name)
-    plot_roc({n: m["_curves"] for n, m in models.items()}, out / "roc.png")
+    # a model that saw these images is marked on the picture too, not only in the tables
+    plot_roc({n + (" [seen in training]" if m.get("overlaps_training") else ""): m["_curves"]
+              for n, m in models.items()}, out / "roc.png")
     plot_confusions({n: np.asarray(m["pixel_confusion"]) for n, m in models.items()}, list(CLASS_NAMES),
                     "pixels", out / "confusion_pixels.png")
     scored = {n: np.asarray(m["score"]["confusion"]) for n, m in models.items() if m["score"].get("confusion")}
