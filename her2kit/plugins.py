@@ -127,9 +127,10 @@ class Registry:
                     _warn(f"her2kit plugin {impl.plugin_name} failed in {hook_name}: {type(exc).__name__}: {exc}")
                     continue
                 expected = hookspecs.KINDS[kind]
-                if not isinstance(returned, (list, tuple)):
+                if isinstance(returned, (str, bytes, dict, expected)) or not hasattr(returned, "__iter__"):
                     raise PluginError(f"plugin {impl.plugin_name} returned {type(returned).__name__} "
                                       f"from {hook_name}, expected a list of {expected.__name__}")
+                returned = list(returned)  # a generator too
                 for record in returned:
                     _check_record(record, expected, impl.plugin_name, hook_name)
                     entry = Registered(kind, record, origin, impl.plugin_name)

@@ -53,3 +53,20 @@ def test_bad_settings_fail_before_any_training(data, tmp_path, capsys, extra, sa
                    "--out", str(tmp_path / "e"), "--epochs", "1", *extra)
     assert rc == 1 and said in err and "Traceback" not in err, err
     assert not (tmp_path / "e" / "runs").exists()
+
+
+def test_an_evaluation_folder_is_redone_for_another_test_folder_of_its_name(data, tmp_path, capsys):
+    """Review: a/test, then b/test, then a/test again reported b's metrics."""
+    import shutil
+
+    other = tmp_path / "b" / "test"
+    shutil.copytree(data / "test", other)
+    out = tmp_path / "e"
+    common = ["--train", str(data / "train"), "--out", str(out), "--models", "unet",
+              "--epochs", "1", "--width", "4", "--patch", "48", "--batch", "2"]
+    for test in (data / "test", other, data / "test"):
+        rc, err = _run(capsys, *common, "--test", str(test))
+        assert rc == 0, err
+        metrics = json.loads((out / "eval-test" / "metrics.json").read_text())
+        assert metrics["data"] == str(test), (metrics["data"], test)
+

@@ -289,6 +289,15 @@ def test_model_names_with_a_dot_and_unknown_names(tmp_path, monkeypatch, capsys)
     assert "unknown model 'no-such-net'" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_a_hook_may_yield_its_records():
+    class Yields:
+        @hookimpl
+        def her2kit_scorers(self):
+            yield ScorerSpec("yielded", "from a generator", _factory)
+
+    assert "yielded" in {e.name for e in _registry_with((Yields(), "y")).list("scorer")}
+
+
 def test_upper_case_reader_suffixes_match(tmp_path):
     from her2kit.readers import _suffix_match
 

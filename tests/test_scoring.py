@@ -407,6 +407,24 @@ def test_an_output_folder_held_by_another_run_is_skipped_with_a_note(bad_inputs,
     assert not (out / "garbage").exists()
 
 
+def test_a_finished_folder_is_skipped_without_taking_its_lock(bad_inputs, tmp_path, monkeypatch, capsys):
+    """Review: the lock was taken before the skip, so a read-only finished folder
+    (archived results) failed instead of being skipped."""
+    from her2kit.scoring import commands
+
+    args = argparse.Namespace(inputs=[str(bad_inputs / "blank.png")], out=str(tmp_path / "o"), model=None,
+                              mpp=0.5, force=False, roi=None, scorer="asco-cap-2018", device=None,
+                              workers=1, scheduler=None)
+    assert commands.run(args, get_segmenter=lambda: None) == 0
+
+    def no_lock(out_dir, path):
+        raise AssertionError("the lock was taken")
+
+    monkeypatch.setattr(commands, "output_lock", no_lock)
+    assert commands.run(args, get_segmenter=lambda: None) == 0
+    assert "complete already, skipped" in capsys.readouterr().out
+
+
 def test_cli_empty_and_unreadable(bad_inputs, tmp_path):
     proc = _cli("score", str(bad_inputs / "empty.png"), str(bad_inputs / "garbage.png"),
                 "--out", str(tmp_path), "--mpp", "0.5")

@@ -537,3 +537,17 @@ def test_train_a_plugin_model_without_width(tiny, tmp_path, capsys, monkeypatch)
     rc, err = _main(capsys, "train", "--model", "qa-nowidth", "--out", str(tmp_path / "d"),
                     *[("47" if a == "48" else a) for a in args])
     assert rc != 0 and "model '_NoWidthNet' returned pixel logits of shape (2, 3, 24, 47)" in err, err
+
+
+def test_resume_records_and_keeps_the_runs_preset(tiny, tmp_path, capsys):
+    """Review: a --preset paper run resumed without --preset was recorded as
+    'default', and resuming it again with --preset paper was then refused."""
+    out = tmp_path / "p"
+    base = ("train", "--data", str(tiny), "--out", str(out), "--model", "segnet", "--width", "4",
+            "--patch", "48", "--batch", "2")
+    assert _main(capsys, *base, "--preset", "paper", "--epochs", "1")[0] == 0
+    assert _main(capsys, *base, "--epochs", "2", "--resume")[0] == 0
+    assert json.loads((out / "last.json").read_text())["train"]["preset"] == "paper"
+    rc, err = _main(capsys, *base, "--epochs", "3", "--resume", "--preset", "paper")
+    assert rc == 0, err
+

@@ -266,6 +266,37 @@ def test_a_slide_without_tissue_says_so(tmp_path):
     assert s["note"] == "no tissue found; no tumour cells found"  # what an image says (docs/scoring.md)
 
 
+def test_a_slide_replaced_at_the_same_path_does_not_reuse_old_blocks(slides, tmp_path):
+    """Review: with --force keeping an identical plan's blocks, a slide rewritten
+    at the same path must change the plan (its size and mtime are in it)."""
+    import os
+    import shutil
+
+    src = tmp_path / "s.zarr"
+    shutil.copytree(slides["zarr"], src)
+    out = tmp_path / "w"
+    with pytest.raises(Her2kitError, match="simulated crash"):
+        run_slide(str(src), out, CrashAfter(5), block=BLOCK, halo=HALO, progress=False)
+    st = os.stat(src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten
+    s = run_slide(str(src), out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False, force=True)
+    assert s["run"]["blocks_resumed"] == 0 and s["run"]["blocks_run"] == 9
+
+
+def test_mpp_given_wins_over_a_slide_resolution_no_scan_has(tmp_path):
+    """Review: on slides the file's 10 um/px still won over --mpp."""
+    import zarr
+
+    rng = np.random.default_rng(0)
+    arr = zarr.open_array(str(tmp_path / "ten.zarr"), mode="w", shape=(300, 300, 3), dtype="uint8",
+                          chunks=(128, 128, 3))
+    arr[...] = rng.integers(90, 200, (300, 300, 3), dtype=np.uint8)
+    arr.attrs["mpp"] = 10.0
+    s = run_slide(str(tmp_path / "ten.zarr"), tmp_path / "o", StainSegmenter(), mpp=0.5, block=BLOCK,
+                  halo=HALO, progress=False)
+    assert s["mpp"] == 0.5 and s["mpp_from"] == "--mpp"
+
+
 def test_a_lost_scheduler_is_one_error_saying_to_resume():
     """QA: a scheduler killed mid-run printed the client's tracebacks and an
     'internal error: FutureCancelledError'."""

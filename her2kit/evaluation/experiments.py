@@ -49,8 +49,12 @@ def _check(args: argparse.Namespace) -> None:
     for f in args.fractions:
         if not 0 < f < 1:
             raise Her2kitError(f"--fractions {f}: give fractions between 0 and 1 (1 is the full run)")
-    for m in args.models:
+    from her2kit.training.commands import _takes_width
+
+    for m in [*args.models, *(["her2net"] if args.fractions else [])]:
         registry().get("model", m)  # unknown: one line listing the known ones
+        if not _takes_width(m):  # every run gets --width (the same budget)
+            raise Her2kitError(f"--models {m}: takes no width option, and every run here is given --width")
     for d in (args.train, *args.test):
         if not Path(d).is_dir():
             raise Her2kitError(f"{d}: not a folder")
@@ -115,16 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     for test in args.test:
         ev = out / f"eval-{Path(test).name}"
         models = [str(run / "last.json") for _, _, run in runs.values()]
-        key = str(Path(test).resolve())
-        if (ev / "metrics.json").is_file() and evaluated.get(key) == models:
-            continue
+        what = {"test": str(Path(test).resolve()), "models": models}
+        if (ev / "metrics.json").is_file() and evaluated.get(ev.name) == what:
+            continue  # (keyed by the folder: another --test of that name is redone, not taken for it)
         cmd = [*her2kit, "evaluate", "--data", test, "--out", str(ev)]
         for m in models:
             cmd += ["--model", m]
         if (ev / "metrics.json").is_file():
             cmd.append("--force")  # the set of models changed (QA: the old table was kept)
         _run(cmd)
-        evaluated[key] = models
+        evaluated[ev.name] = what
         record()
     return 0
 

@@ -220,9 +220,9 @@ def analyse_image(rgb: np.ndarray, mpp: float, segmenter: Any, params=None,
     t = time.perf_counter()
     # the tiles a slide's block of this size gets, so an image scores the same
     # as a one-block slide of the same pixels (and in fewer, larger passes)
-    from her2kit.wsi.worker import block_segmenter
+    from her2kit.wsi.worker import _predict, block_segmenter
 
-    probs = block_segmenter(segmenter, small.shape[:2]).predict(small)
+    probs = _predict(block_segmenter(segmenter, small.shape[:2]), small)  # (halves a GPU batch on OOM)
     timings["predict_s"] = time.perf_counter() - t
     t = time.perf_counter()
     cells = (only_classes if classes_only else find_cells)(small, probs, model_mpp, params)
@@ -362,10 +362,16 @@ def output_lock(out_dir: Path, path: str) -> Iterator[None]:
         yield
         return
     made = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
     lock = out_dir / LOCK
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # another run removed the empty folder just now: make it again
+        except OSError:  # a read-only folder: no lock to take; writing will say what is wrong
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -394,6 +400,10 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
     """Score (or segment) one input into ``out_root/<stem>``; returns its summary."""
     out_dir = out_root / stem_of(path)
     check_out_dir(path, out_dir)
+    if not getattr(args, "force", False) and complete(out_dir, segment_only):
+        # before the lock: a finished folder may be read-only (archived results)
+        return {"input": path, "skipped": True, "out": str(out_dir),
+                **_made_differently(out_dir, path, roi, get_segmenter, args)}
     with output_lock(out_dir, path):
         return _process_input(path, out_dir, get_segmenter, args, roi, segment_only)
 
@@ -403,7 +413,7 @@ def _process_input(path: str, out_dir: Path, get_segmenter, args: argparse.Names
     from her2kit.readers import open_slide
     from her2kit.scoring.roi import roi_fingerprint
 
-    if not getattr(args, "force", False) and complete(out_dir, segment_only):
+    if not getattr(args, "force", False) and complete(out_dir, segment_only):  # finished meanwhile
         return {"input": path, "skipped": True, "out": str(out_dir),
                 **_made_differently(out_dir, path, roi, get_segmenter, args)}
     if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):

@@ -68,6 +68,9 @@ def _check_resume(meta: dict[str, Any], last: Path, args: argparse.Namespace, da
         raise InputError(last, f"--val-data {args.val_data or '(none: a split of --data)'} differs from the "
                                f"checkpoint's {ck_val or 'seeded split of --data'}")
     train_meta = meta.get("train", {})
+    if train_meta.get("seed") is not None and args.seed != train_meta["seed"]:
+        raise InputError(last, f"--seed {args.seed} differs from the run's {train_meta['seed']}; "
+                               "a resumed run keeps its seed")
     for option, key, given in (("--preset", "preset", args.preset), ("--lr", "lr", args.lr),
                                ("--batch", "batch", args.batch), ("--patch", "patch", args.patch)):
         before = train_meta.get(key)
@@ -132,6 +135,7 @@ def train(args: argparse.Namespace) -> int:
     train_names = [Path(r["image"]).stem for r in train_rows]
 
     meta = last = None
+    preset = args.preset
     if args.resume:
         last = out / "last.json"
         if not last.is_file():
@@ -146,6 +150,7 @@ def train(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             recorded["epochs"] = args.epochs
         config = replace(config, **recorded)
+        preset = meta.get("train", {}).get("preset", args.preset)  # the run's, recorded again
         if "width" in meta["options"]:  # the checkpoint's width, not the preset's, is what runs
             config = replace(config, width=int(meta["options"]["width"]))
         if int(meta["epoch"]) >= config.epochs:
@@ -205,7 +210,7 @@ def train(args: argparse.Namespace) -> int:
         "mpp": mpp,
         "normalisation": DEFAULT_NORMALISATION,
         "parameters": int(sum(p.numel() for p in model.parameters())),
-        "train": {**describe(config), "preset": args.preset, "fraction": args.fraction,
+        "train": {**describe(config), "preset": preset, "fraction": args.fraction,
                   "loss": (f"cross-entropy (class weights = frequency ** -{config.class_weight_power}) "
                            f"+ {config.dice_weight} x soft Dice (+ {config.pattern_weight} x pattern cross-entropy)"),
                   "augment": aug.describe()},

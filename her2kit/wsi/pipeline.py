@@ -210,7 +210,11 @@ def run_slide(
         h0, w0 = slide.shape
         if h0 <= 0 or w0 <= 0:
             raise InputError(path, f"empty image ({h0}x{w0} pixels)")
-        mpp0 = slide.mpp or mpp
+        from her2kit.scoring.commands import usable_mpp
+
+        # the file's resolution wins, unless no scan could have it and --mpp is given
+        file_mpp = slide.mpp if slide.mpp and (mpp is None or usable_mpp(slide.mpp)) else None
+        mpp0 = file_mpp or mpp
         if mpp0 is None:
             raise InputError(path, "the file does not say its resolution; give --mpp (microns per pixel)")
         from her2kit.readers import missing_chunks_note
@@ -225,7 +229,9 @@ def run_slide(
         ledger = Ledger(out_dir / WORK)
         plan = {
             "path": os.path.abspath(path) if "://" not in path else path,
-            "shape": [h0, w0], "mpp": mpp0, "mpp_from": "file" if slide.mpp else "--mpp", "level": level,
+            # the file itself: one replaced at the same path must not reuse old blocks
+            "input_stat": _input_stat(path),
+            "shape": [h0, w0], "mpp": mpp0, "mpp_from": "file" if file_mpp else "--mpp", "level": level,
             "level_downsample": h0 / slide.level_shape(level)[0],
             "scale": scale, "block0": grid.block0, "halo0": grid.halo0,
             "model": seg_name, "model_fingerprint": model_fingerprint(seg),
@@ -664,6 +670,17 @@ def _replace_dir(src: Path, dst: Path) -> None:
         _remove(old)
     else:
         os.replace(src, dst)
+
+
+def _input_stat(path: str) -> list[int] | None:
+    """[size, mtime in ns] of a local input file or folder (None for URLs)."""
+    if "://" in path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
 
 
 def _remove(path: Path) -> None:
