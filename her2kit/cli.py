@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder laid out like `her2kit synth images` output")
     p.add_argument("--model", default="her2net", help="model plugin name (default her2net)")
     p.add_argument("--out", required=True, help="output folder for checkpoints")
-    p.add_argument("--preset", choices=["default", "paper"], default="default",
-                   help="hyper-parameters: default (CPU-sized) or the paper's (docs/models.md)")
+    p.add_argument("--preset", choices=["default", "paper"], default=None,
+                   help="hyper-parameters: default (CPU-sized, the default) or the paper's (docs/models.md)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
     p.add_argument("--width", type=int, default=None, help="channel width of the network")
     p.add_argument("--batch", type=int, default=None, help="patches per step (default: the preset's)")

@@ -117,12 +117,15 @@ def lazy(target: str) -> Callable[..., Any]:
     """
     module_name, _, attribute = target.partition(":")
 
-    def factory(*args: Any, **kwargs: Any) -> Any:
+    def resolve() -> Any:
         import importlib
 
-        obj = getattr(importlib.import_module(module_name), attribute)
-        return obj(*args, **kwargs)
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        return resolve()(*args, **kwargs)
 
     factory.__qualname__ = factory.__name__ = f"lazy({target})"
     factory.target = target  # type: ignore[attr-defined]
+    factory.resolve = resolve  # type: ignore[attr-defined]  # what it will call (signatures)
     return factory

@@ -548,6 +548,8 @@ def test_resume_records_and_keeps_the_runs_preset(tiny, tmp_path, capsys):
     assert _main(capsys, *base, "--preset", "paper", "--epochs", "1")[0] == 0
     assert _main(capsys, *base, "--epochs", "2", "--resume")[0] == 0
     assert json.loads((out / "last.json").read_text())["train"]["preset"] == "paper"
+    rc, err = _main(capsys, *base, "--epochs", "3", "--resume", "--preset", "default")
+    assert rc == 1 and "--preset default differs from the run's paper" in err, err
     rc, err = _main(capsys, *base, "--epochs", "3", "--resume", "--preset", "paper")
     assert rc == 0, err
 

@@ -100,7 +100,8 @@ class TissueDetector:
             # fill glass that touches the border (QA: a blank slide's thumbnail,
             # all "small hole", became all tissue)
             holes = ndi.binary_fill_holes(mask) & ~mask
-            mask = mask | morphology.remove_small_objects(holes, max_size=max_hole) ^ holes
+            large = morphology.remove_small_objects(holes, max_size=max_hole)
+            mask = mask | (holes & ~large)
         min_size = int(self.min_area_um2 / px_area)
         if min_size >= 1:
             mask = morphology.remove_small_objects(mask, max_size=min_size)

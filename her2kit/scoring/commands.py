@@ -64,20 +64,23 @@ def check_mpp(mpp: float | None, path: str) -> float:
     return float(mpp)
 
 
-def resolution_from_file(file_mpp: float | None, arg_mpp: float | None, path: str) -> float | None:
+def file_resolution(file_mpp: float | None, arg_mpp: float | None) -> float | None:
     """The file's microns per pixel, which wins over ``--mpp``, or None when the
-    file has none or one no scan can be scored at while ``--mpp`` is given (a
-    JPEG saved at 2540 dpi says 10 um/px): then ``--mpp`` is used. Either way
-    a disagreement is said on stderr."""
-    if file_mpp is None or arg_mpp is None or abs(file_mpp - arg_mpp) <= 0.02 * file_mpp:
-        return file_mpp
-    if usable_mpp(file_mpp):
-        print(f"her2kit: note: {path}: the file says {file_mpp:.4g} um/px; --mpp {arg_mpp:g} ignored",
+    file has none, or has one no scan can be scored at while ``--mpp`` is given
+    (a JPEG saved at 2540 dpi says 10 um/px): then ``--mpp`` is used."""
+    if not file_mpp or (arg_mpp is not None and not usable_mpp(file_mpp)):
+        return None
+    return file_mpp
+
+
+def resolution_from_file(file_mpp: float | None, arg_mpp: float | None, path: str) -> float | None:
+    """:func:`file_resolution`, saying on stderr when the file and ``--mpp`` disagree."""
+    chosen = file_resolution(file_mpp, arg_mpp)
+    if file_mpp and arg_mpp is not None and abs(file_mpp - arg_mpp) > 0.02 * file_mpp:
+        why = "--mpp {:g} ignored" if chosen else "which cannot be scored; using --mpp {:g}"
+        print(f"her2kit: note: {path}: the file says {file_mpp:.4g} um/px; " + why.format(arg_mpp),
               file=sys.stderr)
-        return file_mpp
-    print(f"her2kit: note: {path}: the file says {file_mpp:.4g} um/px, which cannot be scored; "
-          f"using --mpp {arg_mpp:g}", file=sys.stderr)
-    return None
+    return chosen
 
 
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".jpeg", ".jpg",
@@ -400,12 +403,20 @@ def process_input(path: str, out_root: Path, get_segmenter, args: argparse.Names
     """Score (or segment) one input into ``out_root/<stem>``; returns its summary."""
     out_dir = out_root / stem_of(path)
     check_out_dir(path, out_dir)
-    if not getattr(args, "force", False) and complete(out_dir, segment_only):
-        # before the lock: a finished folder may be read-only (archived results)
+
+    def skipped() -> dict | None:
+        if getattr(args, "force", False) or not complete(out_dir, segment_only):
+            return None
         return {"input": path, "skipped": True, "out": str(out_dir),
                 **_made_differently(out_dir, path, roi, get_segmenter, args)}
+
+    # before the lock (a finished folder may be read-only: archived results),
+    # and again under it (another job may have just finished it)
+    done = skipped()
+    if done is not None:
+        return done
     with output_lock(out_dir, path):
-        return _process_input(path, out_dir, get_segmenter, args, roi, segment_only)
+        return skipped() or _process_input(path, out_dir, get_segmenter, args, roi, segment_only)
 
 
 def _process_input(path: str, out_dir: Path, get_segmenter, args: argparse.Namespace,
@@ -413,9 +424,6 @@ def _process_input(path: str, out_dir: Path, get_segmenter, args: argparse.Names
     from her2kit.readers import open_slide
     from her2kit.scoring.roi import roi_fingerprint
 
-    if not getattr(args, "force", False) and complete(out_dir, segment_only):  # finished meanwhile
-        return {"input": path, "skipped": True, "out": str(out_dir),
-                **_made_differently(out_dir, path, roi, get_segmenter, args)}
     if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):
         raise InputError(path, f"cannot write its outputs to {out_dir} (permission denied)")
     t0 = time.perf_counter()

@@ -449,7 +449,7 @@ def write_overlay_png(path: str | os.PathLike, overlay: np.ndarray, max_side: in
 
 
 def _histogram_png(values: np.ndarray, categories: np.ndarray, title: str, xlabel: str,
-                   bins: np.ndarray, weights: np.ndarray | None = None) -> bytes:
+                   bins: np.ndarray, weights: np.ndarray) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -459,7 +459,7 @@ def _histogram_png(values: np.ndarray, categories: np.ndarray, title: str, xlabe
     ax = fig.add_subplot()
     stacks = [values[categories == k] for k in range(4)]
     ax.hist(stacks, bins=bins, stacked=True, label=[CATEGORY_NAMES[k] for k in range(4)],
-            weights=None if weights is None else [weights[categories == k] for k in range(4)],
+            weights=[weights[categories == k] for k in range(4)],
             color=[np.array(CATEGORY_COLOURS[k]) / 255 for k in range(4)])
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -473,8 +473,8 @@ def _histogram_png(values: np.ndarray, categories: np.ndarray, title: str, xlabe
 
 class StainingHistograms:
     """The report's two histograms (membrane completeness and intensity of tumour
-    cells, by category) summed block by block, for slides: fixed bins, so
-    memory does not grow with the number of cells."""
+    cells, by category) in fixed bins, summed over cell tables: a slide adds
+    its blocks one by one, so memory does not grow with the number of cells."""
 
     COMPLETENESS_BINS = np.linspace(0, 1, 17)
     INTENSITY_BINS = np.linspace(0, 0.6, 25)  # DAB OD; stronger cells go to the last bin
@@ -515,15 +515,9 @@ def write_report_html(path: str | os.PathLike, rgb: np.ndarray, overlay: np.ndar
                       summary: Mapping, table: Mapping[str, np.ndarray],
                       max_side: int = 1600) -> None:
     """report.html: one self-contained page with the image, the overlay, the score and histograms."""
-    tumour = np.asarray(table.get("tumour", np.ones(len(table["id"]), bool))).astype(bool)
-    cats = np.asarray(table["category"], dtype=np.int64)[tumour]
-    comp = np.asarray(table["completeness"], dtype=np.float64)[tumour]
-    inten = np.asarray(table["intensity"], dtype=np.float64)[tumour]
-    hist_c = _histogram_png(comp, cats, "Membrane completeness", "share of sectors stained",
-                            np.linspace(0, 1, 17))
-    bins = StainingHistograms.INTENSITY_BINS  # as on slides: the intense level (0.36) mid-range
-    hist_i = _histogram_png(np.clip(np.nan_to_num(inten), 0, bins[-1]), cats, "Membrane intensity",
-                            "DAB OD of stained part (last bin: 0.6 and above)", bins)
+    histograms = StainingHistograms()  # the same bins as a slide's report
+    histograms.add(table)
+    hist_c, hist_i = histograms.pngs()
     score = summary.get("score")
     sub = summary.get("subcategory")
     score_text = "undefined" if score is None else (f"{score} ({sub})" if sub else score)

@@ -49,8 +49,7 @@ def read_cases(data: str, limit: int | None = None):
     import tifffile
     from PIL import Image
 
-    with open(os.path.join(data, "index.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _index(data)
     for row in rows[:limit]:
         rgb = np.asarray(Image.open(os.path.join(data, row["image"])).convert("RGB"))
         mask = np.asarray(Image.open(os.path.join(data, row["mask"])))

@@ -74,8 +74,7 @@ def _check_resume(meta: dict[str, Any], last: Path, args: argparse.Namespace, da
     for option, key, given in (("--preset", "preset", args.preset), ("--lr", "lr", args.lr),
                                ("--batch", "batch", args.batch), ("--patch", "patch", args.patch)):
         before = train_meta.get(key)
-        if given is not None and before is not None and given != before and not (
-                key == "preset" and given == "default"):  # --preset has a default: only a change counts
+        if given is not None and before is not None and given != before:
             raise InputError(last, f"{option} {given} differs from the run's {before}; a resumed run keeps "
                                    f"its settings (leave {option} out, or start a new --out)")
     ck_names = recorded.get("train_images")
@@ -116,7 +115,8 @@ def train(args: argparse.Namespace) -> int:
     takes_width = _takes_width(args.model)  # an unknown --model fails here, before any work
     if args.width is not None and not takes_width:
         raise Her2kitError(f"--width: model {args.model!r} takes no width option")
-    config = config_for(args.preset, epochs=args.epochs, width=args.width, batch=args.batch, lr=args.lr,
+    preset = args.preset or "default"
+    config = config_for(preset, epochs=args.epochs, width=args.width, batch=args.batch, lr=args.lr,
                         patch=args.patch, seed=args.seed)
 
     rows = index_rows(data)
@@ -135,7 +135,6 @@ def train(args: argparse.Namespace) -> int:
     train_names = [Path(r["image"]).stem for r in train_rows]
 
     meta = last = None
-    preset = args.preset
     if args.resume:
         last = out / "last.json"
         if not last.is_file():
@@ -150,7 +149,7 @@ def train(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             recorded["epochs"] = args.epochs
         config = replace(config, **recorded)
-        preset = meta.get("train", {}).get("preset", args.preset)  # the run's, recorded again
+        preset = meta.get("train", {}).get("preset", preset)  # the run's, recorded again
         if "width" in meta["options"]:  # the checkpoint's width, not the preset's, is what runs
             config = replace(config, width=int(meta["options"]["width"]))
         if int(meta["epoch"]) >= config.epochs:
@@ -168,7 +167,7 @@ def train(args: argparse.Namespace) -> int:
                   "not a held-out result", file=sys.stderr)
 
     print(f"her2kit train: {args.model}{f' width {config.width}' if takes_width else ''} on {len(train_rows)} training and "
-          f"{len(val_rows)} validation images ({data}); preset {args.preset}, device {device}",
+          f"{len(val_rows)} validation images ({data}); preset {preset}, device {device}",
           file=sys.stderr)
     train_images = load_folder(data, train_rows)
     val_images = load_folder(args.val_data or data, val_rows)
@@ -256,13 +255,10 @@ def _takes_width(model: str) -> bool:
     from her2kit.plugins import registry
 
     factory = registry().get("model", model).factory
-    target = getattr(factory, "target", None)  # hookspecs.lazy: look at what it will call
-    if isinstance(target, str) and ":" in target:
-        import importlib
-
-        module, _, attribute = target.partition(":")
+    resolve = getattr(factory, "resolve", None)  # hookspecs.lazy: look at what it will call
+    if callable(resolve):
         try:
-            factory = getattr(importlib.import_module(module), attribute)
+            factory = resolve()
         except Exception:
             return True  # build_model will say what is wrong
     try:

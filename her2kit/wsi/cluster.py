@@ -272,8 +272,6 @@ def _probe(scheduler: str, timeout: float) -> None:
     import socket
     from urllib.parse import urlsplit
 
-    from her2kit.errors import SetupError
-
     parts = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
     if parts.scheme != "tcp":
         return  # tls://, inproc://, ...: left to the client

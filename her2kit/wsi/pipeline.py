@@ -210,10 +210,9 @@ def run_slide(
         h0, w0 = slide.shape
         if h0 <= 0 or w0 <= 0:
             raise InputError(path, f"empty image ({h0}x{w0} pixels)")
-        from her2kit.scoring.commands import usable_mpp
+        from her2kit.scoring.commands import file_resolution
 
-        # the file's resolution wins, unless no scan could have it and --mpp is given
-        file_mpp = slide.mpp if slide.mpp and (mpp is None or usable_mpp(slide.mpp)) else None
+        file_mpp = file_resolution(slide.mpp, mpp)
         mpp0 = file_mpp or mpp
         if mpp0 is None:
             raise InputError(path, "the file does not say its resolution; give --mpp (microns per pixel)")
@@ -246,7 +245,7 @@ def run_slide(
         plan["device"] = device
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            resumed = ledger.start(plan, force=force)
+            resumed = ledger.start(plan)
             if not resumed:
                 labelstore.create(ledger.labels_path, (h0, w0), label_chunk(grid.block0), mpp0)
                 ledger.commit_plan(plan)

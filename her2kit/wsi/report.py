@@ -143,11 +143,11 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
     score = html.escape(str(summary.get("score", "?"))) + (f" ({html.escape(str(sub))})" if sub else "")
     hist_html = ""
     if histograms is not None:
+        from her2kit.scoring.exports import _img as png_img
+
         hist_html = ("<h2>Membrane staining of tumour cells</h2>\n<p>What the categories were "
                      "drawn from (docs/scoring.md).</p>\n"
-                     + "".join(f'<div><img alt="{alt}" style="max-width:450px" '
-                               f'src="data:image/png;base64,{base64.b64encode(png).decode()}"></div>'
-                               for png, alt in
+                     + "".join(f"<div>{png_img(png, alt, '450px')}</div>" for png, alt in
                                zip(histograms, ("completeness histogram", "intensity histogram"), strict=True))
                      + "\n")
     text = f"""<!doctype html><html><head><meta charset="utf-8">

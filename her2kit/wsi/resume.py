@@ -73,14 +73,14 @@ class Ledger:
         """Where the labels.zarr under construction lives."""
         return self.dir / "labels.zarr"
 
-    def start(self, plan: dict, force: bool = False) -> bool:
+    def start(self, plan: dict) -> bool:
         """Open the ledger for ``plan``; returns True when resuming earlier work.
 
         Earlier work is discarded when its plan differs (another model, option,
-        version). With ``force`` too: a finished run removes its ledger, so one
-        that is here is an interrupted run's, and a ``--force`` run killed
-        half-way resumes like any other (QA: it started over every time); its
-        blocks, made under the same plan, would come out the same.
+        input file, version). A finished run removes its ledger, so one that is
+        here is an interrupted run's, resumed even under ``--force`` (QA: a
+        --force run killed half-way started over every time): its blocks, made
+        under the same plan, would come out the same.
         """
         plan_path = self.dir / "plan.json"
         text = json.dumps(plan, sort_keys=True, indent=1)
