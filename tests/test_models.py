@@ -201,6 +201,21 @@ def test_load_segmenter_by_name_without_weights_says_how_to_train():
         load_segmenter("segnet", device="cpu")
 
 
+def test_shipped_her2net_runs_under_autocast():
+    """QA: under torch.autocast (bfloat16) Her2Net stopped at its first SPP;
+    its pixel classes now agree with float32's almost everywhere."""
+    from her2kit.inference import load_segmenter
+
+    model = load_segmenter(device="cpu").model
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(x)["pixel"].argmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x)["pixel"]
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got.float()).all()
+    assert (got.float().argmax(1) == want).float().mean() > 0.9
+
+
 def test_shipped_default_weights():
     import json
 

@@ -213,7 +213,7 @@ def test_tlstm_errors():
     x = torch.randn(1, 3, 4, 4)
     w = make_weights(3, 2, torch.float32)
     with pytest.raises(ValueError, match="float32 or float64"):
-        tlstm(x.half(), *w)
+        tlstm(x.int(), *w)
     with pytest.raises(ValueError, match="4-D"):
         tlstm(x[0], *w)
     with pytest.raises(ValueError, match="w_x must have shape"):
@@ -227,6 +227,34 @@ def test_tlstm_errors():
     empty = make_weights(3, 2, torch.float32)
     with pytest.raises(ValueError, match="hidden size K"):
         tlstm(x, empty[0][:, :0], empty[1][:, :0], empty[2][:, :0, :0], empty[3][:, :, :0])
+
+
+def test_16_bit_inputs_run_in_float32():
+    """QA: a model under torch.autocast (bfloat16 convolutions) stopped at its
+    first SPP/TLSTM ("x must be float32"); 16-bit inputs now run in float32
+    and come back in their own dtype."""
+    x = torch.randn(2, 3, 7, 6)
+    w = make_weights(3, 2, torch.float32)
+    xb = x.bfloat16()
+    want = tlstm(xb.float(), *w)
+    got = tlstm(xb, *w)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, want.bfloat16())
+    # all-16-bit weights (a model cast with .half()): the same float32 arithmetic
+    got_half = tlstm(x.half(), *[t.half() for t in w])
+    assert got_half.dtype == torch.float16
+    assert torch.equal(got_half, tlstm(x.half().float(), *[t.half().float() for t in w]).half())
+    # SPP: a maximum is exact, so 16-bit pooling equals float32 pooling
+    assert torch.equal(spp(xb), spp(xb.float()).bfloat16()) and spp(xb).dtype == torch.bfloat16
+    # under autocast, gradients reach the float32 weights and the input
+    m = TLSTM(3, 2, 4)
+    xi = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = spp(F.conv2d(m(xi), torch.randn(4, 4, 1, 1)))
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert xi.grad is not None and torch.isfinite(xi.grad).all() and xi.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
 
 
 @needs_native

@@ -50,14 +50,25 @@ def _use_native(x: torch.Tensor) -> bool:
 
 MAX_SPP_LEVEL = 4096
 
+#: 16-bit floats: the kernels run them in float32 (autocast's convolutions give
+#: them; QA: a model under torch.autocast stopped at its first SPP)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _in_float32(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """The tensors, 16-bit ones as float32 (differentiably): as autocast itself
+    runs recurrences and reductions, so the TLSTM's hundreds of steps do not
+    accumulate 16-bit rounding."""
+    return [t.float() if getattr(t, "dtype", None) in _HALF else t for t in tensors]
+
 
 def _check_x(op: str, x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"{op}: x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{op}: x must be float32 or float64, got {x.dtype}")
+    if x.dtype not in (torch.float32, torch.float64, *_HALF):
+        raise ValueError(f"{op}: x must be float32 or float64 (or 16-bit, run in float32), got {x.dtype}")
     if min(x.shape) == 0:
         raise ValueError(f"{op}: x has an empty dimension, shape {tuple(x.shape)}")
 
@@ -103,13 +114,20 @@ def tlstm(
     Returns the concatenated hidden maps (B, 4K, H, W), or, with ``w_out``
     (O, 4K, 1, 1) and optional ``b_out`` (O,), their 1x1 convolution
     (B, O, H, W). Weight layout: see the module docstring. h and c start at 0.
-    Raises ValueError on a wrong shape, dtype or device.
+    Raises ValueError on a wrong shape, dtype or device. 16-bit inputs
+    (float16/bfloat16, e.g. under ``torch.autocast``) are computed in float32
+    and the result is given back in x's dtype.
 
     On the CPU the native op keeps its large buffers (about 100 MB for a
     fwd+bwd of B=4, C=64, 63x63, K=32) for reuse by later calls, at most
     ``HER2KIT_TLSTM_CACHE_MB`` megabytes (environment, read once; default
     256, 0 turns the cache off).
     """
+    _check_x("tlstm", x)
+    dtype = x.dtype
+    if any(getattr(t, "dtype", None) in _HALF for t in (x, w_x, b_x, w_h, peep, w_out, b_out)):
+        x, w_x, b_x, w_h, peep, w_out, b_out = _in_float32(x, w_x, b_x, w_h, peep, w_out, b_out)
+        return tlstm(x, w_x, b_x, w_h, peep, w_out, b_out).to(dtype)
     _check_tlstm(x, w_x, b_x, w_h, peep)
     if _use_native(x):
         h = torch.ops.her2kit.tlstm_forward(x, w_x, b_x, w_h, peep)[0]
@@ -126,9 +144,12 @@ def spp(x: torch.Tensor, levels: Sequence[int] = (1, 2, 3, 6)) -> torch.Tensor:
     Level n cuts the image into n x n bins with PyTorch's adaptive bounds
     (start floor(i*H/n), end ceil((i+1)*H/n)); levels are concatenated in the
     order given, bins row-major within a level. Raises ValueError on a wrong
-    input or level.
+    input or level. 16-bit inputs are pooled in float32 (a maximum is exact,
+    so the result, in x's dtype, is the same).
     """
     _check_x("spp", x)
+    if x.dtype in _HALF:
+        return spp(x.float(), levels).to(x.dtype)
     given = list(levels)
     try:
         levels = [int(n) for n in given]

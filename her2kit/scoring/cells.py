@@ -875,7 +875,9 @@ def dab_baseline(dab: np.ndarray, probs: np.ndarray, rgb: np.ndarray | None = No
     """
     plain = (probs[0] > 0.5)
     if rgb is not None:
-        plain &= np.asarray(rgb).min(axis=-1) < CLIPPED_GLASS
+        rgb = np.asarray(rgb)
+        # (plane by plane: numpy's min over a length-3 last axis took 13x as long)
+        plain &= np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < CLIPPED_GLASS
     values = dab[plain] if plain.sum() > 100 else dab.ravel()
     return float(_median(values)) if values.size else 0.0
 
