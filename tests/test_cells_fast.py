@@ -330,6 +330,8 @@ def test_labels_only_skips_the_staining_and_nothing_else():
             assert np.isnan(bare.table[c]).all() and not np.isnan(full.table[c]).any(), c
         elif c == "category":
             assert (bare.table[c] == -1).all() and (full.table[c] >= 0).all()
+        elif c == "complete":  # not measured: no cell counts as complete
+            assert not bare.table[c].any() and full.table[c].any()
         else:
             np.testing.assert_array_equal(bare.table[c], full.table[c])
     assert bare.sector_od.shape == full.sector_od.shape and np.isnan(bare.sector_od).all()

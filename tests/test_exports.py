@@ -236,3 +236,56 @@ def _native_or_skip(name):
     if fn is None:
         pytest.skip(f"her2kit._C.{name} is not built")
     return fn
+
+
+def test_slide_heat_map_shows_each_squares_own_score():
+    """QA: squares were coloured by the mean category, so a 3+ hot spot among
+    unstained cells showed the 1+ yellow; now each shows its own ASCO/CAP score."""
+    from her2kit.wsi.report import COLOURS, HeatMap
+
+    heat = HeatMap((20, 40), 10.0, mpp0=0.5)  # 100 um squares = 200 level-0 px: 1 x 2 squares
+    assert heat.counts.shape == (4, 1, 2)
+    cols = {"y": np.full(100 + 5, 50.0), "x": np.r_[np.full(100, 50.0), np.full(5, 300.0)],
+            "category": np.r_[np.zeros(85, int), np.full(15, 3), np.full(5, 1)],
+            "tumour": np.ones(105, bool)}
+    heat.add(cols)
+    assert heat.local_scores().tolist() == [[3, 1]]
+    rgba = heat.rgba()
+    assert rgba[0, 0, :3].tolist() == COLOURS[3].astype(int).tolist() and rgba[0, 0, 3] == 255
+    assert rgba[0, 1, :3].tolist() == COLOURS[1].astype(int).tolist()
+    assert rgba[0, 1, 3] == round(255 * 5 / HeatMap.FULL_CELLS)  # 5 cells: fainter
+    empty = HeatMap((20, 40), 10.0, mpp0=0.5)
+    assert (empty.local_scores() == -1).all() and (empty.rgba()[..., 3] == 0).all()
+
+
+def test_reports_say_undefined_the_note_and_the_roi(tmp_path):
+    """QA: a slide with no tumour cells read "HER2 score: None" with no note, and
+    neither report said that --roi limited the cells scored."""
+    from her2kit.wsi import report
+
+    thumb = np.full((16, 16, 3), 230, np.uint8)
+    heat = report.HeatMap((16, 16), 4.0)
+    summary = {"score": None, "subcategory": None, "note": "no tumour cells found", "roi": True,
+               "percent": {k: 0.0 for k in "0123"}}
+    report.write_report(tmp_path / "slide.html", summary, thumb, heat, "s.zarr")
+    page = (tmp_path / "slide.html").read_text()
+    assert '<span class="score">undefined</span>' in page and "HER2 None" not in page
+    assert "no tumour cells found" in page and report.ROI_NOTE in page
+    summary = {"score": "1+", "subcategory": None, "cells_total": 3, "h_score": 100.0, "roi": True,
+               "percent": {"0": 0.0, "1": 100.0, "2": 0.0, "3": 0.0}, "percent_complete": 0.0,
+               "input": "x.png", "counts": {"0": 0, "1": 3, "2": 0, "3": 0}}
+    table = {"category": np.ones(3, int), "tumour": np.ones(3, bool), "completeness": np.full(3, 0.3),
+             "intensity": np.full(3, 0.05)}
+    exports.write_report_html(tmp_path / "image.html", thumb, thumb, summary, table)
+    assert report.ROI_NOTE in (tmp_path / "image.html").read_text()
+    summary["roi"] = False
+    exports.write_report_html(tmp_path / "image.html", thumb, thumb, summary, table)
+    assert report.ROI_NOTE not in (tmp_path / "image.html").read_text()
+
+
+def test_report_percentages_show_which_side_of_10_percent():
+    """QA: 2005 of 20000 cells (10.025 %) is 3+, but the report showed "10.0%"."""
+    assert exports._share(10.025) == "10.03%" and exports._share(10.0) == "10.0%"
+    assert exports._share(9.96) == "9.96%" and exports._share(9.94) == "9.9%"
+    assert exports._share(100.0 * 10_000_001 / 100_000_000) == "10.000001%"  # one cell in 10^8
+    assert exports._share(None) == "n/a" and exports._share(0.0) == "0.0%"

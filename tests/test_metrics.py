@@ -97,6 +97,15 @@ def test_roc_matches_sklearn_with_ties():
     np.testing.assert_allclose(fpr, sk_fpr)
     np.testing.assert_allclose(tpr, sk_tpr)
     assert math.isnan(roc_curve(np.ones(5, bool), np.arange(5))[2])
+    # weighted (each sampled pixel standing for several): sklearn's sample_weight
+    w = rng.integers(1, 50, 3000).astype(float)
+    fpr, tpr, auc = roc_curve(y, s, w)
+    assert auc == pytest.approx(roc_auc_score(y, s, sample_weight=w), abs=1e-12)
+    sk_fpr, sk_tpr, _ = sk_roc_curve(y, s, sample_weight=w, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    with pytest.raises(ValueError, match="NaN"):  # QA: all-NaN scores gave an AUC of 0.667
+        roc_curve(y, np.full(3000, np.nan))
 
 
 def test_quadratic_kappa_and_score_metrics_match_sklearn():

@@ -63,7 +63,10 @@ def test_no_cells_is_undefined_with_a_note():
     r = asco_cap_score(np.zeros(0, int))
     assert r.score is None and r.cells_total == 0
     assert r.note == "no tumour cells found"
-    assert r.h_score == 0.0 and r.percent_complete == 0.0
+    # undefined, not 0 (QA: a blank image's H-score 0 read as "no staining")
+    assert r.h_score is None and r.percent_complete is None
+    assert r.percent == {"0": None, "1": None, "2": None, "3": None}
+    assert HScore()({"category": np.zeros(0, int)}) is None
 
 
 def test_percentages_h_score_and_complete():
@@ -80,6 +83,9 @@ def test_percentages_h_score_and_complete():
 def test_bad_categories_rejected():
     with pytest.raises(ValueError):
         asco_cap_score(np.array([0, 4]))
+    with pytest.raises(ValueError, match="whole numbers"):
+        asco_cap_score(np.array([0.9, 1.5, 2.99, 3.0]))
+    assert asco_cap_score(np.array([0.0, 3.0])).counts == {"0": 1, "1": 0, "2": 0, "3": 1}
 
 
 def test_scorer_plugins_use_tumour_cells_only():
@@ -132,3 +138,32 @@ def test_score_0_with_more_than_faint_staining_is_flagged_for_review():
     assert flagged.note.startswith("10.0% of tumour cells are stained more than faintly")
     assert asco_cap_score(np.array([0] * 95 + [1] * 5)).note is None  # faint only: plain ultralow
     assert asco_cap_score(np.array([0] * 80 + [2] * 20)).note is None  # 2+: not a score-0 pattern
+    # QA: 1+ with intense complete staining in <= 10% is the guideline's own example
+    one = asco_cap_score(np.repeat([0, 1, 2, 3], (85, 10, 0, 5)))
+    assert one.score == "1+" and one.note.startswith("5.0% of tumour cells show intense complete staining")
+    assert asco_cap_score(np.repeat([0, 1, 2, 3], (80, 15, 5, 0))).note is None  # 1+ with some 2: usual
+
+
+def test_percent_complete_counts_complete_staining_of_any_intensity():
+    """QA: percent_complete counted categories 2-3, leaving out faint complete
+    membranes (category 1) and taking in moderate incomplete ones (category 2);
+    DESIGN.md asks for complete staining of any intensity."""
+    from her2kit.scoring.cells import CellParams, categorise
+    from her2kit.scoring.rules import count_complete
+
+    p = CellParams()
+    completeness = np.array([1.0, 1.0, 0.3, 1.0, 0.0, p.complete_fraction])
+    intensity = np.array([0.5 * p.weak_od, p.weak_od, p.moderate_od, p.intense_od, 0.0, p.intense_od])
+    cat = categorise(completeness, intensity, p)
+    assert cat.tolist() == [1, 2, 2, 3, 0, 3]
+    complete = (cat > 0) & (completeness >= p.complete_fraction)
+    table = {"category": cat, "tumour": np.array([1, 1, 1, 1, 1, 0], bool), "complete": complete}
+    # tumour cells: faint complete, weak complete, moderate incomplete, intense complete, none
+    assert count_complete(table) == 3
+    r = AscoCap2018()(table)
+    assert r.percent_complete == pytest.approx(60.0)  # 3 of 5 (categories 2-3 would say 3 of 5 too, by chance)
+    table["category"] = np.array([1, 1, 2, 3, 0, 3])  # the weak complete one read as faint
+    assert AscoCap2018()(table).percent_complete == pytest.approx(60.0)  # still complete
+    assert PercentComplete()(table) == pytest.approx(60.0)
+    # without the column: categories 2-3, the approximation
+    assert PercentComplete()({"category": table["category"], "tumour": table["tumour"]}) == pytest.approx(40.0)

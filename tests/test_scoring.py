@@ -271,6 +271,14 @@ def test_synthetic_image_scores_right(tmp_path, capsys):
     assert set(doc["percent"]) == {"0", "1", "2", "3"}
     for name in ("cells.csv", "cells.geojson", "labels.zarr", "overlay.png", "report.html"):
         assert (out / name).exists(), name
+    # percent_complete: the tumour rows of cells.csv with complete staining of any intensity
+    import csv
+
+    with open(out / "cells.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["tumour"] == "1"]
+    complete = [r for r in rows if r["complete"] == "1"]
+    assert all(float(r["completeness"]) >= 0.5 and r["category"] != "0" for r in complete)
+    assert doc["percent_complete"] == pytest.approx(100.0 * len(complete) / len(rows))
     # run again with other weights under the same name: nothing is redone, and it says why
     before = (out / "score.json").read_bytes()
     other = TruthSegmenter(patch.region.semantic, 0.5)

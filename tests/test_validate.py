@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from her2kit.cli import guarded, main
@@ -56,3 +57,50 @@ def test_a_check_on_the_fitting_folder_is_flagged(folder, capsys):
         i += 1
     check = docs[-1]
     assert check["check_is_fitting_data"] is True
+
+
+def test_tumour_rule_fit_finds_the_lymphocyte_cut_off():
+    """QA: lymphocytes (small, dark nuclei) were called tumour: the cut-off
+    (0.45 OD) sat above most of them as the model measures them. The fit
+    recovers a separating cut-off from placed cells."""
+    from her2kit.scoring.cells import CellParams
+
+    rng = np.random.default_rng(0)
+    n_t, n_l = 400, 80
+    nucleus = {  # tumour: larger or paler; lymphocytes: small and dark around 0.39
+        "nucleus_area_um2": np.concatenate([rng.uniform(20, 80, n_t), rng.uniform(14, 29, n_l)]),
+        "nucleus_elongation": np.concatenate([rng.uniform(1.0, 1.8, n_t), rng.uniform(1.0, 1.4, n_l)]),
+        "nucleus_h_od": np.concatenate([rng.uniform(0.15, 0.30, n_t), rng.uniform(0.33, 0.49, n_l)]),
+    }
+    on_tumour = np.arange(n_t + n_l) < n_t
+    start = CellParams(lymphocyte_h_od=0.45)
+    fitted, acc = calibrate.fit_tumour_rule(nucleus, on_tumour, start)
+    assert acc == 1.0 and 0.30 <= fitted.lymphocyte_h_od <= 0.33
+    assert fitted.lymphocyte_area_um2 >= 29
+    # an already perfect start stays (ties keep it)
+    again, _ = calibrate.fit_tumour_rule(nucleus, on_tumour, fitted)
+    assert again == fitted
+
+
+def test_tumour_calls_are_counted_by_position():
+    """Each detected cell is placed on the true cell under its nucleus centroid,
+    so a stromal cell called tumour counts even when no IoU match is possible."""
+    records = [{
+        "placed": np.array([0, 1, 2, -1]), "placed_type": np.array(["tumour", "lymphocyte", "fibroblast", ""]),
+        "placed_tumour": np.array([True, False, False, False]),
+        "all_tumour": np.array([True, True, False, True]),
+    }]
+    calls = validate.tumour_calls(records)
+    assert calls["called"] == 2 and calls["called_on_stroma"] == 1 and calls["precision"] == 0.5
+    assert calls["called_tumour_by_type"]["lymphocyte"] == {"cells": 1, "called_tumour": 1, "share": 1.0}
+    assert calls["called_tumour_by_type"]["fibroblast"]["share"] == 0.0
+
+
+def test_validate_places_detected_cells_on_true_ones(folder):
+    summary, records = validate.evaluate_folder(str(folder), progress=False)
+    r = records[0]
+    assert r["placed"].shape == r["all_tumour"].shape and (r["placed"] >= 0).mean() > 0.8
+    kinds = set(r["placed_type"][r["placed"] >= 0].tolist())
+    assert "tumour" in kinds and kinds <= {"tumour", "lymphocyte", "fibroblast"}
+    calls = summary["tumour_calls"]
+    assert 0.0 <= calls["precision"] <= 1.0 and calls["called"] > 0

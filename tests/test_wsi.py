@@ -1195,7 +1195,7 @@ def test_gathered_csv_is_the_same_from_block_text_or_records(tmp_path):
         ledger.save_block(i, c, np.zeros((0, 3), np.int64), {"index": i})
         if i != 2:  # block 2: recorded without its text
             cellrows.write_block_rows(ledger.rows_path(i), c)
-    counts, n = _gather(ledger, list(blocks), tmp_path / "cells.csv")
+    counts, _, n = _gather(ledger, list(blocks), tmp_path / "cells.csv")
 
     names = exports.csv_columns(blocks[0])
     ref = tmp_path / "ref.csv"
@@ -1437,6 +1437,10 @@ def test_classes_only_on_an_image(tmp_path):
     root = tmp_path / "o" / "p" / "labels.zarr" / "labels"
     assert set(np.unique(zarr.open_array(str(root / "semantic" / "0"), mode="r")[:])) == {0, 1, 2}
     assert not zarr.open_array(str(root / "cells" / "0"), mode="r")[:].any()
+    # no score in its attributes (QA: "no tumour cells found", H-score 0, cells never looked for)
+    about = json.loads((root.parent / ".zattrs").read_text())["her2kit"]
+    assert about["classes_only"] is True
+    assert not {"score", "h_score", "note", "cells_total", "cells_detected", "percent_complete"} & set(about)
 
 
 def test_segment_force_into_a_score_folder_drops_the_old_score(tmp_path):

@@ -118,7 +118,7 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
     torch.manual_seed(seed)
     cm = np.zeros((3, 3), np.int64)
     by_score: dict[int, np.ndarray] = {}
-    samples_truth, samples_prob = [], []
+    samples_truth, samples_prob, samples_weight = [], [], []
     score_truth, score_pred = [], []
     has_pattern = hasattr(segmenter.model, "pattern")
     bayesian = hasattr(segmenter.model, "predict_mc")
@@ -146,6 +146,9 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
         flat = rng.choice(im.mask.size, size=min(AUC_PIXELS_PER_IMAGE, im.mask.size), replace=False)
         samples_truth.append(im.mask.ravel()[flat])
         samples_prob.append(probs.reshape(3, -1)[:, flat])
+        # each sampled pixel stands for size / samples of its image: the AUC is then
+        # over all pixels pooled, as the other metrics (QA: a large image weighed as a small one)
+        samples_weight.append(np.full(flat.size, im.mask.size / flat.size))
         if entropy is not None:
             ent_all.append(entropy.ravel()[flat])
             wrong_all.append(pred.ravel()[flat] != im.mask.ravel()[flat])
@@ -160,7 +163,8 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
                 cell_error = f"{type(exc).__name__}: {exc}"
     truth = np.concatenate(samples_truth)
     prob = np.concatenate(samples_prob, axis=1)
-    curves = {name: roc_curve(truth == c, prob[c]) for c, name in enumerate(CLASS_NAMES)}
+    weight = np.concatenate(samples_weight)
+    curves = {name: roc_curve(truth == c, prob[c], weight) for c, name in enumerate(CLASS_NAMES)}
     result: dict[str, Any] = {
         "pixel": pixel_metrics(cm),
         "auc": {name: curves[name][2] for name in CLASS_NAMES},

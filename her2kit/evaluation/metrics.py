@@ -83,23 +83,31 @@ def pixel_metrics(cm: np.ndarray, names: Sequence[str] = CLASS_NAMES) -> dict[st
     return {name: binary_metrics(*class_counts(cm, c)) for c, name in enumerate(names)}
 
 
-def roc_curve(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def roc_curve(truth: np.ndarray, score: np.ndarray,
+              weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """ROC of binary ``truth`` (bool) against ``score`` (higher = positive).
 
     Returns (fpr, tpr, auc); ties in score are one threshold, so the curve
-    and AUC (trapezoidal) match scikit-learn's roc_curve/roc_auc_score.
-    AUC is NaN when only one class is present.
+    and AUC (trapezoidal) match scikit-learn's roc_curve/roc_auc_score
+    (``weight``: their ``sample_weight``, e.g. the pixels each sampled pixel
+    stands for). AUC is NaN when only one class is present. NaN scores are a
+    ValueError (sklearn's too; QA: they gave a number).
     """
     y = np.asarray(truth).ravel().astype(bool)
     s = np.asarray(score).ravel().astype(np.float64)
-    pos, neg = int(y.sum()), int((~y).sum())
+    if np.isnan(s).any():
+        raise ValueError("roc_curve: the scores contain NaN")
+    w = np.ones(y.size) if weight is None else np.asarray(weight, dtype=np.float64).ravel()
+    if w.shape != y.shape or (w < 0).any():
+        raise ValueError("roc_curve: weight must be one non-negative value per score")
+    pos, neg = float(w[y].sum()), float(w[~y].sum())
     if pos == 0 or neg == 0:
         return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
     order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
+    s, y, w = s[order], y[order], w[order]
     last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps = np.cumsum(y)[last_of_tie]
-    fps = (last_of_tie + 1) - tps
+    tps = np.cumsum(w * y)[last_of_tie]
+    fps = np.cumsum(w * ~y)[last_of_tie]
     tpr = np.r_[0.0, tps / pos]
     fpr = np.r_[0.0, fps / neg]
     return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)

@@ -45,7 +45,7 @@ import numpy as np
 COLUMNS = (
     "id", "y", "x", "category", "tumour", "completeness", "intensity",
     "area_um2", "nucleus_area_um2", "dab_od_mean", "membrane_fraction",
-    "nucleus_elongation", "nucleus_h_od",
+    "nucleus_elongation", "nucleus_h_od", "complete",
 )
 
 
@@ -53,8 +53,8 @@ COLUMNS = (
 class CellParams:
     """Parameters of :func:`find_cells`. Lengths in microns, areas in square microns, OD in log10 units.
 
-    The staining thresholds (``stain_od`` .. ``moderate_od``) are fitted on
-    synthetic ground truth by :mod:`her2kit.scoring.calibrate`; see
+    The staining thresholds (``stain_od`` .. ``moderate_od``) and the
+    lymphocyte cut-offs are fitted on synthetic ground truth by :mod:`her2kit.scoring.calibrate`; see
     docs/scoring.md for the fitted values and their accuracy.
     """
 
@@ -69,19 +69,20 @@ class CellParams:
     smooth_um: float = 0.0              # Gaussian sigma on DAB OD before the sector statistic
     n_sectors: int = 16
     sector_stat: str = "mean"           # DAB OD of a sector: "mean" or "max" of its ring pixels
-    # staining -> category: fitted with `python -m her2kit.scoring.calibrate --model her2net`
-    # on synthetic seeds 100, 300 and 500 (128 images), see docs/scoring.md
+    # staining -> category and the lymphocyte cut-offs: fitted with
+    # `python -m her2kit.scoring.calibrate --model her2net` on synthetic seeds
+    # 100, 300 and 500 (128 images), see docs/scoring.md
     stain_od: float = 0.01  # sector counts as stained at this DAB OD
-    complete_fraction: float = 0.5  # completeness at or above: complete
+    complete_fraction: float = 0.59375  # completeness at or above: complete
     any_fraction: float = 0.21875  # completeness below: unstained (category 0)
     intense_od: float = 0.36  # complete and intensity >= : category 3
     weak_od: float = 0.09  # complete and intensity < : category 1 (faint)
-    moderate_od: float = 0.16  # incomplete and intensity >= : category 2
+    moderate_od: float = 0.26  # incomplete and intensity >= : category 2
     # tumour rule
     min_tumour_nucleus_um2: float = 12.0  # smaller nuclei (debris) are not tumour
     max_elongation: float = 2.2           # major/minor axis above (fibroblasts) not tumour
     lymphocyte_area_um2: float = 30.0     # small ...
-    lymphocyte_h_od: float = 0.45         # ... and dark (haematoxylin OD): lymphocyte
+    lymphocyte_h_od: float = 0.34         # ... and dark (haematoxylin OD): lymphocyte
     stroma_rim_um: float = 0.75           # a stromal cell's outline: its nucleus plus this rim
     compactness: float = 0.01             # of the territory watershed (per pixel of distance)
     dab_elevation: float = 0.0            # weight of the DAB crest in the territory watershed (0-1)
@@ -155,7 +156,7 @@ class CellResult:
 
 def empty_table() -> dict[str, np.ndarray]:
     """A cell table with no rows and the right dtypes."""
-    ints = {"id": np.int64, "category": np.int64, "tumour": bool}
+    ints = {"id": np.int64, "category": np.int64, "tumour": bool, "complete": bool}
     return {c: np.zeros(0, dtype=ints.get(c, np.float64)) for c in COLUMNS}
 
 
@@ -1113,7 +1114,7 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
         # rings and sectors below are most of this function's time
         unmeasured = np.full(ids.size, np.nan)
         return {c: geometry[c] if c in geometry else unmeasured for c in COLUMNS} | {
-            "category": np.full(ids.size, -1, np.int64),
+            "category": np.full(ids.size, -1, np.int64), "complete": np.zeros(ids.size, bool),
             "_sector_od": np.full((ids.size, params.n_sectors), np.nan)}
     if dab is None:
         dab = deconv.dab(rgb)
@@ -1154,8 +1155,12 @@ def measure_cells(rgb: np.ndarray, membrane_prob: np.ndarray, cells: np.ndarray,
     ring_sum = np.bincount(rc, weights=values, minlength=n + 1)
     ring_n = np.bincount(rc, minlength=n + 1)
     dab_mean = ring_sum[ids] / np.maximum(ring_n[ids], 1)
+    category = categorise(completeness, intensity, params)
     staining = {
-        "category": categorise(completeness, intensity, params),
+        "category": category,
+        # complete staining of any intensity (faint complete membranes, category 1,
+        # included; moderate incomplete ones, category 2, not): DESIGN.md's percentage
+        "complete": (category > 0) & (completeness >= params.complete_fraction),
         "completeness": completeness,
         "intensity": intensity,
         "dab_od_mean": dab_mean,

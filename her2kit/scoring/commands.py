@@ -167,14 +167,17 @@ def scorer_value(name: str, table: dict) -> Any:
 
 
 SCORING = "ASCO/CAP 2018 (reaffirmed 2023), tumour cells only"
+#: score.json's fields that are the score (not written by `segment`)
+SCORE_FIELDS = {"score", "subcategory", "cells_total", "percent", "counts", "h_score",
+                "percent_complete", "scoring", "note", "scorer"}
 
 
 def summarise(result, mpp: float, model: str, scorer_name: str = "asco-cap-2018",
               extra: dict | None = None) -> dict:
     """score.json content for a :class:`CellResult` (tumour cells only)."""
-    from her2kit.scoring.rules import asco_cap_score
+    from her2kit.scoring.rules import asco_cap_score, count_complete
 
-    score = asco_cap_score(result.tumour_categories())
+    score = asco_cap_score(result.tumour_categories(), count_complete(result))
     summary = {
         "score": score.score,
         "subcategory": score.subcategory,
@@ -259,9 +262,14 @@ def write_outputs(out_dir: Path, rgb: np.ndarray, result, summary: dict,
     out_dir.mkdir(parents=True, exist_ok=True)
     # an older run's marker first: a kill midway leaves no old/new mix
     (out_dir / "score.json").unlink(missing_ok=True)
+    # `segment` scores nothing: its labels do not carry a score (QA: --classes-only's
+    # said "no tumour cells found", H-score 0 when cells were never looked for)
+    left_out = {"percent", "counts"} | (SCORE_FIELDS if segment_only else set())
+    if summary.get("classes_only"):
+        left_out.add("cells_detected")
     exports.write_labels_zarr(out_dir / "labels.zarr", result.semantic, result.cell_labels,
                               summary.get("mpp"), about={k: v for k, v in summary.items()
-                                                         if k not in ("percent", "counts")})
+                                                         if k not in left_out})
     if segment_only:  # the rest of a score made from the labels just replaced
         for name in OUTPUTS:
             if name != "labels.zarr":

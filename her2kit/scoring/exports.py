@@ -511,6 +511,19 @@ def _img(data: bytes, alt: str, width: str = "100%") -> str:
     return f'<img alt="{html.escape(alt)}" style="max-width:{width}" src="data:image/png;base64,{b64}">'
 
 
+def _share(percent: float | None) -> str:
+    """A percentage for a report: one decimal, more where one decimal would hide
+    which side of the guideline's 10 % it lies on (QA: 10.025 % shown as
+    "10.0%" on a 3+ case); "n/a" when undefined (no tumour cells)."""
+    if percent is None:
+        return "n/a"
+    p = float(percent)
+    digits = 1
+    while digits < 6 and p != 10.0 and round(p, digits) == 10.0:
+        digits += 1
+    return f"{p:.{digits}f}%"
+
+
 def write_report_html(path: str | os.PathLike, rgb: np.ndarray, overlay: np.ndarray,
                       summary: Mapping, table: Mapping[str, np.ndarray],
                       max_side: int = 1600) -> None:
@@ -525,18 +538,21 @@ def write_report_html(path: str | os.PathLike, rgb: np.ndarray, overlay: np.ndar
     rows = "".join(
         f"<tr><td style='color:rgb{CATEGORY_COLOURS[k]}'>&#9632;</td><td>{CATEGORY_NAMES[k]}</td>"
         f"<td>{summary.get('counts', {}).get(str(k), '')}</td>"
-        f"<td>{percent.get(str(k), 0.0):.1f}%</td></tr>" for k in range(4))
+        f"<td>{_share(percent.get(str(k)))}</td></tr>" for k in range(4))
     facts = {
         "tumour cells": summary.get("cells_total"),
-        "H-score": f"{summary.get('h_score', 0.0):.1f}",
-        "complete staining": f"{summary.get('percent_complete', 0.0):.1f}%",
+        "H-score": "n/a" if summary.get("h_score") is None else f"{summary['h_score']:.1f}",
+        "complete staining": _share(summary.get("percent_complete")),
         "model": summary.get("model"),
         "microns per pixel": summary.get("mpp"),
         "her2kit": summary.get("her2kit_version"),
     }
     fact_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                         for k, v in facts.items())
-    note = summary.get("note")
+    from her2kit.wsi.report import ROI_NOTE
+
+    notes = "".join(f"<p><b>{html.escape(str(text))}</b></p>\n" for text in
+                    (summary.get("note"), ROI_NOTE if summary.get("roi") else None) if text)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>HER2 {html.escape(score_text)} - {html.escape(str(summary.get('input', '')))}</title>
@@ -548,8 +564,7 @@ table {{ border-collapse: collapse; margin: 0.5em 0; }} td, th {{ padding: 2px 1
 </style></head><body>
 <h1>HER2 immunohistochemistry: {html.escape(str(summary.get('input', '')))}</h1>
 <p class="score">HER2 {html.escape(score_text)}</p>
-{f'<p><b>{html.escape(note)}</b></p>' if note else ''}
-<p>ASCO/CAP 2018 (reaffirmed 2023) over tumour cells: 3+ when more than 10% show intense complete
+{notes}<p>ASCO/CAP 2018 (reaffirmed 2023) over tumour cells: 3+ when more than 10% show intense complete
 membrane staining; 2+ when more than 10% show complete staining; 1+ when more than 10% show faint
 incomplete staining; 0 otherwise (ultralow: some faint staining, at most 10%; null: none).</p>
 <table>{rows}</table>

@@ -36,16 +36,18 @@ class ScoreResult:
 
     ``percent`` maps "0".."3" to the percentage (0-100) of tumour cells in each
     category; ``h_score`` is 0-300; ``percent_complete`` the percentage of
-    cells with complete staining of any intensity (categories 2 and 3).
-    ``score`` is None when there are no tumour cells (see ``note``).
+    cells with complete staining of any intensity (see :func:`percent_complete`).
+    ``score`` is None when there are no tumour cells (see ``note``), and so are
+    the percentages and the H-score: undefined, not 0 (QA: a blank image's
+    H-score of 0 read as "no staining" and pulled cohort means down).
     """
 
     score: str | None
     subcategory: str | None
     cells_total: int
     percent: dict[str, float]
-    h_score: float
-    percent_complete: float
+    h_score: float | None
+    percent_complete: float | None
     counts: dict[str, int] = field(default_factory=dict)
     note: str | None = None
 
@@ -54,7 +56,10 @@ class ScoreResult:
 
 
 def _counts(categories: np.ndarray) -> np.ndarray:
-    c = np.asarray(categories).astype(np.int64).ravel()
+    raw = np.asarray(categories).ravel()
+    c = raw.astype(np.int64)
+    if raw.dtype.kind == "f" and not np.array_equal(c, raw):  # QA: 2.99 was counted as 2
+        raise ValueError("cell categories must be whole numbers 0..3, got fractional values")
     if c.size and (c.min() < 0 or c.max() > 3):
         raise ValueError(f"cell categories must be 0..3, got {sorted(set(c.tolist()))}")
     return np.bincount(c, minlength=4)[:4]
@@ -75,54 +80,82 @@ def score_from_counts(counts) -> tuple[str | None, str | None]:
     return "0", ("null" if n1 + n2 + n3 == 0 else "ultralow")
 
 
-def h_score(counts) -> float:
-    """H-score 0-300: 1 x %category 1 + 2 x %category 2 + 3 x %category 3."""
+def h_score(counts) -> float | None:
+    """H-score 0-300: 1 x %category 1 + 2 x %category 2 + 3 x %category 3 (None: no cells)."""
     c = np.asarray(counts, dtype=np.float64)
     n = c.sum()
-    return 0.0 if n == 0 else float(100.0 * (c[1] + 2 * c[2] + 3 * c[3]) / n)
+    return None if n == 0 else float(100.0 * (c[1] + 2 * c[2] + 3 * c[3]) / n)
 
 
-def percent_complete(counts) -> float:
-    """Percentage (0-100) of cells with complete staining of any intensity.
+def percent_complete(counts, complete: int | None = None) -> float | None:
+    """Percentage (0-100) of tumour cells with complete staining of any intensity.
 
-    Complete membranes are categories 2 and 3; a faint complete membrane is
-    category 1 in her2kit's cell rule only when it is below the weak level,
-    so it does not count here either.
+    ``complete``: how many of the cells counted in ``counts`` have a complete
+    membrane, stained at any intensity (the cell table's ``complete`` column:
+    faint complete membranes, category 1, included; moderate incomplete ones,
+    category 2, not). Without it, from the categories alone: categories 2 and
+    3 (the complete ones at least weak, plus moderate incomplete ones), an
+    approximation for callers that only have categories.
     """
     c = np.asarray(counts, dtype=np.float64)
     n = c.sum()
-    return 0.0 if n == 0 else float(100.0 * (c[2] + c[3]) / n)
+    if n == 0:
+        return None
+    return float(100.0 * (c[2] + c[3] if complete is None else complete) / n)
 
 
-def asco_cap_score(categories: np.ndarray) -> ScoreResult:
-    """Score tumour cells by ASCO/CAP 2018; ``categories`` int (n,) with values 0..3."""
+def asco_cap_score(categories: np.ndarray, complete: int | None = None) -> ScoreResult:
+    """Score tumour cells by ASCO/CAP 2018; ``categories`` int (n,) with values 0..3;
+    ``complete``: how many of them have complete staining (see :func:`percent_complete`)."""
     counts = _counts(categories)
     n = int(counts.sum())
     score, sub = score_from_counts(counts)
-    percent = {str(k): (0.0 if n == 0 else float(100.0 * counts[k] / n)) for k in range(4)}
+    percent = {str(k): (None if n == 0 else float(100.0 * counts[k] / n)) for k in range(4)}
     return ScoreResult(
         score=score,
         subcategory=sub,
         cells_total=n,
         percent=percent,
         h_score=h_score(counts),
-        percent_complete=percent_complete(counts),
+        percent_complete=percent_complete(counts, complete),
         counts={str(k): int(counts[k]) for k in range(4)},
         note="no tumour cells found" if n == 0 else unusual_pattern(counts),
     )
 
 
 def unusual_pattern(counts) -> str | None:
-    """A note when a score-0 case has cells stained more than faintly (categories
-    2-3, at most 10% of tumour cells): not "null", so her2kit calls it
-    "ultralow", but ASCO/CAP 2018 asks a pathologist to look at such unusual
-    patterns (e.g. intense complete staining in <= 10% of cells)."""
+    """A note for a pathologist where ASCO/CAP 2018 calls the staining unusual:
+
+    - score 0 with cells stained more than faintly (categories 2-3, at most
+      10% of tumour cells): not "null", so her2kit calls it "ultralow";
+    - score 1+ with intense complete staining (category 3) in at most 10% of
+      tumour cells: the guideline's example of an unusual pattern, which
+      the rule cascade leaves at 1+ (QA: 5% intense complete plus 10% faint
+      read 1+ with no word).
+
+    The score stays the rule's (DESIGN.md); the note asks for a review.
+    """
     n0, n1, n2, n3 = (int(v) for v in counts)
     n = n0 + n1 + n2 + n3
-    if n == 0 or score_from_counts(counts)[0] != "0" or n2 + n3 == 0:
+    score = score_from_counts(counts)[0] if n else None
+    review = "an unusual pattern for a pathologist to review (ASCO/CAP 2018)"
+    if score == "0" and n2 + n3 > 0:
+        return f"{100.0 * (n2 + n3) / n:.1f}% of tumour cells are stained more than faintly (at most 10%): {review}"
+    if score == "1+" and n3 > 0:
+        return f"{100.0 * n3 / n:.1f}% of tumour cells show intense complete staining (at most 10%): {review}"
+    return None
+
+
+def count_complete(cells) -> int | None:
+    """How many tumour cells of a CellResult or table dict have complete staining
+    (its ``complete`` column), or None where the table has no such column."""
+    table = getattr(cells, "table", cells)
+    if not isinstance(table, dict) or "complete" not in table:
         return None
-    return (f"{100.0 * (n2 + n3) / n:.1f}% of tumour cells are stained more than faintly (at most 10%): "
-            "an unusual pattern for a pathologist to review (ASCO/CAP 2018)")
+    complete = np.asarray(table["complete"]).astype(bool)
+    if "tumour" in table:
+        complete = complete[np.asarray(table["tumour"]).astype(bool)]
+    return int(complete.sum())
 
 
 def _categories_of(cells) -> np.ndarray:
@@ -143,15 +176,15 @@ class AscoCap2018:
     name = "asco-cap-2018"
 
     def __call__(self, cells) -> ScoreResult:
-        return asco_cap_score(_categories_of(cells))
+        return asco_cap_score(_categories_of(cells), count_complete(cells))
 
 
 class HScore:
-    """Scorer plugin "h-score": cell table -> H-score (0-300) as a float."""
+    """Scorer plugin "h-score": cell table -> H-score (0-300) as a float (None: no tumour cells)."""
 
     name = "h-score"
 
-    def __call__(self, cells) -> float:
+    def __call__(self, cells) -> float | None:
         return h_score(_counts(_categories_of(cells)))
 
 
@@ -160,8 +193,8 @@ class PercentComplete:
 
     name = "percent-complete"
 
-    def __call__(self, cells) -> float:
-        return percent_complete(_counts(_categories_of(cells)))
+    def __call__(self, cells) -> float | None:
+        return percent_complete(_counts(_categories_of(cells)), count_complete(cells))
 
 
 def quadratic_weighted_kappa(truth, predicted, labels=SCORES) -> float:

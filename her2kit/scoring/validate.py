@@ -11,6 +11,11 @@ ASCO/CAP score. Reported:
   (precision, recall, F1 over all cells the image shows);
 - categories: accuracy of the category of matched true tumour cells, and the
   confusion matrix; tumour/stroma agreement of matched cells;
+- tumour calls by position: every detected cell is placed on the true cell
+  under its nucleus centroid (no IoU needed: a lymphocyte given a tumour
+  cell's territory overlaps its true cell too little to be matched, so the
+  agreement above never sees it): the share of tumour calls that lie on true
+  tumour cells, and per kind of true cell the share called tumour;
 - images: score accuracy, quadratic weighted kappa, the score confusion, and
   null-vs-ultralow accuracy over true score-0 images.
 """
@@ -64,6 +69,8 @@ def read_cases(data: str, limit: int | None = None):
             "counted": np.array([int(r.get("counted") or r["tumour"]) for r in recs], dtype=bool),
             "completeness": np.array([float(r["completeness"]) for r in recs]),
             "intensity": np.array([float(r["intensity"]) for r in recs]),
+            # tumour, lymphocyte, fibroblast (folders without the column: tumour or stroma)
+            "type": np.array([r.get("type") or ("tumour" if int(r["tumour"]) else "stroma") for r in recs]),
         }
         yield Case(os.path.splitext(os.path.basename(row["image"]))[0], rgb, mask, cells, truth,
                    row["score"], row.get("subcategory") or None, float(row.get("mpp") or 0.5))
@@ -101,6 +108,7 @@ def evaluate_case(case: Case, params: CellParams, segmenter=None, seed: int = 0)
     ti, pi = ti[ok], pi[ok]
     score = asco_cap_score(result.tumour_categories())
     tt = case.truth
+    placed = _placed_on(result, case.cells, t_row)
     return {
         "name": case.name,
         "n_pred": len(result), "n_true": n_true, "tp": int(len(pi)),
@@ -109,12 +117,56 @@ def evaluate_case(case: Case, params: CellParams, segmenter=None, seed: int = 0)
         "features": {k: result.table[k][pi] for k in result.table},
         "sector_od": result.sector_od[pi],
         "tumour_sector_od": result.sector_od[result.tumour],
+        # every detected cell: the true row under its nucleus centroid (-1: none),
+        # its tumour call, nucleus features and sectors (calibrate refits the tumour rule on them)
+        "placed": placed, "placed_type": np.where(placed >= 0, tt["type"][placed], ""),
+        "placed_tumour": (placed >= 0) & tt["tumour"][placed],
+        "all_tumour": result.table["tumour"].astype(bool),
+        "nucleus": {k: result.table[k] for k in ("nucleus_area_um2", "nucleus_elongation", "nucleus_h_od")},
+        "all_sector_od": result.sector_od,
         "true_counts": np.bincount(tt["category"][tt["counted"]], minlength=4)[:4],
         "true_completeness": tt["completeness"][ti], "true_intensity": tt["intensity"][ti],
         "score_true": case.score, "sub_true": case.subcategory,
         "score_pred": score.score or "0", "sub_pred": score.subcategory,
         "percent_pred": score.percent,
     }
+
+
+def _placed_on(result, true_cells: np.ndarray, t_row: dict[int, int]) -> np.ndarray:
+    """Row of the true cell under each detected cell's nucleus centroid (-1 where none)."""
+    from her2kit.scoring.cells import _label_centroids
+
+    ids = result.table["id"].astype(np.int64)
+    if ids.size == 0:
+        return np.zeros(0, np.int64)
+    _, cy, cx = _label_centroids(result.nucleus_labels, int(ids.max()) + 1)
+    y, x = cy[ids], cx[ids]
+    there = np.isfinite(y)
+    h, w = true_cells.shape
+    yi = np.clip(np.rint(np.where(there, y, 0)).astype(np.int64), 0, h - 1)
+    xi = np.clip(np.rint(np.where(there, x, 0)).astype(np.int64), 0, w - 1)
+    true_id = np.where(there, true_cells[yi, xi], 0)
+    return np.array([t_row.get(int(v), -1) if v else -1 for v in true_id], dtype=np.int64)
+
+
+def tumour_calls(records: list[dict]) -> dict:
+    """Tumour calls of detected cells against the true cell under their nucleus centroid."""
+    if not records:
+        return {"precision": float("nan"), "called_tumour_by_type": {}}
+    placed = np.concatenate([r["placed"] for r in records])
+    kind = np.concatenate([r["placed_type"] for r in records])
+    called = np.concatenate([r["all_tumour"] for r in records])
+    on = placed >= 0
+    on_tumour = np.concatenate([r["placed_tumour"] for r in records])
+    n_called = int((called & on).sum())
+    by_type = {}
+    for t in sorted(set(kind[on].tolist())):
+        sel = on & (kind == t)
+        n_t, n_called_t = int(sel.sum()), int((called & sel).sum())
+        by_type[t] = {"cells": n_t, "called_tumour": n_called_t, "share": n_called_t / n_t}
+    return {"precision": float((called & on_tumour).sum() / n_called) if n_called else float("nan"),
+            "called": n_called, "called_on_stroma": int((called & on & ~on_tumour).sum()),
+            "called_tumour_by_type": by_type}
 
 
 def summarise(records: list[dict]) -> dict:
@@ -145,6 +197,7 @@ def summarise(records: list[dict]) -> dict:
         "category_accuracy": float((tc[tt] == pc[tt]).mean()) if tt.any() else float("nan"),
         "category_confusion": conf.tolist(),
         "tumour_agreement": float((tt == pt).mean()) if tt.size else float("nan"),
+        "tumour_calls": tumour_calls(records),
         "score_accuracy": float(np.mean([a == b for a, b in zip(st, sp, strict=True)])) if st else float("nan"),
         "score_qwk": quadratic_weighted_kappa(st, sp),
         "score_confusion": sconf.tolist(),
@@ -153,7 +206,7 @@ def summarise(records: list[dict]) -> dict:
         "wrong_images": [
             {"name": r["name"], "true": r["score_true"], "sub_true": r["sub_true"],
              "pred": r["score_pred"], "sub_pred": r["sub_pred"],
-             "percent": {k: round(v, 1) for k, v in r["percent_pred"].items()}}
+             "percent": {k: None if v is None else round(v, 1) for k, v in r["percent_pred"].items()}}
             for r in records if (r["score_true"], r["sub_true"]) != (r["score_pred"], r["sub_pred"])
         ],
     }

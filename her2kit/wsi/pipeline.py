@@ -511,13 +511,14 @@ def _pyramid(plan: dict, ledger: Ledger, executor: Any, path: str) -> None:
 def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
             heat: Any = None, hist: Any = None) -> tuple[np.ndarray, int]:
     """Stream the blocks' cells into cells.csv (block order, then rank); return
-    the tumour cells' counts per category (0..3) and the number of all cells.
-    Nothing grows with the number of cells."""
+    the tumour cells' counts per category (0..3), how many of them have complete
+    staining, and the number of all cells. Nothing grows with the number of cells."""
     from her2kit.scoring.cells import COLUMNS
     from her2kit.scoring.exports import csv_columns, csv_header
     from her2kit.wsi import cellrows
 
     counts = np.zeros(4, np.int64)
+    complete = 0
     names: list[str] | None = None
     n = 0
     f = open(csv_path, "wb") if csv_path is not None else None
@@ -534,9 +535,12 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
             if f is not None:
                 f.write(cellrows.block_rows(ledger.rows_path(i), cols, names))
             cat = np.clip(cols["category"].astype(np.int64), 0, 3)
+            # (a cell finder's table without "complete": counted from categories, as rules does)
+            full = np.asarray(cols["complete"]).astype(bool) if "complete" in cols else cat >= 2
             if "tumour" in cols:
-                cat = cat[cols["tumour"].astype(bool)]
+                cat, full = cat[cols["tumour"].astype(bool)], full[cols["tumour"].astype(bool)]
             counts += np.bincount(cat, minlength=4)[:4]
+            complete += int(full.sum())
             for sink in (heat, hist):
                 if sink is not None:
                     sink.add(cols)
@@ -545,7 +549,7 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
     finally:
         if f is not None:
             f.close()
-    return counts, n
+    return counts, complete, n
 
 
 def _slide_scorer(name: str, ledger: Ledger, selected: list[int]) -> dict:
@@ -605,9 +609,9 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
             from her2kit.scoring.exports import StainingHistograms
 
             hist = StainingHistograms()
-            counts, n = _gather(ledger, selected, work / "cells.csv", heat, hist)
+            counts, complete, n = _gather(ledger, selected, work / "cells.csv", heat, hist)
             overlay = pool.submit(report.write_overlay, work / "overlay.png", thumb, heat)
-            summary.update(report.score_counts(counts))
+            summary.update(report.score_counts(counts, complete))
             summary["cells_detected"] = int(n)
             from her2kit.scoring.commands import SCORING
 

@@ -22,6 +22,8 @@ import numpy as np
 # category -> RGB, shared with the GeoJSON classes
 COLOURS = np.array([[70, 130, 230], [250, 220, 60], [245, 140, 30], [215, 40, 40]], np.float64)
 BIN_UM = 100.0
+#: said by both reports when --roi limited the cells scored
+ROI_NOTE = "Scored within the regions of interest given (--roi) only, not the whole image."
 
 
 class HeatMap:
@@ -51,17 +53,28 @@ class HeatMap:
         c = np.clip((cols["x"][keep] / self.bin0).astype(np.int64), 0, self.counts.shape[2] - 1)
         np.add.at(self.counts, (cat, r, c), 1)
 
+    #: a square with this many tumour cells or more is drawn opaque; fewer, fainter
+    FULL_CELLS = 20
+
+    def local_scores(self) -> np.ndarray:
+        """int (rows, cols): the ASCO/CAP score (0-3) of each square's own tumour
+        cells, by the slide's rule (:func:`her2kit.scoring.rules.score_from_counts`),
+        -1 where a square has none."""
+        n0, n1, n2, n3 = self.counts
+        n = n0 + n1 + n2 + n3
+        score = np.where(10 * n3 > n, 3, np.where(10 * (n2 + n3) > n, 2, np.where(10 * (n1 + n2 + n3) > n, 1, 0)))
+        return np.where(n > 0, score, -1)
+
     def rgba(self) -> np.ndarray:
-        """uint8 (rows, cols, 4): colour of the mean category, opaque where cells are."""
+        """uint8 (rows, cols, 4): each square in the colour of its local score
+        (a 3+ hot spot among unstained cells shows red, where a mean category
+        showed the 1+ yellow: QA), opacity growing with its tumour cells up to
+        :attr:`FULL_CELLS`, clear where there are none."""
+        score = self.local_scores()
         total = self.counts.sum(axis=0)
-        mean = np.divide((self.counts * np.arange(4)[:, None, None]).sum(axis=0), total,
-                         out=np.zeros(total.shape), where=total > 0)
-        lo = np.clip(np.floor(mean).astype(int), 0, 3)
-        hi = np.clip(lo + 1, 0, 3)
-        f = (mean - lo)[..., None]
-        rgb = COLOURS[lo] * (1 - f) + COLOURS[hi] * f
-        alpha = np.where(total > 0, 255, 0)
-        return np.concatenate([rgb, alpha[..., None]], axis=-1).astype(np.uint8)
+        rgb = COLOURS[np.clip(score, 0, 3)]
+        alpha = np.where(total > 0, 255 * np.clip(total / self.FULL_CELLS, 0.25, 1.0), 0)
+        return np.concatenate([rgb, alpha[..., None]], axis=-1).round().astype(np.uint8)
 
     def on_thumbnail(self) -> np.ndarray:
         """The heat map resized (nearest) to the thumbnail, uint8 RGBA."""
@@ -78,13 +91,14 @@ class HeatMap:
         return out
 
 
-def score_counts(counts: np.ndarray) -> dict[str, Any]:
-    """score.json fields (ASCO/CAP 2018) from tumour-cell counts per category (n0..n3)."""
+def score_counts(counts: np.ndarray, complete: int | None = None) -> dict[str, Any]:
+    """score.json fields (ASCO/CAP 2018) from tumour-cell counts per category (n0..n3)
+    and how many of them have complete staining (None: unknown, see ``percent_complete``)."""
     from her2kit.scoring.rules import asco_cap_score
 
     # the scorer takes categories; int8 keeps this at one byte per tumour cell
     categories = np.repeat(np.arange(4, dtype=np.int8), np.asarray(counts, np.int64))
-    result = asco_cap_score(categories)
+    result = asco_cap_score(categories, complete)
     return result.to_dict() if hasattr(result, "to_dict") else dataclasses.asdict(result)
 
 
@@ -129,10 +143,15 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
     :func:`slide_image` of ``thumb``, if already made."""
     from her2kit.wsi.resume import atomic_write_bytes
 
+    from her2kit.scoring.exports import _share as share
+
     pct = summary.get("percent") or {}
+    h_score = "n/a" if summary.get("h_score") is None else f"{float(summary['h_score']):.0f}"
+    legend = ", ".join(f"<span class=sw style='background:rgb{tuple(int(v) for v in COLOURS[i])}'></span> {name}"
+                       for i, name in enumerate(["0", "1+", "2+", "3+"]))
     rows = "".join(
         f"<tr><td><span class=sw style='background:rgb{tuple(int(v) for v in COLOURS[i])}'></span>"
-        f" {label}</td><td>{float(pct.get(str(i), 0.0)):.1f} %</td></tr>"
+        f" {label}</td><td>{share(pct.get(str(i)))}</td></tr>"
         for i, label in enumerate(["0 (no staining)", "1+ (faint, incomplete)",
                                    "2+ (weak-moderate, complete)", "3+ (intense, complete)"])
     )
@@ -140,7 +159,11 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
     run = summary.get("run", {})
     timings = run.get("timings_s", {})
     sub = summary.get("subcategory")
-    score = html.escape(str(summary.get("score", "?"))) + (f" ({html.escape(str(sub))})" if sub else "")
+    # (no tumour cells: "undefined", as an image's report says; QA: "None")
+    score = ("undefined" if summary.get("score") is None else html.escape(str(summary["score"]))) \
+        + (f" ({html.escape(str(sub))})" if sub else "")
+    notes = "".join(f"<p><b>{html.escape(str(text))}</b></p>\n" for text in
+                    (summary.get("note"), ROI_NOTE if summary.get("roi") else None) if text)
     hist_html = ""
     if histograms is not None:
         from her2kit.scoring.exports import _img as png_img
@@ -156,16 +179,18 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
 .sw{{display:inline-block;width:12px;height:12px;border:1px solid #555}}
 .score{{font-size:2.5em;font-weight:bold}}</style></head><body>
 <h1>HER2 score: <span class="score">{score}</span></h1>
-<p>{html.escape(source)}<br>model {html.escape(str(summary.get('model')))} at
+{notes}<p>{html.escape(source)}<br>model {html.escape(str(summary.get('model')))} at
 {summary.get('model_mpp')} &micro;m/px; slide {summary.get('mpp')} &micro;m/px,
 {wsi.get('shape', ['?', '?'])[0]} x {wsi.get('shape', ['?', '?'])[1]} px</p>
 <p>ASCO/CAP 2018 (reaffirmed 2023) over invasive tumour cells:
 {summary.get('cells_total', 0)} tumour cells of
-{summary.get('cells_detected', 0)}; H-score {float(summary.get('h_score') or 0):.0f};
-complete staining (any intensity) {float(summary.get('percent_complete') or 0):.1f} %.</p>
+{summary.get('cells_detected', 0)}; H-score {h_score};
+complete staining (any intensity) {share(summary.get('percent_complete'))}.</p>
 <table><tr><th>membrane category</th><th>cells</th></tr>{rows}</table>
-<h2>Category heat map</h2>
-<p>Mean membrane category of tumour cells per {BIN_UM:.0f} &micro;m square.</p>
+<h2>Local score map</h2>
+<p>Each {BIN_UM:.0f} &micro;m square in the colour of the HER2 score its own tumour cells
+would get by the same rule ({legend}); paler where it holds fewer than
+{HeatMap.FULL_CELLS} tumour cells, clear where it holds none.</p>
 {_img(blend(thumb, heat.on_thumbnail(), 0.8), "heat map")}
 {hist_html}<h2>Slide</h2>
 {slide_img or slide_image(thumb)}
