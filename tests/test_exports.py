@@ -285,7 +285,7 @@ def test_reports_say_undefined_the_note_and_the_roi(tmp_path):
 
 def test_report_percentages_show_which_side_of_10_percent():
     """QA: 2005 of 20000 cells (10.025 %) is 3+, but the report showed "10.0%"."""
-    assert exports._share(10.025) == "10.03%" and exports._share(10.0) == "10.0%"
-    assert exports._share(9.96) == "9.96%" and exports._share(9.94) == "9.9%"
-    assert exports._share(100.0 * 10_000_001 / 100_000_000) == "10.000001%"  # one cell in 10^8
-    assert exports._share(None) == "n/a" and exports._share(0.0) == "0.0%"
+    assert exports.percent_text(10.025) == "10.03%" and exports.percent_text(10.0) == "10.0%"
+    assert exports.percent_text(9.96) == "9.96%" and exports.percent_text(9.94) == "9.9%"
+    assert exports.percent_text(100.0 * 10_000_001 / 100_000_000) == "10.000001%"  # one cell in 10^8
+    assert exports.percent_text(None) == "n/a" and exports.percent_text(0.0) == "0.0%"

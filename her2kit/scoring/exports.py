@@ -511,7 +511,7 @@ def _img(data: bytes, alt: str, width: str = "100%") -> str:
     return f'<img alt="{html.escape(alt)}" style="max-width:{width}" src="data:image/png;base64,{b64}">'
 
 
-def _share(percent: float | None) -> str:
+def percent_text(percent: float | None) -> str:
     """A percentage for a report: one decimal, more where one decimal would hide
     which side of the guideline's 10 % it lies on (QA: 10.025 % shown as
     "10.0%" on a 3+ case); "n/a" when undefined (no tumour cells)."""
@@ -538,11 +538,11 @@ def write_report_html(path: str | os.PathLike, rgb: np.ndarray, overlay: np.ndar
     rows = "".join(
         f"<tr><td style='color:rgb{CATEGORY_COLOURS[k]}'>&#9632;</td><td>{CATEGORY_NAMES[k]}</td>"
         f"<td>{summary.get('counts', {}).get(str(k), '')}</td>"
-        f"<td>{_share(percent.get(str(k)))}</td></tr>" for k in range(4))
+        f"<td>{percent_text(percent.get(str(k)))}</td></tr>" for k in range(4))
     facts = {
         "tumour cells": summary.get("cells_total"),
         "H-score": "n/a" if summary.get("h_score") is None else f"{summary['h_score']:.1f}",
-        "complete staining": _share(summary.get("percent_complete")),
+        "complete staining": percent_text(summary.get("percent_complete")),
         "model": summary.get("model"),
         "microns per pixel": summary.get("mpp"),
         "her2kit": summary.get("her2kit_version"),

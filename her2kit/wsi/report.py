@@ -141,9 +141,8 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
     the completeness and intensity histograms as PNG bytes, as an image's
     report has them (one self-contained file). ``slide_img``:
     :func:`slide_image` of ``thumb``, if already made."""
+    from her2kit.scoring.exports import percent_text as share
     from her2kit.wsi.resume import atomic_write_bytes
-
-    from her2kit.scoring.exports import _share as share
 
     pct = summary.get("percent") or {}
     h_score = "n/a" if summary.get("h_score") is None else f"{float(summary['h_score']):.0f}"
