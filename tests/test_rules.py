@@ -107,6 +107,10 @@ def test_quadratic_weighted_kappa():
     assert quadratic_weighted_kappa(["0", "1+", "2+", "3+"], ["0", "1+", "2+", "3+"]) == 1.0
     worse = quadratic_weighted_kappa(["0", "1+", "2+", "3+"], ["3+", "2+", "1+", "0"])
     assert worse < 0
+    # all one label: undefined, as sklearn and evaluate's kappa say (QA: this one said 1.0)
+    import math
+
+    assert math.isnan(quadratic_weighted_kappa(["2+"] * 3, ["2+"] * 3))
     near = quadratic_weighted_kappa(["0", "1+", "2+", "3+"] * 3, ["0", "1+", "2+", "2+"] * 3)
     assert 0.8 < near < 1.0
 

@@ -266,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         summary, _ = evaluate_folder(args.check, fitted, segmenter=segmenter)
         summary.pop("wrong_images", None)
         summary["check_is_fitting_data"] = check_is_fitting
-        print(json.dumps(summary, indent=2, default=float))
+        from her2kit.scoring.exports import jsonable
+
+        print(json.dumps(jsonable(summary), indent=2))
     return 0
 
 

@@ -150,7 +150,7 @@ def scorer_value(name: str, table: dict) -> Any:
     PluginError naming it (QA: a set replaced a good score.json by a traceback)."""
     from her2kit.errors import PluginError
     from her2kit.readers.pixels import one_line
-    from her2kit.scoring.exports import _jsonable
+    from her2kit.scoring.exports import jsonable
 
     try:
         value = _scorer(name)(table)
@@ -159,7 +159,7 @@ def scorer_value(name: str, table: dict) -> Any:
     except Exception as exc:
         raise PluginError(f"scorer {name!r} failed: {one_line(exc)}") from None
     try:
-        json.dumps(_jsonable(value), allow_nan=False)
+        json.dumps(jsonable(value), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise PluginError(f"scorer {name!r} returned a {type(value).__name__}, which score.json cannot "
                           f"hold ({one_line(exc)}); return numbers, strings, lists or dicts") from None

@@ -50,23 +50,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _replace(tmp, path)
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """``obj`` with numpy values as Python ones and NaN/inf as None (strict JSON)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     return obj
 
 
 def write_score_json(path: str | os.PathLike, summary: Mapping) -> None:
     """score.json: ``summary`` (score, subcategory, cells_total, percent, ...) as indented JSON."""
-    atomic_write_text(path, json.dumps(_jsonable(dict(summary)), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(jsonable(dict(summary)), indent=2) + "\n")
 
 
 def write_cells_csv(path: str | os.PathLike, table: Mapping[str, np.ndarray]) -> None:
@@ -357,7 +358,7 @@ def write_cells_geojson(path: str | os.PathLike, features: Iterable[dict]) -> in
         for feat in features:
             if n:
                 f.write(",\n")
-            f.write(json.dumps(_jsonable(feat), separators=(",", ":")))
+            f.write(json.dumps(jsonable(feat), separators=(",", ":")))
             n += 1
         f.write("\n]}\n")
     _replace(tmp, path)

@@ -198,16 +198,14 @@ class PercentComplete:
 
 
 def quadratic_weighted_kappa(truth, predicted, labels=SCORES) -> float:
-    """Cohen's kappa with quadratic weights between two lists of ordinal labels."""
+    """Cohen's kappa with quadratic weights between two lists of ordinal labels:
+    :func:`her2kit.evaluation.metrics.quadratic_kappa` of their confusion (NaN
+    where undefined, e.g. every label the same, as sklearn; QA: this copy said 1.0)."""
+    from her2kit.evaluation.metrics import quadratic_kappa
+
     index = {v: i for i, v in enumerate(labels)}
     k = len(labels)
     conf = np.zeros((k, k))
     for t, p in zip(truth, predicted, strict=True):
         conf[index[t], index[p]] += 1
-    n = conf.sum()
-    if n == 0:
-        return float("nan")
-    w = (np.subtract.outer(np.arange(k), np.arange(k)) ** 2) / (k - 1) ** 2
-    expected = np.outer(conf.sum(1), conf.sum(0)) / n
-    denom = (w * expected).sum()
-    return 1.0 if denom == 0 else float(1.0 - (w * conf).sum() / denom)
+    return quadratic_kappa(conf)

@@ -313,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     if segmenter is not None:
         summary["model"] = os.fspath(args.model)  # which checkpoint, not only its architecture
         summary["overlaps_training"] = trained_on
-    text = json.dumps(summary, indent=2, default=float)
+    from her2kit.scoring.exports import jsonable
+
+    text = json.dumps(jsonable(summary), indent=2)  # undefined figures (NaN) as null: strict JSON
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
