@@ -8,6 +8,7 @@ run takes about a second.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -328,6 +329,23 @@ def test_resume_with_other_weights_starts_over(slides, tmp_path):
     s = run_slide(slides["zarr"], out, OtherWeights(), block=BLOCK, halo=HALO, progress=False)
     assert s["run"]["blocks_resumed"] == 0 and s["run"]["blocks_run"] == 9
     assert s["model_fingerprint"] == "other-weights"
+
+
+def test_resume_after_the_default_parameters_changed_starts_over(slides, tmp_path, monkeypatch):
+    """The plan holds every cell parameter, defaults too: an upgraded her2kit
+    (new defaults) does not mix its blocks with an interrupted run's."""
+    from her2kit.scoring import cells as cells_module
+
+    out = tmp_path / "d"
+    with pytest.raises(Her2kitError, match="simulated crash"):
+        run_slide(slides["zarr"], out, CrashAfter(5), block=BLOCK, halo=HALO, progress=False)
+    @dataclasses.dataclass
+    class NewDefaults(cells_module.CellParams):
+        lymphocyte_h_od: float = 0.3
+
+    monkeypatch.setattr(cells_module, "CellParams", NewDefaults)
+    s = run_slide(slides["zarr"], out, StainSegmenter(), block=BLOCK, halo=HALO, progress=False)
+    assert s["run"]["blocks_resumed"] == 0 and s["run"]["blocks_run"] == 9
 
 
 def test_overlap_crash_and_resume_equals_reference(slides, reference, tmp_path):

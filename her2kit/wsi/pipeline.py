@@ -183,6 +183,11 @@ def run_slide(
     path = os.fspath(path)
     if cell_params is not None and hasattr(cell_params, "to_dict"):
         cell_params = cell_params.to_dict()
+    from her2kit.scoring.cells import CellParams
+
+    # every parameter in the plan, defaults too: blocks found under other
+    # defaults (an upgraded her2kit resuming a run) are not mixed with new ones
+    cell_params = {**CellParams().to_dict(), **(cell_params or {})}
     if segment_only:  # labels only: each cell's staining would be measured for nothing
         cell_params = {**(cell_params or {}), "staining": False}
     if classes_only:  # the network's classes alone (segment --classes-only): no cells
