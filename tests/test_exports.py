@@ -265,12 +265,19 @@ def test_reports_say_undefined_the_note_and_the_roi(tmp_path):
 
     thumb = np.full((16, 16, 3), 230, np.uint8)
     heat = report.HeatMap((16, 16), 4.0)
-    summary = {"score": None, "subcategory": None, "note": "no tumour cells found", "roi": True,
-               "percent": {k: 0.0 for k in "0123"}}
+    summary = report.score_counts(np.zeros(4, int)) | {"roi": True}  # what a slide with none writes
+    assert summary["h_score"] is None and summary["percent"]["3"] is None
     report.write_report(tmp_path / "slide.html", summary, thumb, heat, "s.zarr")
     page = (tmp_path / "slide.html").read_text()
     assert '<span class="score">undefined</span>' in page and "HER2 None" not in page
     assert "no tumour cells found" in page and report.ROI_NOTE in page
+    assert "H-score n/a" in page and "1-3: n/a, 2-3: n/a, 3: n/a" in page
+    # counts and the shares the rule compares (QA: 5.0% + 5.02% is 2+)
+    summary = report.score_counts(np.array([8998, 0, 500, 502]), complete=1002)
+    report.write_report(tmp_path / "slide.html", summary, thumb, heat, "s.zarr")
+    page = (tmp_path / "slide.html").read_text()
+    assert summary["score"] == "2+" and "<td>502</td>" in page
+    assert "2-3: 10.02%" in page and "3: 5.0%" in page
     summary = {"score": "1+", "subcategory": None, "cells_total": 3, "h_score": 100.0, "roi": True,
                "percent": {"0": 0.0, "1": 100.0, "2": 0.0, "3": 0.0}, "percent_complete": 0.0,
                "input": "x.png", "counts": {"0": 0, "1": 3, "2": 0, "3": 0}}

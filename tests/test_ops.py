@@ -246,6 +246,17 @@ def test_16_bit_inputs_run_in_float32():
     assert torch.equal(got_half, tlstm(x.half().float(), *[t.half().float() for t in w]).half())
     # SPP: a maximum is exact, so 16-bit pooling equals float32 pooling
     assert torch.equal(spp(xb), spp(xb.float()).bfloat16()) and spp(xb).dtype == torch.bfloat16
+    # the reference (no native op) under autocast runs its steps in float32 too
+    import her2kit.ops.functional as functional
+
+    want_ref = tlstm_reference(xb.float(), *w).bfloat16()
+    saved = functional._use_native
+    functional._use_native = lambda t: False
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(tlstm(xb, *w), want_ref)
+    finally:
+        functional._use_native = saved
     # under autocast, gradients reach the float32 weights and the input
     m = TLSTM(3, 2, 4)
     xi = x.clone().requires_grad_(True)

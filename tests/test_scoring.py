@@ -277,7 +277,11 @@ def test_synthetic_image_scores_right(tmp_path, capsys):
     with open(out / "cells.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["tumour"] == "1"]
     complete = [r for r in rows if r["complete"] == "1"]
-    assert all(float(r["completeness"]) >= 0.5 and r["category"] != "0" for r in complete)
+    from her2kit.scoring.cells import CellParams
+
+    assert all(float(r["completeness"]) >= CellParams().complete_fraction and r["category"] != "0"
+               for r in complete)
+    assert any(float(r["completeness"]) >= CellParams().complete_fraction for r in rows)
     assert doc["percent_complete"] == pytest.approx(100.0 * len(complete) / len(rows))
     # run again with other weights under the same name: nothing is redone, and it says why
     before = (out / "score.json").read_bytes()

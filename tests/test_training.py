@@ -477,6 +477,25 @@ def test_bayesian_segnet_evaluation_is_reproducible(tiny):
     assert a["auc"] == b["auc"] and a["pixel"]["membrane"] == b["pixel"]["membrane"]
 
 
+def test_nan_probabilities_stop_evaluate_with_one_line(tiny):
+    """QA: one NaN probability made roc_curve raise: an internal error for every model."""
+    from her2kit.errors import SetupError
+    from her2kit.evaluation.commands import evaluate_model
+
+    class NanSegmenter:
+        name = "nan-model"
+        mpp = 0.5
+        model = torch.nn.Identity()
+
+        def predict(self, rgb):
+            p = np.full((3, *rgb.shape[:2]), 1 / 3, np.float32)
+            p[:, :5, :5] = np.nan
+            return p
+
+    with pytest.raises(SetupError, match=r"model nan-model: its probabilities on .* contain NaN"):
+        evaluate_model(NanSegmenter(), load_folder(tiny)[:1], progress=False)
+
+
 def test_no_true_scores_is_the_reason_given_for_no_score(tmp_path, run):
     from her2kit.evaluation.commands import evaluate_model
     from her2kit.inference import load_segmenter

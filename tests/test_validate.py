@@ -104,3 +104,27 @@ def test_validate_places_detected_cells_on_true_ones(folder):
     assert "tumour" in kinds and kinds <= {"tumour", "lymphocyte", "fibroblast"}
     calls = summary["tumour_calls"]
     assert 0.0 <= calls["precision"] <= 1.0 and calls["called"] > 0
+
+
+def categorise_sectors(sectors, params):
+    from her2kit.scoring.cells import categorise
+
+    return categorise(*calibrate.staining_from_sectors(sectors, params.stain_od), params)
+
+
+def test_fit_thresholds_does_not_keep_an_unordered_start():
+    """Review: a start with moderate_od above intense_od (an old fit given as
+    --start) was scored but never checked, so it could come back as the fit."""
+    from her2kit.scoring.cells import CellParams
+
+    def cell(n_stained: int, od: float) -> np.ndarray:
+        return np.r_[np.full(n_stained, od), np.zeros(16 - n_stained)]
+
+    # intense-looking incomplete rings whose truth is faint (1): the unordered
+    # start (moderate 0.47 > intense 0.36) gets every cell right
+    sectors = np.array([cell(7, 0.40)] * 20 + [cell(16, 0.6)] * 20 + [cell(16, 0.2)] * 20 + [cell(0, 0)] * 20)
+    truth = np.repeat([1, 3, 2, 0], 20)
+    start = CellParams(moderate_od=0.47, intense_od=0.36)
+    assert (categorise_sectors(sectors, start) == truth).all()
+    fitted, _ = calibrate.fit_thresholds(sectors, truth, start, rounds=1)
+    assert calibrate._ordered(fitted)

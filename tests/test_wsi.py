@@ -99,7 +99,7 @@ def test_end_to_end_zarr(reference):
     f = gj["features"][0]
     assert f["properties"]["objectType"] == "cell" and f["geometry"]["type"] == "Polygon"
     html = (out / "report.html").read_text()
-    assert "HER2 score" in html and "heat map" in html and "data:image/png;base64" in html
+    assert "HER2 score" in html and "local score map" in html and "data:image/png;base64" in html
     # as an image's report (QA: a slide's had no histograms)
     assert 'alt="completeness histogram"' in html and 'alt="intensity histogram"' in html
     assert "9 run now, 0 finished by an earlier, interrupted run" in html
@@ -1228,6 +1228,13 @@ def test_gathered_csv_is_the_same_from_block_text_or_records(tmp_path):
     assert n == 16
     tumour = np.concatenate([blocks[i]["category"][blocks[i]["tumour"]] for i in blocks])
     assert counts.tolist() == np.bincount(tumour, minlength=4).tolist()
+    # a block lacking a column of the header, or with a category no rule knows: one line
+    for bad in ({k: v for k, v in cols(3).items() if k != "area_um2"},
+                cols(3) | {"category": np.array([0.0, 2.99, 1.0])}):
+        ledger.save_block(4, bad, np.zeros((0, 3), np.int64), {"index": 4})
+        cellrows.write_block_rows(ledger.rows_path(4), bad)
+        with pytest.raises(Her2kitError, match="block 4: "):
+            _gather(ledger, [0, 4], tmp_path / "bad.csv")
 
 
 def test_geojson_concatenation_skips_empty_and_missing_blocks(tmp_path):

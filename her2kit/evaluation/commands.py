@@ -134,6 +134,11 @@ def evaluate_model(segmenter: Any, images: list, seed: int = 0, progress: bool =
             probs, entropy = segmenter.predict_mc(rgb, MC_SAMPLES)
         else:
             probs, entropy = segmenter.predict(rgb), None
+        if not np.isfinite(probs).all():  # (QA: one NaN ended every model's evaluation in a traceback)
+            from her2kit.errors import SetupError
+
+            raise SetupError(f"model {segmenter.name}: its probabilities on {im.name} "
+                             "contain NaN or inf (a diverged or broken model)")
         if probs.shape[1:] != im.mask.shape:
             probs = resize(probs, (3, *im.mask.shape), order=1, anti_aliasing=False)
             if entropy is not None:

@@ -153,13 +153,16 @@ def score_index(score: str | int | None) -> int | None:
 
 
 def json_safe(value):
-    """Replace NaN/inf floats (not valid JSON) by None, recursively."""
+    """``value`` for strict JSON, recursively: NaN/inf floats as None, numpy
+    scalars and arrays as Python numbers and lists, dict keys as strings."""
     if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     return value

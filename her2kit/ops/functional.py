@@ -127,7 +127,9 @@ def tlstm(
     dtype = x.dtype
     if any(getattr(t, "dtype", None) in _HALF for t in (x, w_x, b_x, w_h, peep, w_out, b_out)):
         x, w_x, b_x, w_h, peep, w_out, b_out = _in_float32(x, w_x, b_x, w_h, peep, w_out, b_out)
-        return tlstm(x, w_x, b_x, w_h, peep, w_out, b_out).to(dtype)
+        # autocast off inside: it would cast the reference's per-step convolutions back to 16 bits
+        with torch.autocast(x.device.type, enabled=False):
+            return tlstm(x, w_x, b_x, w_h, peep, w_out, b_out).to(dtype)
     _check_tlstm(x, w_x, b_x, w_h, peep)
     if _use_native(x):
         h = torch.ops.her2kit.tlstm_forward(x, w_x, b_x, w_h, peep)[0]
@@ -149,7 +151,8 @@ def spp(x: torch.Tensor, levels: Sequence[int] = (1, 2, 3, 6)) -> torch.Tensor:
     """
     _check_x("spp", x)
     if x.dtype in _HALF:
-        return spp(x.float(), levels).to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return spp(x.float(), levels).to(x.dtype)
     given = list(levels)
     try:
         levels = [int(n) for n in given]

@@ -32,6 +32,7 @@ import sys
 
 import numpy as np
 
+from her2kit.evaluation.metrics import json_safe
 from her2kit.scoring.cells import CellParams, categorise
 
 
@@ -142,7 +143,9 @@ def fit_thresholds(sector_od: np.ndarray, truth: np.ndarray, params: CellParams,
 
     best = params
     comp, inten = staining_from_sectors(sector_od, best.stain_od)
-    score = total(best, comp, inten)
+    # an unordered start (an old fit given as --params/--start) must not survive
+    # as the answer: any ordered trial replaces it
+    score = total(best, comp, inten) if _ordered(best) else -np.inf
     for _ in range(rounds):
         improved = False
         for name, grid in GRIDS.items():
@@ -253,10 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         if other_score > score:
             fitted, score = other, other_score
     names = [*TUMOUR_RULE_GRIDS, *GRIDS]
-    print(json.dumps({"fitted": {k: getattr(fitted, k) for k in names}, "objective": score,
+    print(json.dumps(json_safe({"fitted": {k: getattr(fitted, k) for k in names}, "objective": score,
                       "tumour_rule_accuracy": rule_accuracy, "placed_cells": int(on_tumour.size),
                       "train_image_accuracy": image_accuracy(images, fitted),
-                      "cells": int(len(cat)), "images": len(images)}, indent=2))
+                      "cells": int(len(cat)), "images": len(images)}), indent=2))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(fitted.to_dict(), f, indent=2)
@@ -266,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         summary, _ = evaluate_folder(args.check, fitted, segmenter=segmenter)
         summary.pop("wrong_images", None)
         summary["check_is_fitting_data"] = check_is_fitting
-        from her2kit.scoring.exports import jsonable
-
-        print(json.dumps(jsonable(summary), indent=2))
+        print(json.dumps(json_safe(summary), indent=2))
     return 0
 
 

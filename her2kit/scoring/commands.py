@@ -149,8 +149,8 @@ def scorer_value(name: str, table: dict) -> Any:
     written: one that fails, or gives what score.json cannot hold, is a
     PluginError naming it (QA: a set replaced a good score.json by a traceback)."""
     from her2kit.errors import PluginError
+    from her2kit.evaluation.metrics import json_safe
     from her2kit.readers.pixels import one_line
-    from her2kit.scoring.exports import jsonable
 
     try:
         value = _scorer(name)(table)
@@ -159,7 +159,7 @@ def scorer_value(name: str, table: dict) -> Any:
     except Exception as exc:
         raise PluginError(f"scorer {name!r} failed: {one_line(exc)}") from None
     try:
-        json.dumps(jsonable(value), allow_nan=False)
+        json.dumps(json_safe(value), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise PluginError(f"scorer {name!r} returned a {type(value).__name__}, which score.json cannot "
                           f"hold ({one_line(exc)}); return numbers, strings, lists or dicts") from None
@@ -264,9 +264,8 @@ def write_outputs(out_dir: Path, rgb: np.ndarray, result, summary: dict,
     (out_dir / "score.json").unlink(missing_ok=True)
     # `segment` scores nothing: its labels do not carry a score (QA: --classes-only's
     # said "no tumour cells found", H-score 0 when cells were never looked for)
-    left_out = {"percent", "counts"} | (SCORE_FIELDS if segment_only else set())
-    if summary.get("classes_only"):
-        left_out.add("cells_detected")
+    # (nor a cell count: a slide's segment writes none either)
+    left_out = {"percent", "counts"} | (SCORE_FIELDS | {"cells_detected"} if segment_only else set())
     exports.write_labels_zarr(out_dir / "labels.zarr", result.semantic, result.cell_labels,
                               summary.get("mpp"), about={k: v for k, v in summary.items()
                                                          if k not in left_out})

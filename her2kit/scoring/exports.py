@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from her2kit.evaluation.metrics import json_safe
+
 CATEGORY_NAMES = {0: "HER2 0", 1: "HER2 1+", 2: "HER2 2+", 3: "HER2 3+"}
 #: RGB colours of the categories (blue, yellow, orange, red) and of non-tumour cells (grey).
 CATEGORY_COLOURS = {0: (70, 130, 230), 1: (250, 220, 60), 2: (245, 140, 30), 3: (215, 40, 40)}
@@ -50,24 +52,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _replace(tmp, path)
 
 
-def jsonable(obj):
-    """``obj`` with numpy values as Python ones and NaN/inf as None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    return obj
-
-
 def write_score_json(path: str | os.PathLike, summary: Mapping) -> None:
     """score.json: ``summary`` (score, subcategory, cells_total, percent, ...) as indented JSON."""
-    atomic_write_text(path, json.dumps(jsonable(dict(summary)), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(dict(summary)), indent=2) + "\n")
 
 
 def write_cells_csv(path: str | os.PathLike, table: Mapping[str, np.ndarray]) -> None:
@@ -358,7 +345,7 @@ def write_cells_geojson(path: str | os.PathLike, features: Iterable[dict]) -> in
         for feat in features:
             if n:
                 f.write(",\n")
-            f.write(json.dumps(jsonable(feat), separators=(",", ":")))
+            f.write(json.dumps(json_safe(feat), separators=(",", ":")))
             n += 1
         f.write("\n]}\n")
     _replace(tmp, path)
@@ -525,6 +512,18 @@ def percent_text(percent: float | None) -> str:
     return f"{p:.{digits}f}%"
 
 
+def rule_shares(summary: Mapping) -> str:
+    """The shares the ASCO/CAP rule compares with 10% (categories 1-3, 2-3 and 3),
+    for a report: the per-category percentages alone hide them (QA: 5.0% + 5.02%
+    in categories 2 and 3 is 2+, shown as "5.0%" and "5.0%")."""
+    counts = summary.get("counts") or {}
+    c = [int(counts.get(str(k), 0)) for k in range(4)]
+    n = sum(c)
+    shares = [None if n == 0 else 100.0 * sum(c[k:]) / n for k in (1, 2, 3)]
+    return ("tumour cells in categories 1-3: {}, 2-3: {}, 3: {} (each against the 10% of the rule)"
+            .format(*(percent_text(v) for v in shares)))
+
+
 def write_report_html(path: str | os.PathLike, rgb: np.ndarray, overlay: np.ndarray,
                       summary: Mapping, table: Mapping[str, np.ndarray],
                       max_side: int = 1600) -> None:
@@ -542,7 +541,7 @@ def write_report_html(path: str | os.PathLike, rgb: np.ndarray, overlay: np.ndar
         f"<td>{percent_text(percent.get(str(k)))}</td></tr>" for k in range(4))
     facts = {
         "tumour cells": summary.get("cells_total"),
-        "H-score": "n/a" if summary.get("h_score") is None else f"{summary['h_score']:.1f}",
+        "H-score": "n/a" if summary.get("h_score") is None else f"{summary['h_score']:.0f}",
         "complete staining": percent_text(summary.get("percent_complete")),
         "model": summary.get("model"),
         "microns per pixel": summary.get("mpp"),
@@ -569,6 +568,7 @@ table {{ border-collapse: collapse; margin: 0.5em 0; }} td, th {{ padding: 2px 1
 membrane staining; 2+ when more than 10% show complete staining; 1+ when more than 10% show faint
 incomplete staining; 0 otherwise (ultralow: some faint staining, at most 10%; null: none).</p>
 <table>{rows}</table>
+<p>{html.escape(rule_shares(summary))}</p>
 <table>{fact_rows}</table>
 <div class="pics">
 <div><h3>Image</h3>{_img(_png_bytes(_fit(rgb, max_side)), "input image")}</div>

@@ -55,28 +55,38 @@ class ScoreResult:
         return asdict(self)
 
 
-def _counts(categories: np.ndarray) -> np.ndarray:
+def checked_categories(categories) -> np.ndarray:
+    """Cell categories as int64, or a ValueError for values other than whole numbers 0..3."""
     raw = np.asarray(categories).ravel()
     c = raw.astype(np.int64)
     if raw.dtype.kind == "f" and not np.array_equal(c, raw):  # QA: 2.99 was counted as 2
         raise ValueError("cell categories must be whole numbers 0..3, got fractional values")
     if c.size and (c.min() < 0 or c.max() > 3):
         raise ValueError(f"cell categories must be 0..3, got {sorted(set(c.tolist()))}")
-    return np.bincount(c, minlength=4)[:4]
+    return c
+
+
+def _counts(categories: np.ndarray) -> np.ndarray:
+    return np.bincount(checked_categories(categories), minlength=4)[:4]
+
+
+def score_levels(n0, n1, n2, n3) -> np.ndarray:
+    """The rule over arrays of counts (e.g. a slide's squares): the score's
+    index in :data:`SCORES` (0-3) per element, -1 where there are no cells."""
+    n0, n1, n2, n3 = (np.asarray(v, dtype=np.int64) for v in (n0, n1, n2, n3))
+    n = n0 + n1 + n2 + n3
+    level = np.where(10 * n3 > n, 3, np.where(10 * (n2 + n3) > n, 2, np.where(10 * (n1 + n2 + n3) > n, 1, 0)))
+    return np.where(n > 0, level, -1)
 
 
 def score_from_counts(counts) -> tuple[str | None, str | None]:
     """(score, subcategory) from tumour-cell counts per category (n0, n1, n2, n3)."""
     n0, n1, n2, n3 = (int(v) for v in counts)
-    n = n0 + n1 + n2 + n3
-    if n == 0:
+    level = int(score_levels(n0, n1, n2, n3))
+    if level < 0:
         return None, None
-    if 10 * n3 > n:
-        return "3+", None
-    if 10 * (n2 + n3) > n:
-        return "2+", None
-    if 10 * (n1 + n2 + n3) > n:
-        return "1+", None
+    if level > 0:
+        return SCORES[level], None
     return "0", ("null" if n1 + n2 + n3 == 0 else "ultralow")
 
 
@@ -107,7 +117,12 @@ def percent_complete(counts, complete: int | None = None) -> float | None:
 def asco_cap_score(categories: np.ndarray, complete: int | None = None) -> ScoreResult:
     """Score tumour cells by ASCO/CAP 2018; ``categories`` int (n,) with values 0..3;
     ``complete``: how many of them have complete staining (see :func:`percent_complete`)."""
-    counts = _counts(categories)
+    return asco_cap_from_counts(_counts(categories), complete)
+
+
+def asco_cap_from_counts(counts, complete: int | None = None) -> ScoreResult:
+    """:func:`asco_cap_score` from the tumour cells' counts per category (n0..n3)."""
+    counts = np.asarray(counts, dtype=np.int64)
     n = int(counts.sum())
     score, sub = score_from_counts(counts)
     percent = {str(k): (None if n == 0 else float(100.0 * counts[k] / n)) for k in range(4)}

@@ -119,8 +119,8 @@ def evaluate_case(case: Case, params: CellParams, segmenter=None, seed: int = 0)
         "tumour_sector_od": result.sector_od[result.tumour],
         # every detected cell: the true row under its nucleus centroid (-1: none),
         # its tumour call, nucleus features and sectors (calibrate refits the tumour rule on them)
-        "placed": placed, "placed_type": np.where(placed >= 0, tt["type"][placed], ""),
-        "placed_tumour": (placed >= 0) & tt["tumour"][placed],
+        "placed": placed, "placed_type": _at(tt["type"], placed, ""),
+        "placed_tumour": _at(tt["tumour"], placed, False),
         "all_tumour": result.table["tumour"].astype(bool),
         "nucleus": {k: result.table[k] for k in ("nucleus_area_um2", "nucleus_elongation", "nucleus_h_od")},
         "all_sector_od": result.sector_od,
@@ -130,6 +130,14 @@ def evaluate_case(case: Case, params: CellParams, segmenter=None, seed: int = 0)
         "score_pred": score.score or "0", "sub_pred": score.subcategory,
         "percent_pred": score.percent,
     }
+
+
+def _at(column: np.ndarray, rows: np.ndarray, missing):
+    """``column[rows]``, ``missing`` where a row is -1 (safe on an empty column)."""
+    out = np.full(rows.shape, missing, dtype=column.dtype if column.size else type(missing))
+    there = rows >= 0
+    out[there] = column[rows[there]]
+    return out
 
 
 def _placed_on(result, true_cells: np.ndarray, t_row: dict[int, int]) -> np.ndarray:
@@ -152,7 +160,7 @@ def _placed_on(result, true_cells: np.ndarray, t_row: dict[int, int]) -> np.ndar
 def tumour_calls(records: list[dict]) -> dict:
     """Tumour calls of detected cells against the true cell under their nucleus centroid."""
     if not records:
-        return {"precision": float("nan"), "called_tumour_by_type": {}}
+        return {"precision": float("nan"), "called": 0, "called_on_stroma": 0, "called_tumour_by_type": {}}
     placed = np.concatenate([r["placed"] for r in records])
     kind = np.concatenate([r["placed_type"] for r in records])
     called = np.concatenate([r["all_tumour"] for r in records])
@@ -313,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     if segmenter is not None:
         summary["model"] = os.fspath(args.model)  # which checkpoint, not only its architecture
         summary["overlaps_training"] = trained_on
-    from her2kit.scoring.exports import jsonable
+    from her2kit.evaluation.metrics import json_safe
 
-    text = json.dumps(jsonable(summary), indent=2)  # undefined figures (NaN) as null: strict JSON
+    text = json.dumps(json_safe(summary), indent=2)  # undefined figures (NaN) as null: strict JSON
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")

@@ -514,12 +514,13 @@ def _pyramid(plan: dict, ledger: Ledger, executor: Any, path: str) -> None:
 
 
 def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
-            heat: Any = None, hist: Any = None) -> tuple[np.ndarray, int]:
+            heat: Any = None, hist: Any = None) -> tuple[np.ndarray, int, int]:
     """Stream the blocks' cells into cells.csv (block order, then rank); return
     the tumour cells' counts per category (0..3), how many of them have complete
     staining, and the number of all cells. Nothing grows with the number of cells."""
     from her2kit.scoring.cells import COLUMNS
     from her2kit.scoring.exports import csv_columns, csv_header
+    from her2kit.scoring.rules import checked_categories
     from her2kit.wsi import cellrows
 
     counts = np.zeros(4, np.int64)
@@ -536,10 +537,16 @@ def _gather(ledger: Ledger, selected: list[int], csv_path: Path | None,
                 names = csv_columns(cols)
                 if f is not None:
                     f.write(csv_header(names).encode())
+            elif set(names) - set(cols):  # (extra columns are left out; missing ones cannot be made up)
+                raise Her2kitError(f"block {i}: its cell table lacks the columns "
+                                   f"{sorted(set(names) - set(cols))} of the first block's")
             n += len(cols["id"])
             if f is not None:
                 f.write(cellrows.block_rows(ledger.rows_path(i), cols, names))
-            cat = np.clip(cols["category"].astype(np.int64), 0, 3)
+            try:  # (as the scorers check them: a cell finder's 2.99 or -1 is not clipped into a category)
+                cat = checked_categories(cols["category"])
+            except ValueError as exc:
+                raise Her2kitError(f"block {i}: {exc}") from None
             # (a cell finder's table without "complete": counted from categories, as rules does)
             full = np.asarray(cols["complete"]).astype(bool) if "complete" in cols else cat >= 2
             if "tumour" in cols:

@@ -1,8 +1,9 @@
-"""The slide report: score, percentages, thumbnail and a HER2 category heat map.
+"""The slide report: score, percentages, thumbnail and a HER2 local score map.
 
-The heat map bins tumour cells into squares of about 100 microns and colours
-each square by the mean membrane category of its cells (0 blue, 1+ yellow,
-2+ orange, 3+ red); squares without cells stay transparent. It is built from
+The map (:class:`HeatMap`) bins tumour cells into squares of about 100
+microns and colours each square by the score its own cells would get by the
+ASCO/CAP rule (0 blue, 1+ yellow, 2+ orange, 3+ red), paler with few cells;
+squares without cells stay transparent. It is built from
 the blocks' cell records as they are read, so memory does not grow with the
 number of cells.
 """
@@ -10,7 +11,6 @@ number of cells.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io
 import math
@@ -58,12 +58,11 @@ class HeatMap:
 
     def local_scores(self) -> np.ndarray:
         """int (rows, cols): the ASCO/CAP score (0-3) of each square's own tumour
-        cells, by the slide's rule (:func:`her2kit.scoring.rules.score_from_counts`),
+        cells, by the slide's rule (:func:`her2kit.scoring.rules.score_levels`),
         -1 where a square has none."""
-        n0, n1, n2, n3 = self.counts
-        n = n0 + n1 + n2 + n3
-        score = np.where(10 * n3 > n, 3, np.where(10 * (n2 + n3) > n, 2, np.where(10 * (n1 + n2 + n3) > n, 1, 0)))
-        return np.where(n > 0, score, -1)
+        from her2kit.scoring.rules import score_levels
+
+        return score_levels(*self.counts)
 
     def rgba(self) -> np.ndarray:
         """uint8 (rows, cols, 4): each square in the colour of its local score
@@ -94,12 +93,9 @@ class HeatMap:
 def score_counts(counts: np.ndarray, complete: int | None = None) -> dict[str, Any]:
     """score.json fields (ASCO/CAP 2018) from tumour-cell counts per category (n0..n3)
     and how many of them have complete staining (None: unknown, see ``percent_complete``)."""
-    from her2kit.scoring.rules import asco_cap_score
+    from her2kit.scoring.rules import asco_cap_from_counts
 
-    # the scorer takes categories; int8 keeps this at one byte per tumour cell
-    categories = np.repeat(np.arange(4, dtype=np.int8), np.asarray(counts, np.int64))
-    result = asco_cap_score(categories, complete)
-    return result.to_dict() if hasattr(result, "to_dict") else dataclasses.asdict(result)
+    return asco_cap_from_counts(counts, complete).to_dict()
 
 
 def blend(thumb: np.ndarray, rgba: np.ndarray, opacity: float = 0.55) -> np.ndarray:
@@ -118,7 +114,7 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def write_overlay(path: str | Path, thumb: np.ndarray, heat: HeatMap) -> None:
-    """overlay.png: the thumbnail under the category heat map."""
+    """overlay.png: the thumbnail under the local score map."""
     from her2kit.wsi.resume import atomic_write_bytes
 
     atomic_write_bytes(path, _png(blend(thumb, heat.on_thumbnail())))
@@ -137,11 +133,12 @@ def slide_image(thumb: np.ndarray) -> str:
 def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatMap,
                  source: str, slide_img: str | None = None,
                  histograms: tuple[bytes, bytes] | None = None) -> None:
-    """report.html: score, percentages, H-score, thumbnail, heat map and (given)
+    """report.html: score, counts, percentages, H-score, thumbnail, local score map and (given)
     the completeness and intensity histograms as PNG bytes, as an image's
     report has them (one self-contained file). ``slide_img``:
     :func:`slide_image` of ``thumb``, if already made."""
     from her2kit.scoring.exports import percent_text as share
+    from her2kit.scoring.exports import rule_shares
     from her2kit.wsi.resume import atomic_write_bytes
 
     pct = summary.get("percent") or {}
@@ -150,7 +147,7 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
                        for i, name in enumerate(["0", "1+", "2+", "3+"]))
     rows = "".join(
         f"<tr><td><span class=sw style='background:rgb{tuple(int(v) for v in COLOURS[i])}'></span>"
-        f" {label}</td><td>{share(pct.get(str(i)))}</td></tr>"
+        f" {label}</td><td>{(summary.get('counts') or {}).get(str(i), '')}</td><td>{share(pct.get(str(i)))}</td></tr>"
         for i, label in enumerate(["0 (no staining)", "1+ (faint, incomplete)",
                                    "2+ (weak-moderate, complete)", "3+ (intense, complete)"])
     )
@@ -185,12 +182,13 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
 {summary.get('cells_total', 0)} tumour cells of
 {summary.get('cells_detected', 0)}; H-score {h_score};
 complete staining (any intensity) {share(summary.get('percent_complete'))}.</p>
-<table><tr><th>membrane category</th><th>cells</th></tr>{rows}</table>
+<table><tr><th>membrane category</th><th>tumour cells</th><th>share</th></tr>{rows}</table>
+<p>{html.escape(rule_shares(summary))}</p>
 <h2>Local score map</h2>
 <p>Each {BIN_UM:.0f} &micro;m square in the colour of the HER2 score its own tumour cells
 would get by the same rule ({legend}); paler where it holds fewer than
 {HeatMap.FULL_CELLS} tumour cells, clear where it holds none.</p>
-{_img(blend(thumb, heat.on_thumbnail(), 0.8), "heat map")}
+{_img(blend(thumb, heat.on_thumbnail(), 0.8), "local score map")}
 {hist_html}<h2>Slide</h2>
 {slide_img or slide_image(thumb)}
 <h2>Run</h2>
