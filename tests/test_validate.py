@@ -94,6 +94,11 @@ def test_tumour_calls_are_counted_by_position():
     assert calls["called"] == 2 and calls["called_on_stroma"] == 1 and calls["precision"] == 0.5
     assert calls["called_tumour_by_type"]["lymphocyte"] == {"cells": 1, "called_tumour": 1, "share": 1.0}
     assert calls["called_tumour_by_type"]["fibroblast"]["share"] == 0.0
+    assert set(validate.tumour_calls([])) == set(calls)  # the same keys with no images
+    # an image with no true cells: every detected cell unplaced (review: an IndexError)
+    no_truth = np.zeros(0, dtype="<U10")
+    assert validate._at(no_truth, np.array([-1, -1]), "").tolist() == ["", ""]
+    assert validate._at(np.zeros(0, bool), np.array([-1]), False).tolist() == [False]
 
 
 def test_validate_places_detected_cells_on_true_ones(folder):
