@@ -24,6 +24,9 @@ import numpy as np
 from her2kit.evaluation.metrics import json_safe
 
 CATEGORY_NAMES = {0: "HER2 0", 1: "HER2 1+", 2: "HER2 2+", 3: "HER2 3+"}
+#: the membrane categories as the reports name them (not "HER2 3+", the case's score)
+CATEGORY_LABELS = {0: "0 (no staining)", 1: "1+ (faint, incomplete)",
+                   2: "2+ (weak-moderate, complete)", 3: "3+ (intense, complete)"}
 #: RGB colours of the categories (blue, yellow, orange, red) and of non-tumour cells (grey).
 CATEGORY_COLOURS = {0: (70, 130, 230), 1: (250, 220, 60), 2: (245, 140, 30), 3: (215, 40, 40)}
 STROMA_COLOUR = (150, 150, 150)
@@ -446,7 +449,7 @@ def _histogram_png(values: np.ndarray, categories: np.ndarray, title: str, xlabe
     fig = Figure(figsize=(4.2, 2.8), dpi=100)
     ax = fig.add_subplot()
     stacks = [values[categories == k] for k in range(4)]
-    ax.hist(stacks, bins=bins, stacked=True, label=[CATEGORY_NAMES[k] for k in range(4)],
+    ax.hist(stacks, bins=bins, stacked=True, label=[CATEGORY_LABELS[k] for k in range(4)],
             weights=[weights[categories == k] for k in range(4)],
             color=[np.array(CATEGORY_COLOURS[k]) / 255 for k in range(4)])
     ax.set_title(title)
@@ -536,7 +539,7 @@ def write_report_html(path: str | os.PathLike, rgb: np.ndarray, overlay: np.ndar
     score_text = "undefined" if score is None else (f"{score} ({sub})" if sub else score)
     percent = summary.get("percent", {})
     rows = "".join(
-        f"<tr><td style='color:rgb{CATEGORY_COLOURS[k]}'>&#9632;</td><td>{CATEGORY_NAMES[k]}</td>"
+        f"<tr><td style='color:rgb{CATEGORY_COLOURS[k]}'>&#9632;</td><td>{CATEGORY_LABELS[k]}</td>"
         f"<td>{summary.get('counts', {}).get(str(k), '')}</td>"
         f"<td>{percent_text(percent.get(str(k)))}</td></tr>" for k in range(4))
     facts = {

@@ -137,8 +137,8 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
     the completeness and intensity histograms as PNG bytes, as an image's
     report has them (one self-contained file). ``slide_img``:
     :func:`slide_image` of ``thumb``, if already made."""
+    from her2kit.scoring.exports import CATEGORY_LABELS, rule_shares
     from her2kit.scoring.exports import percent_text as share
-    from her2kit.scoring.exports import rule_shares
     from her2kit.wsi.resume import atomic_write_bytes
 
     pct = summary.get("percent") or {}
@@ -148,8 +148,7 @@ def write_report(path: str | Path, summary: dict, thumb: np.ndarray, heat: HeatM
     rows = "".join(
         f"<tr><td><span class=sw style='background:rgb{tuple(int(v) for v in COLOURS[i])}'></span>"
         f" {label}</td><td>{(summary.get('counts') or {}).get(str(i), '')}</td><td>{share(pct.get(str(i)))}</td></tr>"
-        for i, label in enumerate(["0 (no staining)", "1+ (faint, incomplete)",
-                                   "2+ (weak-moderate, complete)", "3+ (intense, complete)"])
+        for i, label in CATEGORY_LABELS.items()
     )
     wsi = summary.get("wsi", {})
     run = summary.get("run", {})
