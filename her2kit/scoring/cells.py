@@ -71,18 +71,18 @@ class CellParams:
     sector_stat: str = "mean"           # DAB OD of a sector: "mean" or "max" of its ring pixels
     # staining -> category and the lymphocyte cut-offs: fitted with
     # `python -m her2kit.scoring.calibrate --model her2net` on synthetic seeds
-    # 100, 300 and 500 (128 images), see docs/scoring.md
-    stain_od: float = 0.01  # sector counts as stained at this DAB OD
+    # 100, 300 and 500 (128 images), each as PNG and with JPEG artefacts, see docs/scoring.md
+    stain_od: float = 0.02  # sector counts as stained at this DAB OD
     complete_fraction: float = 0.59375  # completeness at or above: complete
     any_fraction: float = 0.21875  # completeness below: unstained (category 0)
     intense_od: float = 0.36  # complete and intensity >= : category 3
-    weak_od: float = 0.09  # complete and intensity < : category 1 (faint)
-    moderate_od: float = 0.26  # incomplete and intensity >= : category 2
+    weak_od: float = 0.08  # complete and intensity < : category 1 (faint)
+    moderate_od: float = 0.21  # incomplete and intensity >= : category 2
     # tumour rule
     min_tumour_nucleus_um2: float = 12.0  # smaller nuclei (debris) are not tumour
     max_elongation: float = 2.2           # major/minor axis above (fibroblasts) not tumour
     lymphocyte_area_um2: float = 30.0     # small ...
-    lymphocyte_h_od: float = 0.34         # ... and dark (haematoxylin OD): lymphocyte
+    lymphocyte_h_od: float = 0.33         # ... and dark (haematoxylin OD): lymphocyte
     stroma_rim_um: float = 0.75           # a stromal cell's outline: its nucleus plus this rim
     compactness: float = 0.01             # of the territory watershed (per pixel of distance)
     dab_elevation: float = 0.0            # weight of the DAB crest in the territory watershed (0-1)
@@ -857,30 +857,40 @@ def _claim_enclosing_membrane(cells: np.ndarray, membrane: np.ndarray, nuclei: n
     return out
 
 
-#: Pixels whose every channel is at least this are clipped glass (scanners and
-#: padded exports write 255): they read 0 DAB OD whatever the stain, so they
-#: say nothing about the tissue's unstained level.
-CLIPPED_GLASS = 254
+#: Summed optical density (R + G + B) below which a pixel is glass, not tissue
+#: (the tissue detector's lower bound: her2kit.preprocess.tissue.BOUNDS["od"]).
+GLASS_OD = 0.1
 
 
 def dab_baseline(dab: np.ndarray, probs: np.ndarray, rgb: np.ndarray | None = None) -> float:
-    """The image's unstained DAB level (OD): median over pixels that are neither
-    membrane nor nucleus, clipped glass left out (with ``rgb``).
+    """The image's unstained DAB level (OD): median over tissue pixels that are
+    neither membrane nor nucleus (with ``rgb``: glass left out).
 
     Glass brightness, illumination and stain-vector mismatch give every pixel
     a small DAB reading (~0.02-0.05 OD) that varies between images; faint
     membranes are only ~0.05 above it, so it is subtracted before thresholds.
-    Clipped white glass reads exactly 0: counted, a field with much of it had
-    its baseline pulled to 0 and every cell's staining raised (QA: a HER2 0
-    image padded with white scored 1+).
+    Glass reads its own level, not the tissue's: counted, more glass in the
+    field moved the baseline and every cell's staining with it (QA: a HER2 0
+    image padded with its own glass colour scored 1+, 79 % faint; clipped white
+    glass, which reads exactly 0, had done the same). So pixels whose summed
+    OD is under :data:`GLASS_OD` are left out, unless fewer than 100 tissue
+    pixels remain.
     """
     plain = (probs[0] > 0.5)
     if rgb is not None:
         rgb = np.asarray(rgb)
-        # (plane by plane: numpy's min over a length-3 last axis took 13x as long)
-        plain &= np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < CLIPPED_GLASS
+        tissue = _summed_od(rgb) >= GLASS_OD
+        if (plain & tissue).sum() > 100:
+            plain &= tissue
     values = dab[plain] if plain.sum() > 100 else dab.ravel()
     return float(_median(values)) if values.size else 0.0
+
+
+def _summed_od(rgb: np.ndarray) -> np.ndarray:
+    """float32 (H, W): optical density summed over R, G and B, intensities as (I + 1) / 256
+    (a 256-entry table per channel, as the stain deconvolution reads them)."""
+    table = (-np.log10((np.arange(256, dtype=np.float64) + 1) / 256)).astype(np.float32)
+    return table[rgb[..., 0]] + table[rgb[..., 1]] + table[rgb[..., 2]]
 
 
 def _median(values: np.ndarray):
