@@ -295,6 +295,14 @@ def test_synthetic_image_scores_right(tmp_path, capsys):
     assert run(args, get_segmenter=lambda: seg) == 0  # the same model: plainly complete
     said = capsys.readouterr()
     assert "complete already, skipped" in said.out + said.err and "another" not in said.out + said.err
+    # outputs made under other cell-finding thresholds (an earlier her2kit) say so too
+    doc_before = json.loads((out / "score.json").read_text())
+    assert doc_before["cell_params_fingerprint"]
+    (out / "score.json").write_text(json.dumps(doc_before | {"cell_params_fingerprint": "older"}))
+    assert run(args, get_segmenter=lambda: seg) == 0
+    said = capsys.readouterr()
+    assert "made with other cell-finding thresholds" in said.out + said.err
+    (out / "score.json").write_bytes(before)
     # `segment` writes labels.zarr alone: the fingerprint travels in its attributes
     (out / "score.json").unlink()
     assert run(args, segment_only=True, get_segmenter=lambda: other) == 0

@@ -99,6 +99,17 @@ class CellParams:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def fingerprint(self) -> str:
+        """A short digest of the parameters that shape cells and categories
+        (``staining``, which `segment` turns off, left out): finished outputs
+        record it, so outputs made under other thresholds (an earlier her2kit)
+        are not taken for done without a word."""
+        import hashlib
+        import json
+
+        fields = {k: v for k, v in self.to_dict().items() if k != "staining"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     @classmethod
     def from_dict(cls, d: dict) -> CellParams:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}

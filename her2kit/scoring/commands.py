@@ -298,6 +298,7 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter,
     "made with another --scorer (h-score)", "made with another model (NAME DIGEST)"), else ``{}``.
     Outputs of another input (same stem, another file name or file size) are an InputError."""
     from her2kit.inference import model_fingerprint
+    from her2kit.scoring.cells import CellParams
     from her2kit.scoring.roi import roi_fingerprint
 
     try:
@@ -333,6 +334,8 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter,
     recorded = done.get("model_fingerprint")
     if recorded is not None and recorded != model_fingerprint(get_segmenter()):
         other.append(f"made with another model ({done.get('model')} {recorded})")
+    if not done.get("classes_only") and done.get("cell_params_fingerprint") != CellParams().fingerprint():
+        other.append("made with other cell-finding thresholds (an earlier her2kit?)")
     if (out_dir / ".her2kit-work").is_dir():  # a --force run interrupted, or one killed while tidying up
         other.append("an unfinished run's blocks are in .her2kit-work (--force resumes them)")
     return {"other": "; ".join(other)} if other else {}
@@ -493,6 +496,7 @@ def _process_input(path: str, out_dir: Path, get_segmenter, args: argparse.Names
     summary = summarise(result, mpp, model_name,
                         getattr(args, "scorer", "asco-cap-2018"),
                         extra={"model_fingerprint": fingerprint, "roi_fingerprint": roi_fingerprint(roi),
+                               "cell_params_fingerprint": CellParams().fingerprint(),
                                "input": os.fspath(path), "input_bytes": input_bytes(path),
                                "mpp_from": "file" if file_mpp is not None else "--mpp",
                                "model_mpp": model_mpp, "shape": [h, w],

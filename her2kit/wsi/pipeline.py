@@ -589,6 +589,7 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
             timings: dict, thumb: np.ndarray, thumb_ds: float, t: float, t_start: float,
             scorer: str | None = None) -> dict:
     """Write the slide's outputs in the work folder, then rename them into place."""
+    from her2kit.scoring.cells import CellParams
     from her2kit.scoring.roi import roi_fingerprint
     from her2kit.wsi import report
 
@@ -598,6 +599,7 @@ def _finish(path: str, out_dir: Path, plan: dict, grid: Any, selected: list[int]
     summary: dict[str, Any] = {"input": path, "input_bytes": input_bytes(path), "model": plan["model"],
                                "model_fingerprint": plan["model_fingerprint"],
                                "roi_fingerprint": roi_fingerprint(plan["roi"]), "mpp": plan["mpp"],
+                               "cell_params_fingerprint": CellParams.from_dict(plan["cell_params"]).fingerprint(),
                                "mpp_from": plan.get("mpp_from"), "model_mpp": plan["model_mpp"],
                                "her2kit_version": __version__, "shape": plan["shape"],
                                "roi": bool(plan["roi"])}
