@@ -334,7 +334,8 @@ def _made_differently(out_dir: Path, path: str, roi: list | None, get_segmenter,
     recorded = done.get("model_fingerprint")
     if recorded is not None and recorded != model_fingerprint(get_segmenter()):
         other.append(f"made with another model ({done.get('model')} {recorded})")
-    if not done.get("classes_only") and done.get("cell_params_fingerprint") != CellParams().fingerprint():
+    looked_for_cells = not done.get("classes_only") and done.get("model_fingerprint") is not None
+    if looked_for_cells and done.get("cell_params_fingerprint") != CellParams().fingerprint():
         other.append("made with other cell-finding thresholds (an earlier her2kit?)")
     if (out_dir / ".her2kit-work").is_dir():  # a --force run interrupted, or one killed while tidying up
         other.append("an unfinished run's blocks are in .her2kit-work (--force resumes them)")
